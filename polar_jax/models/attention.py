@@ -1,0 +1,93 @@
+"""Attention back-ends behind one function, `attend`.
+
+All back-ends share one rule: query i of a row sees key j when both carry the same non-zero
+segment id and key j's position is not after query i's. Segment id 0 marks padding (and empty
+KV-cache slots), so packed rows, padded rows and cached decoding are one mechanism.
+
+- "xla":    plain einsum + masked softmax; the reference, runs everywhere (CPU tests).
+- "cudnn":  `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on GPU).
+- "pallas": the TPU splash/flash kernel (`attention_pallas.py`).
+- "auto":   cudnn on GPU, pallas on TPU, xla elsewhere.
+The fused kernels need self-attention over one row (no cache); cached decoding uses "xla",
+which is memory-bound there anyway.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs):
+    """Boolean [B, T, S]: same non-zero segment and key position <= query position."""
+    same_segment = (q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]) & (
+        kv_segment_bs[:, None, :] != 0
+    )
+    causal = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
+    return same_segment & causal
+
+
+def xla_attention(q_bthd, k_bskd, v_bskd, mask_bts):
+    """Reference attention; grouped-query heads h use kv head h // (H / K), as in HF."""
+    b, t, h, d = q_bthd.shape
+    k = k_bskd.shape[2]
+    q_btkgd = q_bthd.reshape(b, t, k, h // k, d)
+    logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd).astype(jnp.float32)
+    logits_bkgts = logits_bkgts * (d**-0.5)
+    logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASK_VALUE)
+    probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskd.dtype)
+    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs_bkgts, v_bskd)
+    return out_btkgd.reshape(b, t, h, d)
+
+
+def cudnn_attention(q_bthd, k_bshd, v_bshd, segment_ids_bt):
+    """cuDNN flash attention for one packed row: causal by index plus a same-segment mask."""
+    same_segment_bts = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+    return jax.nn.dot_product_attention(
+        q_bthd,
+        k_bshd,
+        v_bshd,
+        mask=same_segment_bts[:, None],
+        is_causal=True,
+        implementation="cudnn",
+    )
+
+
+def resolve_impl(impl: str) -> str:
+    """Turn "auto" into the back-end for the default device's platform."""
+    if impl != "auto":
+        return impl
+    platform = jax.devices()[0].platform
+    return {"gpu": "cudnn", "tpu": "pallas"}.get(platform, "xla")
+
+
+def attend(
+    q_bthd,
+    k_bskd,
+    v_bskd,
+    *,
+    q_segment_bt,
+    kv_segment_bs,
+    q_pos_bt,
+    kv_pos_bs,
+    impl: str = "xla",
+    self_attention: bool = True,
+):
+    """Masked grouped-query attention; `self_attention` says keys are the queries' own row.
+
+    Fused kernels assume causality by index, which holds for a row whose positions restart
+    at 0 per segment and increase by one, i.e. every row without a KV cache.
+    """
+    impl = resolve_impl(impl)
+    if impl == "xla" or not self_attention:
+        mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs)
+        return xla_attention(q_bthd, k_bskd, v_bskd, mask_bts)
+    if impl == "cudnn":
+        return cudnn_attention(q_bthd, k_bskd, v_bskd, q_segment_bt)
+    if impl == "pallas":
+        from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
+
+        return attention_pallas.pallas_attention(q_bthd, k_bskd, v_bskd, q_segment_bt)
+    raise ValueError(f"unknown attention impl {impl!r}")

@@ -1,0 +1,345 @@
+"""The decoder: a Flax Linen module used only through `init` / `apply`.
+
+    out = Transformer(cfg).apply({"params": params}, tokens_bt, positions_bt, segment_ids_bt)
+
+Inputs are one mechanism for every use: `segment_ids_bt` is 0 on padding and 1, 2, ... for
+the sequences packed into a row; `positions_bt` restart at 0 per segment. Attention never
+crosses segments. Passing a `KVCache` appends the new tokens to it and attends over it.
+
+Every parameter is declared once, with its shape and logical axes, by `_param` below; layers
+are stacked with `nn.scan`, which adds the leading "layers" axis. Sharding is then only a
+mapping from logical axes to mesh axes (rules), never code here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from polar_jax.models.attention import attend
+from polar_jax.models.config import ModelConfig, RopeScaling
+
+# Logical axis names. Parameters and key activations are annotated with these only.
+BATCH, SEQ, EMBED, HEADS, KV_HEADS = "batch", "seq", "embed", "heads", "kv_heads"
+HEAD_DIM, MLP, VOCAB, LAYERS, CACHE_SEQ = "head_dim", "mlp", "vocab", "layers", "cache_seq"
+LOGICAL_AXES = (BATCH, SEQ, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, LAYERS, CACHE_SEQ)
+
+
+def _param(module: nn.Module, name: str, axes: tuple[str, ...], shape: tuple[int, ...], init):
+    """Declare one parameter with its logical axes; the single place axes are attached."""
+    assert len(axes) == len(shape), (name, axes, shape)
+    boxed_init = nn.with_logical_partitioning(init, axes)
+    return module.param(name, boxed_init, shape, jnp.dtype(module.cfg.param_dtype))
+
+
+def _constrain(x, axes: tuple[str, ...]):
+    """Name an activation's logical axes (a no-op without a mesh and rules)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+def _normal(cfg: ModelConfig):
+    return nn.initializers.normal(stddev=cfg.init_std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale, statistics in float32 (as transformers' LlamaRMSNorm)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        scale_d = _param(self, "scale", (EMBED,), (x_btd.shape[-1],), nn.initializers.ones)
+        x32_btd = x_btd.astype(jnp.float32)
+        variance_bt1 = jnp.mean(jnp.square(x32_btd), axis=-1, keepdims=True)
+        normed_btd = (x32_btd * jax.lax.rsqrt(variance_bt1 + self.cfg.rms_eps)).astype(x_btd.dtype)
+        return scale_d.astype(x_btd.dtype) * normed_btd
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None):
+    """Per-pair inverse frequencies [head_dim // 2], with Llama-3 or linear scaling."""
+    inv_freq_k = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq_k
+    if scaling.kind == "linear":
+        return inv_freq_k / scaling.factor
+    # Llama 3: long wavelengths slowed by `factor`, short ones kept, a smooth band between.
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen_k = 2 * math.pi / inv_freq_k
+    scaled_k = jnp.where(wavelen_k > low_wavelen, inv_freq_k / scaling.factor, inv_freq_k)
+    smooth_k = (scaling.original_max_position / wavelen_k - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed_k = (1 - smooth_k) * scaled_k / scaling.factor + smooth_k * scaled_k
+    is_medium_k = (wavelen_k >= high_wavelen) & (wavelen_k <= low_wavelen)
+    return jnp.where(is_medium_k, smoothed_k, scaled_k)
+
+
+def apply_rope(x_bthd, positions_bt, inv_freq_k):
+    """Rotary embedding in the "rotate half" layout of transformers' Llama, in float32."""
+    angles_btk = positions_bt[..., None].astype(jnp.float32) * inv_freq_k
+    cos_bt1k, sin_bt1k = jnp.cos(angles_btk)[:, :, None], jnp.sin(angles_btk)[:, :, None]
+    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos_bt1k - x2 * sin_bt1k, x2 * cos_bt1k + x1 * sin_bt1k], -1)
+    return rotated.astype(x_bthd.dtype)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, plus what the mask needs to know about each slot.
+
+    Slot s of row b holds a token when `segment_ids_bs[b, s] != 0`. New tokens are written
+    at `index` (shared by all rows), so rows of different prompt lengths simply carry
+    padding slots, which the mask ignores.
+    """
+
+    k_lbskd: jax.Array
+    v_lbskd: jax.Array
+    segment_ids_bs: jax.Array
+    positions_bs: jax.Array
+    index: jax.Array  # int32 scalar: the next slot to write
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+        """An empty cache of `max_len` slots per row."""
+        dtype = jnp.dtype(dtype or cfg.dtype)
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k_lbskd=jnp.zeros(shape, dtype),
+            v_lbskd=jnp.zeros(shape, dtype),
+            segment_ids_bs=jnp.zeros((batch, max_len), jnp.int32),
+            positions_bs=jnp.zeros((batch, max_len), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE and optional q/k/v biases."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, segment_ids_bt, layer_cache, cache_meta):
+        cfg = self.cfg
+        d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        init = _normal(cfg)
+        wq_dhk = _param(self, "wq", (EMBED, HEADS, HEAD_DIM), (d, h, hd), init)
+        wk_dkh = _param(self, "wk", (EMBED, KV_HEADS, HEAD_DIM), (d, k, hd), init)
+        wv_dkh = _param(self, "wv", (EMBED, KV_HEADS, HEAD_DIM), (d, k, hd), init)
+        wo_hkd = _param(self, "wo", (HEADS, HEAD_DIM, EMBED), (h, hd, d), init)
+        dtype = x_btd.dtype
+        q_bthd = jnp.einsum("btd,dhk->bthk", x_btd, wq_dhk.astype(dtype))
+        k_btkd = jnp.einsum("btd,dkh->btkh", x_btd, wk_dkh.astype(dtype))
+        v_btkd = jnp.einsum("btd,dkh->btkh", x_btd, wv_dkh.astype(dtype))
+        if cfg.qkv_bias:
+            zeros = nn.initializers.zeros
+            q_bthd += _param(self, "bq", (HEADS, HEAD_DIM), (h, hd), zeros).astype(dtype)
+            k_btkd += _param(self, "bk", (KV_HEADS, HEAD_DIM), (k, hd), zeros).astype(dtype)
+            v_btkd += _param(self, "bv", (KV_HEADS, HEAD_DIM), (k, hd), zeros).astype(dtype)
+        q_bthd = _constrain(q_bthd, (BATCH, SEQ, HEADS, HEAD_DIM))
+        k_btkd = _constrain(k_btkd, (BATCH, SEQ, KV_HEADS, HEAD_DIM))
+
+        inv_freq_k = rope_inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)
+        q_bthd = apply_rope(q_bthd, positions_bt, inv_freq_k)
+        k_btkd = apply_rope(k_btkd, positions_bt, inv_freq_k)
+
+        if layer_cache is None:
+            out_bthd = attend(
+                q_bthd, k_btkd, v_btkd,
+                q_segment_bt=segment_ids_bt, kv_segment_bs=segment_ids_bt,
+                q_pos_bt=positions_bt, kv_pos_bs=positions_bt,
+                impl=cfg.attention_impl,
+            )
+            new_cache = None
+        else:
+            k_bskd, v_bskd = layer_cache
+            at = (0, cache_meta.index, 0, 0)
+            k_bskd = jax.lax.dynamic_update_slice(k_bskd, k_btkd.astype(k_bskd.dtype), at)
+            v_bskd = jax.lax.dynamic_update_slice(v_bskd, v_btkd.astype(v_bskd.dtype), at)
+            out_bthd = attend(
+                q_bthd, k_bskd.astype(dtype), v_bskd.astype(dtype),
+                q_segment_bt=segment_ids_bt, kv_segment_bs=cache_meta.segment_ids_bs,
+                q_pos_bt=positions_bt, kv_pos_bs=cache_meta.positions_bs,
+                impl="xla", self_attention=False,
+            )
+            new_cache = (k_bskd, v_bskd)
+        out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo_hkd.astype(dtype))
+        return out_btd, new_cache
+
+
+class Mlp(nn.Module):
+    """SwiGLU: down(silu(gate x) * up x)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        cfg, init = self.cfg, _normal(self.cfg)
+        w_gate_df = _param(self, "w_gate", (EMBED, MLP), (cfg.d_model, cfg.mlp_dim), init)
+        w_up_df = _param(self, "w_up", (EMBED, MLP), (cfg.d_model, cfg.mlp_dim), init)
+        w_down_fd = _param(self, "w_down", (MLP, EMBED), (cfg.mlp_dim, cfg.d_model), init)
+        dtype = x_btd.dtype
+        gate_btf = jnp.einsum("btd,df->btf", x_btd, w_gate_df.astype(dtype))
+        up_btf = jnp.einsum("btd,df->btf", x_btd, w_up_df.astype(dtype))
+        hidden_btf = _constrain(nn.silu(gate_btf) * up_btf, (BATCH, SEQ, MLP))
+        return jnp.einsum("btf,fd->btd", hidden_btf, w_down_fd.astype(dtype))
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; the scan body (carry = residual stream)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, layer_cache, positions_bt, segment_ids_bt, cache_meta):
+        attn_out_btd, new_cache = Attention(self.cfg, name="attn")(
+            RMSNorm(self.cfg, name="attn_norm")(x_btd),
+            positions_bt, segment_ids_bt, layer_cache, cache_meta,
+        )
+        x_btd = x_btd + attn_out_btd
+        x_btd = x_btd + Mlp(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_btd))
+        return _constrain(x_btd, (BATCH, SEQ, EMBED)), new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing; recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _stacked_blocks(cfg: ModelConfig):
+    """Block wrapped in remat (per config) and scanned over layers."""
+    block = Block
+    if cfg.remat != "none":
+        block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    return nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: LAYERS},
+    )
+
+
+class Output(NamedTuple):
+    """What one forward pass returns; heads absent from the config are None."""
+
+    hidden_btd: jax.Array  # after the final RMSNorm
+    logits_btv: jax.Array | None  # float32
+    reward_bt: jax.Array | None  # float32; read it at reward-token positions (`gather_rows`)
+    value_bt: jax.Array | None  # float32
+    cache: KVCache | None
+
+
+class _CacheMeta(NamedTuple):
+    segment_ids_bs: jax.Array
+    positions_bs: jax.Array
+    index: jax.Array
+
+
+class Transformer(nn.Module):
+    """Embedding, scanned decoder layers, final norm, and the heads named in `cfg.heads`."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache: KVCache | None = None):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        embedding_vd = _param(
+            self, "embedding", (VOCAB, EMBED), (cfg.vocab_size, cfg.d_model), _normal(cfg)
+        )
+        x_btd = _constrain(embedding_vd[tokens_bt].astype(dtype), (BATCH, SEQ, EMBED))
+
+        cache_meta, layer_caches = None, None
+        if cache is not None:
+            at = (0, cache.index)
+            cache_meta = _CacheMeta(
+                jax.lax.dynamic_update_slice(cache.segment_ids_bs, segment_ids_bt, at),
+                jax.lax.dynamic_update_slice(cache.positions_bs, positions_bt, at),
+                cache.index,
+            )
+            layer_caches = (cache.k_lbskd, cache.v_lbskd)
+        x_btd, new_layer_caches = _stacked_blocks(cfg)(cfg, name="layers")(
+            x_btd, layer_caches, positions_bt, segment_ids_bt, cache_meta
+        )
+        hidden_btd = RMSNorm(cfg, name="final_norm")(x_btd)
+
+        logits_btv = reward_bt = value_bt = None
+        if "lm" in cfg.heads:
+            if cfg.tie_embeddings:
+                logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, embedding_vd.astype(dtype))
+            else:
+                w_dv = _param(
+                    self, "lm_head", (EMBED, VOCAB), (cfg.d_model, cfg.vocab_size), _normal(cfg)
+                )
+                logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, w_dv.astype(dtype))
+            logits_btv = _constrain(logits_btv.astype(jnp.float32), (BATCH, SEQ, VOCAB))
+        if "reward" in cfg.heads:
+            w_d = _param(self, "reward_head", (EMBED,), (cfg.d_model,), _normal(cfg))
+            reward_bt = jnp.einsum("btd,d->bt", hidden_btd, w_d.astype(dtype)).astype(jnp.float32)
+        if "value" in cfg.heads:
+            w_d = _param(self, "value_head", (EMBED,), (cfg.d_model,), _normal(cfg))
+            value_bt = jnp.einsum("btd,d->bt", hidden_btd, w_d.astype(dtype)).astype(jnp.float32)
+
+        new_cache = None
+        if cache is not None:
+            k_lbskd, v_lbskd = new_layer_caches
+            new_cache = KVCache(
+                k_lbskd, v_lbskd, cache_meta.segment_ids_bs, cache_meta.positions_bs,
+                cache.index + tokens_bt.shape[1],
+            )
+        return Output(hidden_btd, logits_btv, reward_bt, value_bt, new_cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers around the module
+# ---------------------------------------------------------------------------------------------
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, boxed: bool = False):
+    """Random parameters; `boxed=True` keeps the `nn.LogicallyPartitioned` axis metadata."""
+    tokens_bt = jnp.zeros((1, 1), jnp.int32)
+    variables = Transformer(cfg).init(rng, tokens_bt, tokens_bt, tokens_bt + 1)
+    return variables["params"] if boxed else nn.unbox(variables["params"])
+
+
+def logical_axes(cfg: ModelConfig):
+    """The logical-axes pytree of the parameters (no arrays are made)."""
+    boxed = jax.eval_shape(functools.partial(init_params, cfg, boxed=True), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def forward(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt, cache=None):
+    """One forward pass: `Transformer(cfg).apply` with plain (unboxed) parameters."""
+    return Transformer(cfg).apply({"params": params}, tokens_bt, positions_bt, segment_ids_bt, cache)
+
+
+def padded_inputs(mask_bt):
+    """Positions and segment ids for right- or left-padded rows from a 0/1 mask."""
+    mask_bt = jnp.asarray(mask_bt, jnp.int32)
+    positions_bt = jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
+    return positions_bt, mask_bt
+
+
+def last_token_index(segment_ids_bt):
+    """Index of each row's last non-padding token (right padding): where a padded row's reward is read."""
+    t = segment_ids_bt.shape[1]
+    is_real_bt = segment_ids_bt != 0
+    return t - 1 - jnp.argmax(is_real_bt[:, ::-1], axis=1)
+
+
+def gather_rows(values_bt, index_bn):
+    """values_bt[b, index_bn[b, n]] -> [B, N]: read a per-token output at given positions."""
+    return jnp.take_along_axis(values_bt, index_bn, axis=1)
