@@ -212,7 +212,7 @@ def read_gguf(
     config = _config_from_metadata(_metadata(reader, skip_arrays=_VOCAB_KEYS), reader, tensor_names)
 
     # Check every tensor's type before dequantising any, so an unsupported file fails at once.
-    plain = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+    plain = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64)
     bad = sorted({t.tensor_type.name for t in reader.tensors
                   if t.tensor_type not in plain and t.tensor_type not in _type_traits})
     if bad:
@@ -231,7 +231,10 @@ def read_gguf(
             continue
         # ggml shape is fastest-dimension-first; reversed it is the numpy (row-major) shape.
         shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
-        w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        if tensor.tensor_type == GGMLQuantizationType.F64:  # gguf-py's dequantize lacks F64
+            w = np.asarray(tensor.data, dtype=np.float32)
+        else:
+            w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         w = w.reshape(shape)
         if name.endswith("self_attn.q_proj.weight"):
             w = _reverse_permute(w, config["num_attention_heads"])
@@ -264,8 +267,8 @@ def load_gguf_tokenizer(path: str | os.PathLike):
     `tokenizer.ggml.add_bos_token` (False for SmolLM2).
     """
     # AutoTokenizer's gguf_file path imports torch in transformers 5.17 (integrations.gguf), so
-    # this feeds the same GGUF converter (integrations.ggml) the same inputs directly.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # this feeds the same GGUF converter (integrations.ggml) the same inputs directly; nothing
+    # here resolves a hub path, so it needs no network and no HF_HUB_OFFLINE.
     from gguf import GGUFReader
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.ggml import GGUF_TO_FAST_CONVERTERS, GGUF_TOKENIZER_MAPPING
