@@ -89,5 +89,9 @@ def attend(
     if impl == "pallas":
         from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
 
-        return attention_pallas.pallas_attention(q_bthd, k_bskd, v_bskd, q_segment_bt)
+        # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
+        interpret = jax.default_backend() != "tpu"
+        return attention_pallas.pallas_attention(
+            q_bthd, k_bskd, v_bskd, q_segment_bt, interpret=interpret
+        )
     raise ValueError(f"unknown attention impl {impl!r}")

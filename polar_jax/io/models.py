@@ -1,0 +1,83 @@
+"""One door for model files: load from an HF directory, a `.gguf` file or a polar_jax
+directory; save as HF safetensors or polar_jax; the tokenizer travels with the weights."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+from polar_jax.io import gguf, hf, polar_format
+from polar_jax.io.hf import Model
+from polar_jax.models import families
+
+# Files that make up a Hugging Face tokenizer (copied as found).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+)
+
+
+def source_format(src: str | pathlib.Path) -> str:
+    """"gguf", "polar" or "hf" for a path, or an error saying what was expected."""
+    src = pathlib.Path(src)
+    if src.is_file() and src.suffix == ".gguf":
+        return "gguf"
+    if src.is_dir() and polar_format.is_polar_dir(src):
+        return "polar"
+    if src.is_dir() and (src / "config.json").exists():
+        return "hf"
+    raise FileNotFoundError(
+        f"{src}: not a model: expected a .gguf file, a polar_jax directory "
+        f"({polar_format.META_FILE}) or a Hugging Face directory (config.json + safetensors)"
+    )
+
+
+def load_model(src: str | pathlib.Path, heads: tuple[str, ...] | None = None, **runtime) -> Model:
+    """Load weights and config from any supported source; `runtime` sets dtype, remat, ..."""
+    fmt = source_format(src)
+    if fmt == "polar":
+        model = polar_format.load_polar(src, **runtime)
+        if heads is not None and tuple(heads) != model.cfg.heads:
+            raise ValueError(f"{src} has heads {model.cfg.heads}, not {tuple(heads)}")
+        return model
+    if fmt == "hf":
+        return hf.load_hf(src, heads=heads, **runtime)
+    hf_config, tensors = gguf.read_gguf(src)
+    cfg = families.config_from_hf(hf_config, heads=heads or ("lm",), **runtime)
+    params, unused = hf.params_from_hf(cfg, "llama", tensors, source=str(src))
+    assert not unused, unused  # read_gguf already reported unmapped tensors
+    return Model(cfg, params, families.family_of(hf_config), hf_config)
+
+
+def load_tokenizer(src: str | pathlib.Path):
+    """The tokenizer stored with a model (HF / polar directory, or GGUF metadata)."""
+    if source_format(src) == "gguf":
+        return gguf.load_gguf_tokenizer(src)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+
+
+def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
+    """Put the source's tokenizer files into `dst`; returns the names written."""
+    dst = pathlib.Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    if source_format(src) == "gguf":
+        return list(load_tokenizer(src).save_pretrained(str(dst)))
+    found = [pathlib.Path(src) / n for n in TOKENIZER_FILES if (pathlib.Path(src) / n).exists()]
+    for f in found:
+        shutil.copy2(f, dst / f.name)
+    return [f.name for f in found]
+
+
+def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32") -> Model:
+    """Read `src` (any format) and write it to `dst` as `fmt` ("hf" | "polar"), tokenizer included."""
+    model = load_model(src)
+    if fmt == "hf":
+        hf.save_hf(model, dst, head=head, dtype=dtype)
+    elif fmt == "polar":
+        polar_format.save_polar(model, dst)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose hf or polar")
+    copy_tokenizer(src, dst)
+    return model
