@@ -17,5 +17,5 @@ py="${PYTHON:-python3}"
     $py -m polar_jax.bench.forward --random-weights --dtype bfloat16 --batch 4 --seq 512 --attention $attn
   done
   $py -m polar_jax.bench.forward --random-weights --dtype bfloat16 --batch 16 --seq 2048 --attention cudnn
-  $py -m polar_jax.bench.forward --random-weights --dtype float32 --batch 4 --seq 512 --attention cudnn
+  $py -m polar_jax.bench.forward --random-weights --dtype float32 --batch 4 --seq 512 --attention auto
 } 2>&1 | tee "$out/gpu_bench.log"

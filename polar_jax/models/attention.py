@@ -7,7 +7,7 @@ KV-cache slots), so packed rows, padded rows and cached decoding are one mechani
 - "xla":    plain einsum + masked softmax; the reference, runs everywhere (CPU tests).
 - "cudnn":  `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on GPU).
 - "pallas": the TPU splash/flash kernel (`attention_pallas.py`).
-- "auto":   cudnn on GPU, pallas on TPU, xla elsewhere.
+- "auto":   cudnn on GPU (16-bit inputs), pallas on TPU, xla elsewhere.
 The fused kernels need self-attention over one row (no cache); cached decoding uses "xla",
 which is memory-bound there anyway.
 """
@@ -55,12 +55,23 @@ def cudnn_attention(q_bthd, k_bshd, v_bshd, segment_ids_bt):
     )
 
 
-def resolve_impl(impl: str) -> str:
-    """Turn "auto" into the back-end for the default device's platform."""
+def resolve_impl(impl: str, dtype=jnp.bfloat16) -> str:
+    """Turn "auto" into the back-end for the default platform and this compute dtype.
+
+    cuDNN's fused attention takes only 16-bit inputs, so float32 on GPU runs "xla".
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if impl == "cudnn" and not half:
+        raise ValueError(
+            f"attention_impl='cudnn' needs bfloat16 or float16 inputs, got {jnp.dtype(dtype)}; "
+            "set the model dtype to bfloat16 or use attention_impl='auto' / 'xla'"
+        )
     if impl != "auto":
         return impl
-    platform = jax.devices()[0].platform
-    return {"gpu": "cudnn", "tpu": "pallas"}.get(platform, "xla")
+    platform = jax.default_backend()
+    if platform == "gpu":
+        return "cudnn" if half else "xla"
+    return "pallas" if platform == "tpu" else "xla"
 
 
 def attend(
@@ -80,7 +91,7 @@ def attend(
     Fused kernels assume causality by index, which holds for a row whose positions restart
     at 0 per segment and increase by one, i.e. every row without a KV cache.
     """
-    impl = resolve_impl(impl)
+    impl = resolve_impl(impl, q_bthd.dtype)
     if impl == "xla" or not self_attention:
         mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs)
         return xla_attention(q_bthd, k_bskd, v_bskd, mask_bts)

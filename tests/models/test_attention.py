@@ -21,7 +21,9 @@ def model_and_rows(seq: int, dtype: str):
 
 
 def outputs(cfg, params, rows):
-    out = jax.jit(lambda p, *r: T.forward(cfg, p, *r))(params, *rows)
+    # Full float32 matmuls: GPUs otherwise use TF32, which the 1e-4 tolerance would catch.
+    with jax.default_matmul_precision("float32"):
+        out = jax.jit(lambda p, *r: T.forward(cfg, p, *r))(params, *rows)
     return np.asarray(out.logits_btv), np.asarray(out.reward_bt)
 
 
@@ -34,8 +36,16 @@ def test_pallas_kernel_in_the_model_matches_xla():
     np.testing.assert_allclose(reward[valid], ref_reward[valid], atol=1e-4)
 
 
-def test_auto_resolves_to_xla_on_cpu():
-    assert jax.default_backend() != "cpu" or attention.resolve_impl("auto") == "xla"
+def test_auto_resolves_by_platform_and_dtype():
+    expected = {"cpu": ("xla", "xla"), "gpu": ("cudnn", "xla"), "tpu": ("pallas", "pallas")}
+    bf16, f32 = expected[jax.default_backend()]
+    assert attention.resolve_impl("auto", "bfloat16") == bf16
+    assert attention.resolve_impl("auto", "float32") == f32
+
+
+def test_cudnn_refuses_float32_with_a_clear_error():
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        attention.resolve_impl("cudnn", "float32")
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
