@@ -55,10 +55,11 @@ def cudnn_attention(q_bthd, k_bshd, v_bshd, segment_ids_bt):
     )
 
 
-def resolve_impl(impl: str, dtype=jnp.bfloat16) -> str:
-    """Turn "auto" into the back-end for the default platform and this compute dtype.
+def resolve_impl(impl: str, dtype=jnp.bfloat16, seq_len: int = 128) -> str:
+    """Turn "auto" into the back-end for the default platform, compute dtype and row length.
 
-    cuDNN's fused attention takes only 16-bit inputs, so float32 on GPU runs "xla".
+    cuDNN's fused attention takes only 16-bit inputs, so float32 on GPU runs "xla"; the TPU
+    kernel tiles rows in blocks of 128, so other lengths on TPU run "xla".
     """
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if impl == "cudnn" and not half:
@@ -71,7 +72,7 @@ def resolve_impl(impl: str, dtype=jnp.bfloat16) -> str:
     platform = jax.default_backend()
     if platform == "gpu":
         return "cudnn" if half else "xla"
-    return "pallas" if platform == "tpu" else "xla"
+    return "pallas" if platform == "tpu" and seq_len % 128 == 0 else "xla"
 
 
 def attend(
@@ -91,7 +92,7 @@ def attend(
     Fused kernels assume causality by index, which holds for a row whose positions restart
     at 0 per segment and increase by one, i.e. every row without a KV cache.
     """
-    impl = resolve_impl(impl, q_bthd.dtype)
+    impl = resolve_impl(impl, q_bthd.dtype, q_bthd.shape[1])
     if impl == "xla" or not self_attention:
         mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs)
         return xla_attention(q_bthd, k_bskd, v_bskd, mask_bts)
