@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
     "generate": ("generate", "greedy continuation of prompts with a causal LM (SmolLM2 by default)"),
+    "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
 }
 
 

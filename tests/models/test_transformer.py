@@ -94,21 +94,23 @@ def test_kv_cache_decoding_equals_full_forward_token_by_token():
     tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, prompt_len + new), 1, cfg.vocab_size))
     mask = np.arange(prompt_len)[None] < lengths[:, None]
 
+    forward = jax.jit(lambda p, t, pos, seg, c=None: T.forward(cfg, p, t, pos, seg, c))
     cache = T.KVCache.empty(cfg, batch=2, max_len=prompt_len + new)
     positions, segment_ids = T.padded_inputs(mask)
-    out = T.forward(cfg, params, tokens[:, :prompt_len] * mask, positions, segment_ids, cache)
-    cache = out.cache
-    decode = jax.jit(lambda p, t, pos, seg, c: T.forward(cfg, p, t, pos, seg, c))
+    cache = forward(params, tokens[:, :prompt_len] * mask, positions, segment_ids, cache).cache
+    # The same sequences run in full, without cache or padding: step s must give position len + s.
+    full = []
+    for b in range(2):
+        seq = np.concatenate([tokens[b, : lengths[b]], tokens[b, prompt_len:]])
+        full.append(forward(params, seq[None], np.arange(len(seq))[None], np.ones((1, len(seq)), int)))
     for step in range(new):
         pos = (lengths + step)[:, None]
         tok = tokens[:, prompt_len + step][:, None]
-        out = decode(params, tok, pos, np.ones_like(tok), cache)
+        out = forward(params, tok, pos, np.ones_like(tok), cache)
         cache = out.cache
-        for b in range(2):  # the same sequence run in full, without cache or padding
-            seq = np.concatenate([tokens[b, : lengths[b]], tokens[b, prompt_len : prompt_len + step + 1]])
-            full = T.forward(cfg, params, seq[None], np.arange(len(seq))[None], np.ones((1, len(seq)), int))
-            np.testing.assert_allclose(out.logits_btv[b, 0], full.logits_btv[0, -1], atol=1e-5)
-            np.testing.assert_allclose(out.value_bt[b, 0], full.value_bt[0, -1], atol=1e-5)
+        for b in range(2):
+            np.testing.assert_allclose(out.logits_btv[b, 0], full[b].logits_btv[0, lengths[b] + step], atol=1e-5)
+            np.testing.assert_allclose(out.value_bt[b, 0], full[b].value_bt[0, lengths[b] + step], atol=1e-5)
     assert int(cache.index) == prompt_len + new
 
 
