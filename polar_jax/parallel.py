@@ -1,0 +1,116 @@
+"""Meshes, logical-axis rules and shardings: the only place that knows about devices.
+
+Parameters and activations name logical axes (`models/transformer.py`); `RULES` maps them to
+the mesh axes `data`, `fsdp` and `tensor`. Changing how a model is sharded means changing
+the mesh sizes or the rules in a config, never model code.
+
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})   # -1 takes the remaining devices
+    with use_rules(mesh, RULES):
+        state = jax.jit(init, out_shardings=...)(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Batch over data and fsdp (FSDP is data parallel with sharded
+# weights); weights sharded over fsdp along embed and over tensor along heads / mlp / vocab.
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("seq", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("cache_seq", None),
+)
+
+
+def mesh_shape(axes: dict[str, int], num_devices: int) -> dict[str, int]:
+    """Resolve one -1 size to the devices left over; check the product."""
+    sizes = {name: int(axes.get(name, 1)) for name in MESH_AXES}
+    unknown = [k for k in axes if k not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {free}")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        if num_devices % fixed:
+            raise ValueError(f"{num_devices} devices do not divide into mesh {axes}")
+        sizes[free[0]] = num_devices // fixed
+    if math.prod(sizes.values()) != num_devices:
+        raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, {num_devices} are present")
+    return sizes
+
+
+def make_mesh(axes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over all (or the given) devices with axes data, fsdp, tensor (Auto sharding)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_shape(axes, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    try:  # topology-aware device order on real hardware
+        device_array = mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # noqa: BLE001 - simulated or irregular device sets
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=RULES):
+    """A pytree of logical PartitionSpecs -> NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules=RULES, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [batch, ...] input array: batch split over the batch mesh axes."""
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated sharding (scalars, RNG keys, step counters)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh, rules=RULES):
+    """Make `mesh` and `rules` current, so activation constraints in the model take effect."""
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Join a multi-process run (TPU pod slice, GPU cluster); nothing to do for one process.
+
+    On TPU and Slurm every argument may be None (JAX detects the cluster); elsewhere pass
+    all three (e.g. from the launch script's environment).
+    """
+    if num_processes == 1 or (coordinator_address is None and num_processes is None and not _cluster_detected()):
+        return
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def _cluster_detected() -> bool:
+    return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))

@@ -1,0 +1,1 @@
+"""Training reward models: the objective, the optimiser, the pure step functions and the loop."""

@@ -1,0 +1,76 @@
+"""The train state and its creation directly in its sharded layout (no full copy on one device)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from polar_jax import parallel
+from polar_jax.models import transformer as T
+from polar_jax.models.config import ModelConfig
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step changes. `skipped` counts updates dropped for non-finite values,
+    `bad_streak` how many of the latest steps in a row were dropped."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    skipped: jax.Array
+    bad_streak: jax.Array
+
+
+def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):
+    params = T.init_params(model_cfg, rng, boxed=True)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+        rng=jax.random.key_data(rng), skipped=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
+    )
+
+
+def state_shardings(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES):
+    """NamedShardings of every state leaf, from the parameters' logical axes.
+
+    Optimiser moments inherit their parameter's axes (optax maps over the boxed leaves);
+    scalars and the RNG are replicated.
+    """
+    abstract = jax.eval_shape(lambda k: _boxed_state(model_cfg, optimizer, k), jax.random.key(0))
+    specs = nn.get_partition_spec(abstract)
+    return parallel.logical_to_sharding(specs, mesh, rules)
+
+
+def create_state(model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES,
+                 params: dict | None = None) -> TrainState:
+    """A fresh state on `mesh`: random parameters (params=None) or the given host arrays,
+    each placed shard by shard; optimiser state initialised where it lives."""
+    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
+    with parallel.use_rules(mesh, rules):
+        if params is None:
+            def init(k):
+                return nn.unbox(_boxed_state(model_cfg, optimizer, k))
+
+            return jax.jit(init, out_shardings=shardings)(rng)
+        placed = jax.tree.map(_place, params, shardings.params)
+
+        def init_rest(p, k):
+            return TrainState(
+                step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
+                rng=jax.random.key_data(k), skipped=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
+            )
+
+        return jax.jit(init_rest, out_shardings=shardings, donate_argnums=0)(placed, rng)
+
+
+def _place(host_array, sharding) -> jax.Array:
+    """Put a host array on its sharding, each device receiving only its own slice."""
+    host_array = np.asarray(host_array)
+    return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])

@@ -1,0 +1,80 @@
+"""Pure step functions: one optimiser update (with gradient accumulation and a non-finite
+guard) and one evaluation pass. The trainer jits them once with explicit shardings."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from polar_jax.models import transformer as T
+from polar_jax.models.config import ModelConfig
+from polar_jax.train import objectives
+from polar_jax.train.state import TrainState
+
+BATCH_KEYS = ("tokens_bt", "segment_ids_bt", "positions_bt", "reward_index_bp2", "pair_mask_bp")
+SUM_KEYS = (*objectives.SUM_KEYS, "tokens")
+
+
+def loss_sums(params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0):
+    """Summed Bradley-Terry loss of one (micro-)batch and its summed metrics."""
+    out = T.forward(model_cfg, params, batch["tokens_bt"], batch["positions_bt"], batch["segment_ids_bt"])
+    chosen_bp, rejected_bp = objectives.pair_rewards(out.reward_bt, batch["reward_index_bp2"])
+    loss_sum, sums = objectives.bradley_terry(chosen_bp, rejected_bp, batch["pair_mask_bp"], margin)
+    sums["tokens"] = jnp.sum(batch["segment_ids_bt"] != 0).astype(jnp.float32)
+    return loss_sum, sums
+
+
+def _micro_batches(batch: dict, accum_steps: int) -> dict:
+    """[B, ...] -> [A, B / A, ...] for a scan over micro-batches."""
+    def split(x):
+        if x.shape[0] % accum_steps:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by accum_steps={accum_steps}")
+        return x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+
+    return {k: split(batch[k]) for k in BATCH_KEYS}
+
+
+def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, accum_steps: int = 1, margin: float = 0.0):
+    """One update on the mean loss over every real pair of the batch; returns (state, metrics).
+
+    A non-finite loss or gradient leaves params and optimiser state unchanged and counts
+    the step in `skipped` / `bad_streak`.
+    """
+    grad_fn = jax.grad(loss_sums, has_aux=True)
+
+    def accumulate(carry, micro):
+        grads, sums = grad_fn(state.params, micro, model_cfg, margin)
+        acc_grads, acc_sums = carry
+        return (jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_sums, sums)), None
+
+    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS}
+    (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), _micro_batches(batch, accum_steps))
+
+    pairs = jnp.maximum(sums["pairs"], 1.0)
+    grads = jax.tree.map(lambda g: g / pairs, grads)
+    grad_norm = optax.tree.norm(grads)
+    metrics = objectives.finalize(sums)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
+    )
+    metrics.update(grad_norm=grad_norm, lr=schedule(state.step), tokens=sums["tokens"],
+                   finite=finite, skipped=new_state.skipped, bad_streak=new_state.bad_streak)
+    return new_state, metrics
+
+
+def eval_step(params, batch: dict, *, model_cfg: ModelConfig, margin: float = 0.0) -> dict:
+    """Summed loss / accuracy metrics of one batch (add them up, then `objectives.finalize`)."""
+    _, sums = loss_sums(params, batch, model_cfg, margin)
+    return sums
