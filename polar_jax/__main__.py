@@ -12,6 +12,7 @@ COMMANDS = {
     "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
     "generate": ("generate", "greedy continuation of prompts with a causal LM (SmolLM2 by default)"),
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
+    "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
 }
 
 
@@ -25,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"polar_jax.commands.{module_name}")
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Only `train` takes free-form --config.KEY=VALUE overrides; anything else unknown is an error.
+    args.overrides = [a for a in extra if a.startswith("--config.")]
+    unknown = [a for a in extra if a not in args.overrides]
+    if unknown or (args.overrides and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,8 +1,10 @@
 """Synthetic policy-discrimination triplets at the token level: data that needs no files.
 
-A "policy" is a first-order Markov chain over a small vocabulary with its own sparse
-transition matrix (Dirichlet-drawn). For each example, policies A != B are picked; A samples
-the reference and the chosen continuation, B the rejected one, after a shared random prompt.
+A "policy" is a first-order Markov chain with its own style: it mostly writes words from its
+own band of the vocabulary (bands of neighbouring policies overlap), with its own sparse
+transitions inside the band (Dirichlet-drawn), and now and then (`off_band`) any word. For
+each example, policies A != B are picked; A samples the reference and the chosen
+continuation, B the rejected one, after a shared random prompt.
 Sequences follow the POLAR layout with ids in place of text:
 
     [BOS] prompt reference [SPLIT] prompt candidate [REWARD]
@@ -27,7 +29,8 @@ class SyntheticConfig:
 
     vocab_size: int = 128
     num_policies: int = 8
-    concentration: float = 0.05  # Dirichlet: smaller = more distinct policies
+    concentration: float = 0.3  # Dirichlet of transitions inside a band: smaller = sparser
+    off_band: float = 0.1  # probability of a word outside the policy's band
     prompt_len: tuple[int, int] = (4, 16)
     response_len: tuple[int, int] = (8, 32)
     seed: int = 0
@@ -40,7 +43,12 @@ class SyntheticTriplets:
         self.cfg, self.num_examples, self.offset = cfg, num_examples, offset
         words = cfg.vocab_size - FIRST_WORD
         rng = np.random.default_rng([cfg.seed, 0])
-        self.transitions_kww = rng.dirichlet(np.full(words, cfg.concentration), size=(cfg.num_policies, words))
+        stride = words // cfg.num_policies
+        self.transitions_kww = np.full((cfg.num_policies, words, words), cfg.off_band / words)
+        for k in range(cfg.num_policies):
+            band = (k * stride + np.arange(2 * stride)) % words  # overlaps the next policy's band
+            inside = rng.dirichlet(np.full(len(band), cfg.concentration), size=words)
+            self.transitions_kww[k][:, band] += (1 - cfg.off_band) * inside
 
     def __len__(self) -> int:
         return self.num_examples

@@ -48,6 +48,13 @@ def state_shardings(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=paralle
     return parallel.logical_to_sharding(specs, mesh, rules)
 
 
+def abstract_state(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES) -> TrainState:
+    """The state as ShapeDtypeStructs with their shardings: a restore target, nothing allocated."""
+    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
+    shapes = jax.eval_shape(lambda k: nn.unbox(_boxed_state(model_cfg, optimizer, k)), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
 def create_state(model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES,
                  params: dict | None = None) -> TrainState:
     """A fresh state on `mesh`: random parameters (params=None) or the given host arrays,

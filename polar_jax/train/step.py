@@ -39,8 +39,8 @@ def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimi
                schedule: optax.Schedule, accum_steps: int = 1, margin: float = 0.0):
     """One update on the mean loss over every real pair of the batch; returns (state, metrics).
 
-    A non-finite loss or gradient leaves params and optimiser state unchanged and counts
-    the step in `skipped` / `bad_streak`.
+    A non-finite loss, gradient or updated parameter leaves params and optimiser state
+    unchanged and counts the step in `skipped` / `bad_streak`.
     """
     grad_fn = jax.grad(loss_sums, has_aux=True)
 
@@ -61,6 +61,8 @@ def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimi
 
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    # An update that overflows the parameters is as bad as a non-finite gradient.
+    finite &= jnp.isfinite(optax.tree.norm(new_params))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,

@@ -1,0 +1,39 @@
+"""Pre-train or fine-tune a POLAR reward model from a config file; rerun to resume.
+
+    python -m polar_jax train --config configs/pretrain_tiny.py --workdir DIR [--config.KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from polar_jax import parallel
+from polar_jax.config_loading import load_config
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `train` (config overrides come as extra --config.KEY=VALUE arguments)."""
+    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, config.json")
+    parser.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, join the other processes if any, train."""
+    config = load_config(args.config, args.overrides)
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from polar_jax.train import trainer  # after distributed init: it touches devices
+
+    try:
+        result = trainer.train(config, args.workdir, progress=not args.no_progress)
+    except trainer.TrainingDiverged as e:
+        log.error("%s", e)
+        return 3
+    log.info("stopped at step %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)
+    return 0

@@ -1,0 +1,275 @@
+"""The trainer: pre-training and SFT of POLAR reward models, read top to bottom.
+
+    python -m polar_jax train --config configs/pretrain_tiny.py --workdir DIR [--config.KEY=VALUE ...]
+
+Pre-training and SFT are this one loop; they differ in data and in `config.model.init`
+(a base LM, or a POLAR reward model). The jitted step functions live in `step.py`; this file
+only drives them: setup, model, data, optimiser, checkpoint, loop.
+
+A rerun with the same workdir resumes from the newest checkpoint (params, optimiser state,
+step, RNG, data iterator). SIGTERM / SIGINT finish the current step, save and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from polar_jax import parallel
+from polar_jax.data import pipeline as data_pipeline
+from polar_jax.data import sources, synthetic
+from polar_jax.io import checkpoint, models, polar_format
+from polar_jax.io.hf import Model
+from polar_jax.models import families
+from polar_jax.models.config import ModelConfig
+from polar_jax.models.vocab import grow_vocab
+from polar_jax.train import objectives, step as steps
+from polar_jax.train.metrics import MetricsWriter, peak_tflops, train_flops_per_token
+from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
+from polar_jax.train.state import abstract_state, create_state
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How a run ended: its last step, why it stopped, and the last logged metrics."""
+
+    step: int
+    stopped_by: str  # "done" | "signal"
+    metrics: dict
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> RunResult:
+    """Run (or resume) the training described by `config` in `workdir`."""
+    # ------------------------------------------------------------------------------ setup
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    resolved = json.loads(config.to_json())
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    mesh = parallel.make_mesh(dict(config.mesh))
+    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
+
+    # ------------------------------------------------------------------------------ model
+    model = build_model(config)
+    model_cfg, init_params = model.cfg, model.params
+    log.info("reward model: %.2fM parameters, %d layers, d_model %d", model_cfg.num_params() / 1e6,
+             model_cfg.num_layers, model_cfg.d_model)
+
+    # ------------------------------------------------------------------------------ data
+    train_source, eval_source = build_sources(config)
+    if config.data.batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size={config.data.batch_size} must divide over {jax.process_count()} processes")
+    pipeline_cfg = data_pipeline.PipelineConfig(
+        batch_size=config.data.batch_size // jax.process_count(), seq_len=config.data.seq_len,
+        max_pairs_per_row=config.data.max_pairs_per_row, seed=config.seed, mode=config.data.mode,
+        num_workers=config.data.num_workers, shard_index=jax.process_index(), shard_count=jax.process_count(),
+    )
+    train_iter = iter(data_pipeline.build_pipeline(train_source, pipeline_cfg))
+
+    # ------------------------------------------------------------------------------ optimiser
+    optim_cfg = OptimConfig(**config.optim)
+    optimizer = make_optimizer(optim_cfg, config.steps)
+    schedule = lr_schedule(optim_cfg, config.steps)
+
+    # ------------------------------------------------------------------------------ checkpoint
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    target = abstract_state(model_cfg, optimizer, mesh)
+    start_step, state = ckpt.restore_latest(target, train_iter)
+    if state is None:
+        state = create_state(model_cfg, optimizer, jax.random.key(config.seed), mesh, params=init_params)
+        start_step = 0
+    else:
+        log.info("resumed from %s step %d", ckpt.directory, start_step)
+    del init_params
+
+    # ------------------------------------------------------------------------------ compile
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    batch_sharding = {k: parallel.batch_sharding(mesh, ndim=n) for k, n in _BATCH_NDIM.items()}
+    train_step = jax.jit(
+        functools.partial(steps.train_step, model_cfg=model_cfg, optimizer=optimizer, schedule=schedule,
+                          accum_steps=config.accum_steps, margin=config.margin),
+        in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0,
+    )
+    eval_step = jax.jit(functools.partial(steps.eval_step, model_cfg=model_cfg, margin=config.margin),
+                        in_shardings=(state_sharding.params, batch_sharding))
+
+    # ------------------------------------------------------------------------------ loop
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    peak, peak_source = peak_tflops(config.peak_tflops)
+    flops_per_token = train_flops_per_token(model_cfg, config.data.seq_len)
+    stop = _StopOnSignal()
+    bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress)
+    last_save, window_start, window_tokens, logged = time.monotonic(), time.perf_counter(), 0.0, {}
+    step = start_step
+    try:
+        with parallel.use_rules(mesh):
+            while step < config.steps:
+                batch = _global_batch(next(train_iter), batch_sharding)
+                state, metrics = train_step(state, batch)
+                step += 1
+                bar.update(1)
+                window_tokens += float(metrics["tokens"])
+                diverged = int(metrics["bad_streak"]) >= config.max_bad_steps
+                if step % config.log_every == 0 or step == config.steps or diverged:
+                    seconds = time.perf_counter() - window_start
+                    logged = {k: float(v) for k, v in metrics.items()}
+                    logged["tokens_per_s"] = window_tokens / seconds
+                    if peak:
+                        logged["mfu"] = logged["tokens_per_s"] * flops_per_token / (peak * 1e12 * mesh.size)
+                    writer.write(step, logged)
+                    bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['accuracy']:.3f}")
+                    window_start, window_tokens = time.perf_counter(), 0.0
+                if diverged:
+                    raise TrainingDiverged(
+                        f"{config.max_bad_steps} non-finite steps in a row (loss, gradient or update NaN/Inf) up to "
+                        f"step {step}; stopping. The last good checkpoint is in {ckpt.directory} (steps "
+                        f"{ckpt.steps()}); lower optim.lr or check the data")
+                if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                    writer.write(step, evaluate(eval_step, state.params, eval_source, config, batch_sharding), "eval_")
+                minutes = (time.monotonic() - last_save) / 60
+                if step % config.checkpoint_every == 0 or minutes >= config.checkpoint_minutes or step == config.steps:
+                    ckpt.save(step, state, train_iter, resolved, force=True)
+                    last_save = time.monotonic()
+                if stop.requested:
+                    log.warning("%s received: saving step %d and exiting", stop.requested, step)
+                    ckpt.save(step, state, train_iter, resolved, force=True)
+                    break
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        stop.restore()
+    if peak is None:
+        log.info("MFU not reported: %s (set config.peak_tflops)", peak_source)
+    if step == config.steps and not stop.requested:
+        # The finished model, loadable by `score`, `convert` and as the init of an SFT run.
+        polar_format.save_polar(Model(model_cfg, state.params, model.family, model.hf_config), workdir / "model")
+        log.info("final model in %s (step %d, loss %.4f)", workdir / "model", step, logged.get("loss", float("nan")))
+    return RunResult(step=step, stopped_by="signal" if stop.requested else "done", metrics=logged)
+
+
+_BATCH_NDIM = {"tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2}
+
+
+def _global_batch(local: dict, shardings: dict) -> dict:
+    """This process's rows -> global arrays sharded over the mesh's batch axes."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in shardings}
+
+
+def evaluate(eval_step, params, source, config, batch_sharding) -> dict:
+    """Loss and accuracy over `config.eval_batches` batches of the held-out source (same every time)."""
+    pipeline_cfg = data_pipeline.PipelineConfig(
+        batch_size=config.data.batch_size // jax.process_count(), seq_len=config.data.seq_len,
+        max_pairs_per_row=config.data.max_pairs_per_row, seed=config.seed, shuffle=False, num_epochs=1,
+        mode=config.data.mode, shard_index=jax.process_index(), shard_count=jax.process_count(),
+    )
+    totals = None
+    for i, batch in enumerate(data_pipeline.build_pipeline(source, pipeline_cfg)):
+        if i == config.eval_batches:
+            break
+        sums = eval_step(params, _global_batch(batch, batch_sharding))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    return {k: float(v) for k, v in objectives.finalize(totals).items()} if totals else {}
+
+
+def build_model(config) -> Model:
+    """The reward model: config, initial parameters (None: random init under jit), family and
+    HF config (what an export writes).
+
+    `model.init`: "scratch" (sizes from the config), a base LM (the LM head is dropped and a
+    reward head added, zero or normal init) or a POLAR reward model (SFT) in any format.
+    """
+    m = config.model
+    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl)
+    if m.init == "scratch":
+        cfg = ModelConfig(vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers,
+                          num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+                          mlp_dim=m.mlp_dim, heads=("reward",), **runtime)
+        return Model(cfg, None, "llama", families.hf_config_for(cfg, "llama", "reward"))
+    model = models.load_model(m.init, **runtime)
+    params = dict(model.params)
+    cfg = model.cfg
+    mismatched = [f"{k}: config {m[k]} vs checkpoint {getattr(cfg, k)}" for k in _SIZE_FIELDS
+                  if k in m and m[k] != getattr(cfg, k) and not (k == "vocab_size" and m[k] > getattr(cfg, k))]
+    if mismatched:
+        raise ValueError(f"config.model sizes do not match {m.init}: {'; '.join(mismatched)}")
+    if "reward" not in cfg.heads:  # a base LM: pre-training starts here
+        params.pop("lm_head", None)
+        rng = np.random.default_rng(config.seed)
+        std = 1.0 / np.sqrt(cfg.d_model)
+        params["reward_head"] = (np.zeros(cfg.d_model, np.float32) if m.reward_head_init == "zeros"
+                                 else (rng.standard_normal(cfg.d_model) * std).astype(np.float32))
+        cfg = cfg.replace(heads=("reward",), tie_embeddings=False)
+    vocab = _data_vocab_size(config)
+    if vocab and vocab > cfg.vocab_size:
+        log.info("growing the vocabulary %d -> %d for the tokens `prepare` added", cfg.vocab_size, vocab)
+        cfg, params = grow_vocab(cfg, params, vocab, jax.random.key(config.seed))
+    return Model(cfg, params, model.family, model.hf_config)
+
+
+_SIZE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+
+
+def _data_vocab_size(config) -> int | None:
+    if config.data.kind != "array_record":
+        return None
+    encoding_file = pathlib.Path(config.data.train.split(",")[0]) / "encoding.json"
+    return json.loads(encoding_file.read_text()).get("vocab_size") if encoding_file.exists() else None
+
+
+def build_sources(config):
+    """(train, eval) random-access sources of triplet records."""
+    d = config.data
+    if d.kind == "synthetic":
+        syn = synthetic.SyntheticConfig(vocab_size=config.model.vocab_size, seed=config.seed,
+                                        concentration=d.synthetic_concentration)
+        return (synthetic.SyntheticTriplets(syn, d.synthetic_train_examples),
+                synthetic.SyntheticTriplets(syn, d.synthetic_eval_examples, offset=d.synthetic_train_examples))
+    if d.kind == "array_record":
+        if not d.train or not d.eval:
+            raise ValueError("data.kind=array_record needs data.train and data.eval (directories written by `prepare`)")
+        return (sources.ArrayRecordTriplets(_paths(d.train)), sources.ArrayRecordTriplets(_paths(d.eval)))
+    raise ValueError(f"data.kind={d.kind!r}; choose synthetic or array_record")
+
+
+def _paths(spec: str) -> list[str]:
+    out = []
+    for item in spec.split(","):
+        out += sources.find_shards(item) if pathlib.Path(item).is_dir() else [item]
+    return out
+
+
+class _StopOnSignal:
+    """Turns SIGTERM / SIGINT into a request the loop honours after the current step."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

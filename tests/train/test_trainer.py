@@ -1,0 +1,126 @@
+"""The training loop: bit-exact determinism and resume (SIGTERM included), the non-finite
+stop, the corrupt-checkpoint fallback and restoring onto another mesh."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from polar_jax.config_loading import load_config
+from polar_jax.io import polar_format
+from polar_jax.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "pretrain_tiny.py"
+SMALL = ["--config.steps=12", "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=4",
+         "--config.model.d_model=32", "--config.model.mlp_dim=64", "--config.data.seq_len=256",
+         "--config.data.max_pairs_per_row=2"]
+
+
+def config(*overrides):
+    return load_config(CONFIG, SMALL + list(overrides))
+
+
+def losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def final_params(workdir):
+    return jax.tree.leaves(polar_format.load_polar(pathlib.Path(workdir) / "model").params)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    result = trainer.train(config(), workdir, progress=False)
+    assert result.step == 12 and result.stopped_by == "done"
+    return workdir
+
+
+def test_two_runs_log_bit_identical_losses(reference_run, tmp_path):
+    trainer.train(config(), tmp_path, progress=False)
+    assert losses(tmp_path) == losses(reference_run)
+    assert len(losses(tmp_path)) == 12
+    for a, b in zip(final_params(tmp_path), final_params(reference_run)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_then_resume_equals_the_uninterrupted_run(reference_run, tmp_path):
+    cmd = [sys.executable, "-m", "polar_jax", "train", "--config", str(CONFIG), "--workdir", str(tmp_path),
+           "--no-progress", *SMALL]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert "SIGTERM received" in output
+    stopped_at = max(losses(tmp_path))
+    assert 6 <= stopped_at < 12, "the run should have stopped early"
+    assert (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
+    assert not (tmp_path / "model").exists()
+
+    result = trainer.train(config(), tmp_path, progress=False)  # the same command again resumes
+    assert result.step == 12
+    assert losses(tmp_path) == losses(reference_run)
+    for a, b in zip(final_params(tmp_path), final_params(reference_run)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path, caplog):
+    trainer.train(config(), tmp_path, progress=False)  # checkpoints at 4, 8, 12
+    for f in (tmp_path / "checkpoints" / "12" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"corrupted")
+    shutil.rmtree(tmp_path / "model")
+    with caplog.at_level("WARNING"):
+        result = trainer.train(config(), tmp_path, progress=False)
+    assert "checkpoint step 12" in caplog.text and "trying the previous one" in caplog.text
+    assert result.step == 12
+    assert losses(tmp_path) == losses(reference_run)  # steps 9..12 redone from step 8, exactly
+    assert any(p.name.startswith("unreadable-12-") for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_non_finite_steps_stop_the_run_and_keep_the_good_checkpoint(tmp_path):
+    cfg = config("--config.optim.lr=1e30", "--config.max_bad_steps=3", "--config.checkpoint_every=1")
+    with pytest.raises(trainer.TrainingDiverged, match="3 non-finite steps in a row"):
+        trainer.train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["finite"] for r in rows] == [1.0, 0.0, 0.0, 0.0]
+    assert rows[-1]["skipped"] == 3.0
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) <= 4
+    restarted = load_config(CONFIG, SMALL + ["--config.steps=5", "--config.max_bad_steps=100"])
+    result = trainer.train(restarted, tmp_path, progress=False)  # the checkpoint loads and trains on
+    assert result.step == 5
+    assert all(np.isfinite(p).all() for p in final_params(tmp_path))
+
+
+def test_restore_onto_another_mesh_continues_the_same_run(tmp_path):
+    data_parallel = tmp_path / "data"
+    trainer.train(config("--config.steps=8", "--config.mesh.data=8"), data_parallel, progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(data_parallel, moved)
+    shutil.rmtree(moved / "model")
+    shutil.rmtree(moved / "checkpoints" / "8")
+    trainer.train(config("--config.steps=8", "--config.mesh.data=1", "--config.mesh.fsdp=4",
+                         "--config.mesh.tensor=2"), moved, progress=False)
+    a, b = losses(data_parallel), losses(moved)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-5)
+    for x, y in zip(final_params(moved), final_params(data_parallel)):
+        np.testing.assert_allclose(x, y, atol=1e-5)
