@@ -12,6 +12,7 @@ COMMANDS = {
     "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
     "generate": ("generate", "greedy continuation of prompts with a causal LM (SmolLM2 by default)"),
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
+    "score": ("score", "score {prompt, reference, output} rows with a POLAR reward model (official encoding)"),
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
 }
 

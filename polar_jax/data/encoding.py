@@ -96,22 +96,24 @@ def _cut(ids: list[int], limit: int, side: str) -> list[int]:
     return ids[:limit] if side == "right" else ids[len(ids) - limit :]
 
 
-def build_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig):
-    """The model's input text without the reward token, and which parts were truncated."""
-    ids = {
-        name: tokenizer.encode(flatten(part), add_special_tokens=True)
-        for name, part in (("prompt", prompt), ("reference", reference), ("candidate", candidate))
-    }
+def _tokenize(tokenizer, part: Text) -> list[int]:
+    return tokenizer.encode(flatten(part), add_special_tokens=True)
+
+
+def _assemble(tokenizer, prompt_ids: list[int], reference_ids: list[int], candidate_ids: list[int], cfg: EncodingConfig):
+    """Cut the tokenised parts by the client's rules, decode them and join them into the text."""
     truncated = []
-    for name in ("reference", "candidate"):
-        if len(ids[name]) > cfg.max_response_length:
-            ids[name] = _cut(ids[name], cfg.max_response_length, cfg.response_cut_side)
-            truncated.append(name)
-    budget = cfg.prompt_budget(len(ids["reference"]), len(ids["candidate"]))
-    if len(ids["prompt"]) > budget:
-        ids["prompt"] = ids["prompt"][len(ids["prompt"]) - budget :]  # keep the prompt's end
+    if len(reference_ids) > cfg.max_response_length:
+        reference_ids = _cut(reference_ids, cfg.max_response_length, cfg.response_cut_side)
+        truncated.append("reference")
+    if len(candidate_ids) > cfg.max_response_length:
+        candidate_ids = _cut(candidate_ids, cfg.max_response_length, cfg.response_cut_side)
+        truncated.append("candidate")
+    budget = cfg.prompt_budget(len(reference_ids), len(candidate_ids))
+    if len(prompt_ids) > budget:
+        prompt_ids = prompt_ids[len(prompt_ids) - budget :]  # keep the prompt's end
         truncated.insert(0, "prompt")
-    p, r, c = (tokenizer.decode(ids[n], skip_special_tokens=True) for n in ("prompt", "reference", "candidate"))
+    p, r, c = (tokenizer.decode(ids, skip_special_tokens=True) for ids in (prompt_ids, reference_ids, candidate_ids))
 
     def join(response: str) -> str:
         if cfg.wrapper == "pretrain" or (not response and not cfg.newline_before_empty_response):
@@ -119,6 +121,12 @@ def build_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: E
         return p + "\n" + response
 
     return join(r) + cfg.split_text + join(c), tuple(truncated)
+
+
+def build_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig):
+    """The model's input text without the reward token, and which parts were truncated."""
+    return _assemble(tokenizer, _tokenize(tokenizer, prompt), _tokenize(tokenizer, reference),
+                     _tokenize(tokenizer, candidate), cfg)
 
 
 def client_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig) -> str:
@@ -134,13 +142,18 @@ def encode(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: Encod
 
 
 def encode_triplet(tokenizer, row: dict, cfg: EncodingConfig, reward_token_id: int) -> TripletEncoding:
-    """A `{prompt, reference, chosen, rejected}` row as its chosen and rejected sequences."""
-    chosen = encode(tokenizer, row["prompt"], row["reference"], row["chosen"], cfg, reward_token_id)
-    rejected = encode(tokenizer, row["prompt"], row["reference"], row["rejected"], cfg, reward_token_id)
-    truncated = set(chosen.truncated) | set(rejected.truncated)
-    names = [n for n in ("prompt", "reference") if n in truncated]
-    names += ["chosen"] * ("candidate" in chosen.truncated) + ["rejected"] * ("candidate" in rejected.truncated)
-    return TripletEncoding(chosen.ids, rejected.ids, tuple(names))
+    """A `{prompt, reference, chosen, rejected}` row as its chosen and rejected sequences.
+
+    The prompt and reference are tokenised once for both sequences.
+    """
+    prompt_ids, reference_ids = _tokenize(tokenizer, row["prompt"]), _tokenize(tokenizer, row["reference"])
+    out, truncated = [], set()
+    for name in ("chosen", "rejected"):
+        text, cut = _assemble(tokenizer, prompt_ids, reference_ids, _tokenize(tokenizer, row[name]), cfg)
+        out.append(np.asarray(tokenizer.encode(text, add_special_tokens=True) + [reward_token_id], np.int32))
+        truncated |= {name if part == "candidate" else part for part in cut}
+    order = ("prompt", "reference", "chosen", "rejected")
+    return TripletEncoding(out[0], out[1], tuple(n for n in order if n in truncated))
 
 
 def is_single_token(tokenizer, token: str) -> bool:

@@ -70,18 +70,11 @@ class Encoder:
 
 
 def load_tokenizer(src: str | os.PathLike):
-    """A tokenizer from a model source `polar_jax.io.models` reads, or a tokenizer-only HF directory."""
+    """A tokenizer from a model source or a tokenizer-only HF directory (`io.models.load_tokenizer`)."""
     from polar_jax.io import models  # here, not at the top: keeps pool workers free of the model code
 
     if not os.path.exists(src):
         raise FileNotFoundError(f"tokenizer {src} does not exist (give an HF tokenizer directory or a .gguf file)")
-    is_model = os.path.isfile(os.path.join(src, "config.json")) or os.path.isfile(os.path.join(src, "polar_model.json"))
-    if os.path.isdir(src) and not is_model and any(os.path.isfile(os.path.join(src, f)) for f in models.TOKENIZER_FILES):
-        # A tokenizer saved on its own (save_pretrained) has no config.json, so it is no model
-        # directory for `models.load_tokenizer`.
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(os.fspath(src), local_files_only=True)
     return models.load_tokenizer(src)
 
 

@@ -50,8 +50,10 @@ def load_model(src: str | pathlib.Path, heads: tuple[str, ...] | None = None, **
 
 
 def load_tokenizer(src: str | pathlib.Path):
-    """The tokenizer stored with a model (HF / polar directory, or GGUF metadata)."""
-    if source_format(src) == "gguf":
+    """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own."""
+    src = pathlib.Path(src)
+    tokenizer_only = src.is_dir() and any((src / n).exists() for n in TOKENIZER_FILES)
+    if not tokenizer_only and source_format(src) == "gguf":
         return gguf.load_gguf_tokenizer(src)
     from transformers import AutoTokenizer
 
