@@ -2,6 +2,8 @@
 
     python -m polar_jax train --config configs/pretrain_tiny.py --workdir /tmp/tiny
 
+About a minute on 2 CPU cores; held-out pair accuracy about 0.85-0.9 at the end.
+
 Eight synthetic "policies" (sparse Markov chains over 128 tokens, `data/synthetic.py`); each
 triplet's reference and chosen come from policy A, the rejected from policy B. A 2-layer
 reward model learns from scratch to tell whether a candidate matches its reference's policy.
@@ -14,7 +16,7 @@ def get_config():
     """The tiny pre-training experiment."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.steps = 200
+    c.steps = 300
     c.log_every = 10
     c.eval_every = 100
     c.eval_batches = 4
@@ -47,16 +49,16 @@ def get_config():
     c.data.synthetic_train_examples = 20_000
     c.data.synthetic_eval_examples = 256
     c.data.synthetic_concentration = 0.3  # Dirichlet of the policies' transitions in their bands
-    c.data.batch_size = 8  # rows per step (global)
-    c.data.seq_len = 512
-    c.data.max_pairs_per_row = 4
+    c.data.batch_size = 16  # rows per step (global)
+    c.data.seq_len = 256
+    c.data.max_pairs_per_row = 2
     c.data.mode = "packed"
     c.data.num_workers = 0
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3
+    c.optim.lr = 2e-3
     c.optim.b1 = 0.9
     c.optim.b2 = 0.95
     c.optim.weight_decay = 0.0

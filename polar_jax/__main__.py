@@ -33,10 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if a not in args.overrides]
     if unknown or (args.overrides and args.command != "train"):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+    # Our messages at INFO, other libraries' (orbax, absl, grain) at WARNING; -v shows all.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # imported libraries may have configured the root logger already
     )
+    logging.getLogger("polar_jax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return modules[args.command].run(args)
 
 

@@ -106,6 +106,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     if num_processes == 1 or (coordinator_address is None and num_processes is None and not _cluster_detected()):
         return
+    # CPU processes need a collectives library to talk to each other (GPU/TPU ignore this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),

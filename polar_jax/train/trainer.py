@@ -157,6 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         stop.restore()
     if peak is None:
         log.info("MFU not reported: %s (set config.peak_tflops)", peak_source)
+    log.info("process %d: step %d, loss %.8f", jax.process_index(), step, logged.get("loss", float("nan")))
     if step == config.steps and not stop.requested:
         # The finished model, loadable by `score`, `convert` and as the init of an SFT run.
         polar_format.save_polar(Model(model_cfg, state.params, model.family, model.hf_config), workdir / "model")

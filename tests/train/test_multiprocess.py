@@ -1,0 +1,53 @@
+"""Two processes on this machine (2 x 4 CPU devices, jax.distributed with a localhost
+coordinator) train one model together, checkpoint it together and agree on every step."""
+
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ARGS = ["--config", str(ROOT / "configs" / "pretrain_tiny.py"), "--no-progress", "--config.log_every=1",
+        "--config.eval_every=0", "--config.checkpoint_every=4", "--config.data.batch_size=8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_two(workdir, steps: int) -> list[str]:
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "polar_jax", "train", "--workdir", str(workdir), *ARGS,
+                               f"--config.steps={steps}", "--coordinator", f"localhost:{port}",
+                               "--num-processes", "2", "--process-id", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def final_line(output: str, process: int) -> tuple[int, str]:
+    step, loss = re.search(rf"process {process}: step (\d+), loss ([-0-9.e]+|nan)", output).groups()
+    return int(step), loss
+
+
+def test_two_processes_train_checkpoint_resume_and_agree(tmp_path):
+    first = run_two(tmp_path, steps=8)
+    (s0, loss0), (s1, loss1) = final_line(first[0], 0), final_line(first[1], 1)
+    assert s0 == s1 == 8 and loss0 == loss1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
+    assert (tmp_path / "model" / "polar_model.json").exists()
+
+    second = run_two(tmp_path, steps=12)  # the same workdir: both processes resume from step 8
+    assert all("resumed from" in out for out in second)
+    (s0, loss0), (s1, loss1) = final_line(second[0], 0), final_line(second[1], 1)
+    assert s0 == s1 == 12 and loss0 == loss1
+    steps = [int(line.split(",")[0].split(":")[1]) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
