@@ -1,5 +1,5 @@
-"""Where training metrics go: `metrics.jsonl` (one JSON object per logged step), TensorBoard
-events, and the throughput / MFU arithmetic (DESIGN.md's model-FLOPs count)."""
+"""Where training metrics go: `metrics.jsonl` (one JSON object per logged step) and TensorBoard
+events. The MFU arithmetic is in `polar_jax/flops.py`."""
 
 from __future__ import annotations
 
@@ -8,28 +8,6 @@ import pathlib
 
 import jax
 from tensorboardX import SummaryWriter
-
-from polar_jax.models.config import ModelConfig
-
-# bf16 dense peak per chip, TFLOP/s (datasheets), by a substring of `device.device_kind`.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
-               "TPU v5e": 197.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU v4": 275.0}
-
-
-def peak_tflops(configured: float = 0.0) -> tuple[float | None, str]:
-    """(peak bf16 TFLOP/s of one device, where it came from); None where unknown (CPU)."""
-    if configured:
-        return configured, "config"
-    kind = jax.devices()[0].device_kind
-    for name, value in PEAK_TFLOPS.items():
-        if name.lower() in kind.lower():
-            return value, f"{name} datasheet"
-    return None, f"unknown for {kind!r}"
-
-
-def train_flops_per_token(cfg: ModelConfig, context: int) -> float:
-    """6 x parameters (embedding lookup excluded) + 6 x layers x context x d_model (causal attention)."""
-    return 6.0 * cfg.num_params(include_embedding=False) + 6.0 * cfg.num_layers * context * cfg.d_model
 
 
 class MetricsWriter:

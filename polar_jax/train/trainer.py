@@ -33,8 +33,9 @@ from polar_jax.io.hf import Model
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 from polar_jax.models.vocab import grow_vocab
+from polar_jax.flops import peak_tflops, train_flops_per_token
 from polar_jax.train import objectives, step as steps
-from polar_jax.train.metrics import MetricsWriter, peak_tflops, train_flops_per_token
+from polar_jax.train.metrics import MetricsWriter
 from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
 from polar_jax.train.state import abstract_state, create_state
 

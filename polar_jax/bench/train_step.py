@@ -1,0 +1,142 @@
+"""Train-step throughput: step time, useful tokens/s and MFU, on one device and sharded, and
+(on a GPU) the same reward model in transformers + PyTorch, eager and torch.compile.
+
+    python -m polar_jax.bench.train_step                                   # tiny model, CPU, 1 and 8 devices
+    python -m polar_jax.bench.train_step --model 800m --batch 8 --seq 2048 --torch eager,compile   # GPU
+
+Each row of a batch holds one pair: chosen and rejected of `seq / 2` tokens each (two
+segments). The PyTorch side sees the same tokens as `2 x batch` rows of `seq / 2` tokens, one
+sequence each, so both sides do the same attention and matmul work. Useful tokens exclude
+padding (there is none here). MFU follows DESIGN.md: 6 x non-embedding parameters + 6 x
+layers x context x d_model per token, context = the sequence length, against the chip's bf16
+peak (datasheet, named in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+MODELS = {
+    "tiny": dict(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128),
+    "smollm2": dict(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, mlp_dim=1536),
+    # Llama-shaped, ~820M parameters: the size DESIGN.md's GPU figures were measured at.
+    "800m": dict(vocab_size=32000, d_model=2048, num_layers=16, num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=5632),
+}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """Flags; read before JAX is imported, since `--devices` must reach XLA first."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    p.add_argument("--batch", type=int, default=8, help="rows per step (one pair each)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per row")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn", "pallas"))
+    p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"))
+    p.add_argument("--meshes", default="data=1;fsdp=-1", help="';'-separated meshes, e.g. 'data=1;fsdp=-1;data=2,tensor=4'")
+    p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (CPU only)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--torch", default="", help="GPU only: 'eager', 'compile' or 'eager,compile'")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    """Run every requested mesh (and PyTorch mode), print the table."""
+    args = parse(argv)
+    if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+    import functools
+    import json
+    import pathlib
+    import subprocess
+    import time
+
+    import jax
+    import numpy as np
+
+    from polar_jax import parallel
+    from polar_jax.bench.common import print_table
+    from polar_jax.data.packing import make_batch
+    from polar_jax.flops import peak_tflops, train_flops_per_token
+    from polar_jax.models.config import ModelConfig
+    from polar_jax.train import step as S
+    from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
+    from polar_jax.train.state import create_state
+
+    cfg = ModelConfig(**MODELS[args.model], heads=("reward",), dtype=args.dtype, remat=args.remat,
+                      attention_impl=args.attention)
+    half = args.seq // 2
+    rng = np.random.default_rng(0)
+    pairs = [{"chosen": rng.integers(1, cfg.vocab_size, half), "rejected": rng.integers(1, cfg.vocab_size, half)}
+             for _ in range(args.batch)]
+    host_batch = make_batch([[p] for p in pairs], row_len=args.seq, max_pairs_per_row=1)
+    host_batch = {k: host_batch[k] for k in S.BATCH_KEYS}
+    peak, peak_source = peak_tflops()
+    flops_per_token = train_flops_per_token(cfg, context=half)
+    device = jax.devices()[0]
+    rows = []
+    for spec in args.meshes.split(";"):
+        axes = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+        devices = jax.devices()[:1] if axes == {"data": 1} else None
+        mesh = parallel.make_mesh(axes, devices)
+        optimizer = make_optimizer(OptimConfig(lr=1e-5), 1000)
+        state = create_state(cfg, optimizer, jax.random.key(0), mesh)
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        step = jax.jit(functools.partial(S.train_step, model_cfg=cfg, optimizer=optimizer,
+                                         schedule=lr_schedule(OptimConfig(lr=1e-5), 1000)),
+                       in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None),
+                       donate_argnums=0)
+        with parallel.use_rules(mesh):
+            batch = {k: jax.device_put(v, parallel.batch_sharding(mesh, ndim=v.ndim)) for k, v in host_batch.items()}
+            start = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics["loss"])
+            compile_s = time.perf_counter() - start
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics["loss"])
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                state, metrics = step(state, batch)
+                jax.block_until_ready(metrics["loss"])
+                times.append(time.perf_counter() - start)
+        seconds = sorted(times)[len(times) // 2]
+        tokens_per_s = args.batch * args.seq / seconds
+        memory = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform == "gpu" else None
+        rows.append({
+            "impl": f"polar_jax mesh {spec} ({mesh.size} dev)", "step ms": f"{seconds * 1e3:.1f}",
+            "tokens/s": f"{tokens_per_s:,.0f}",
+            "MFU": f"{tokens_per_s * flops_per_token / (peak * 1e12 * mesh.size):.1%}" if peak else "n/a",
+            "compile s": f"{compile_s:.1f}", "peak GiB": f"{memory / 2**30:.1f}" if memory else "",
+        })
+        del state, batch
+    if args.torch and device.platform == "gpu":
+        hf = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+                  num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                  intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.rms_eps, tie_word_embeddings=False)
+        root = pathlib.Path(__file__).resolve().parents[2]
+        for mode in args.torch.split(","):
+            out = subprocess.run([sys.executable, "-m", "polar_jax.bench.torch_train", json.dumps(hf),
+                                  str(2 * args.batch), str(half), mode, str(max(args.steps, 5))],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+            if out.returncode:
+                rows.append({"impl": f"transformers ({mode}) FAILED: {out.stderr.strip().splitlines()[-1][:80]}"})
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({
+                "impl": f"transformers {r['transformers']} + torch {r['torch']} ({mode}, {r['attention']})",
+                "step ms": f"{r['seconds'] * 1e3:.1f}", "tokens/s": f"{r['tokens_per_s']:,.0f}",
+                "MFU": f"{r['tokens_per_s'] * flops_per_token / (peak * 1e12):.1%}" if peak else "n/a",
+                "compile s": "", "peak GiB": f"{r['peak_gib']:.1f}",
+            })
+    print_table(rows, f"train step: {args.model} reward model ({cfg.num_params() / 1e6:.0f}M params), "
+                      f"{args.batch} rows x {args.seq} tokens (one pair of 2 x {half} per row), {args.dtype}, "
+                      f"attention {args.attention}, remat {args.remat}; {device.platform} ({device.device_kind}); "
+                      f"MFU peak: {peak or 'n/a'} TFLOP/s ({peak_source})")
+
+
+if __name__ == "__main__":
+    main()
