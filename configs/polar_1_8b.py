@@ -45,6 +45,7 @@ def get_config(stage: str = "pretrain"):
     c.model.reward_head_init = "normal"
     c.model.dtype = "bfloat16"
     c.model.remat = "dots_no_batch"
+    c.model.scan_unroll = 1  # = num_layers trades compile time for speed (14% on an H200 at 800M)
     c.model.attention_impl = "auto"  # splash (TPU), cuDNN (GPU)
 
     c.data = ml_collections.ConfigDict()

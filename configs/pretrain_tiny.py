@@ -40,6 +40,7 @@ def get_config():
     c.model.mlp_dim = 128
     c.model.dtype = "float32"
     c.model.remat = "none"
+    c.model.scan_unroll = 1  # layers per scan step; unrolling all of them was 14% faster on an H200 (800M)
     c.model.attention_impl = "auto"
 
     c.data = ml_collections.ConfigDict()

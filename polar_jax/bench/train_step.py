@@ -35,6 +35,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn", "pallas"))
     p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"))
+    p.add_argument("--unroll", type=int, default=1, help="layers per scan iteration (scan_unroll)")
     p.add_argument("--meshes", default="data=1;fsdp=-1", help="';'-separated meshes, e.g. 'data=1;fsdp=-1;data=2,tensor=4'")
     p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (CPU only)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
     from polar_jax.train.state import create_state
 
     cfg = ModelConfig(**MODELS[args.model], heads=("reward",), dtype=args.dtype, remat=args.remat,
-                      attention_impl=args.attention)
+                      attention_impl=args.attention, scan_unroll=args.unroll)
     half = args.seq // 2
     rng = np.random.default_rng(0)
     pairs = [{"chosen": rng.integers(1, cfg.vocab_size, half), "rejected": rng.integers(1, cfg.vocab_size, half)}
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
             })
     print_table(rows, f"train step: {args.model} reward model ({cfg.num_params() / 1e6:.0f}M params), "
                       f"{args.batch} rows x {args.seq} tokens (one pair of 2 x {half} per row), {args.dtype}, "
-                      f"attention {args.attention}, remat {args.remat}; {device.platform} ({device.device_kind}); "
+                      f"attention {args.attention}, remat {args.remat}, unroll {args.unroll}; {device.platform} ({device.device_kind}); "
                       f"MFU peak: {peak or 'n/a'} TFLOP/s ({peak_source})")
 
 

@@ -46,6 +46,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters stay `param_dtype`
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_unroll: int = 1  # layers per scan iteration: more = longer compile, sometimes faster steps
     attention_impl: str = "auto"
     init_std: float = 0.02
 

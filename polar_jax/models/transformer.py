@@ -228,6 +228,7 @@ def _stacked_blocks(cfg: ModelConfig):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
+        unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: LAYERS},
     )
 

@@ -128,8 +128,8 @@ def test_segments_do_not_attend_to_each_other():
     assert np.abs(np.asarray(base[0, :5] - after[0, :5])).max() > 1e-3
 
 
-@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
-def test_remat_policies_keep_outputs_and_gradients(remat):
+@pytest.mark.parametrize("remat, unroll", [("full", 1), ("dots", 1), ("dots_no_batch", 3)])
+def test_remat_policies_and_unrolling_keep_outputs_and_gradients(remat, unroll):
     cfg = tiny_config()
     params = T.init_params(cfg, jax.random.key(0))
     tokens = np.asarray(jax.random.randint(jax.random.key(3), (2, 8), 1, cfg.vocab_size))
@@ -139,7 +139,7 @@ def test_remat_policies_keep_outputs_and_gradients(remat):
         return T.forward(c, p, tokens, positions, segment_ids).reward_bt.sum()
 
     g_plain = jax.grad(loss)(params, cfg)
-    g_remat = jax.grad(loss)(params, cfg.replace(remat=remat))
+    g_remat = jax.grad(loss)(params, cfg.replace(remat=remat, scan_unroll=unroll))
     for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
