@@ -243,3 +243,28 @@ def test_find_shards_rejects_an_incomplete_set(tmp_path):
         sources.find_shards(tmp_path)
     with pytest.raises(FileNotFoundError, match="run `prepare` first"):
         sources.find_shards(tmp_path / "empty")
+
+
+def test_prepared_shards_through_the_grain_pipeline_give_encode_triplet_ids(smollm2, tmp_path):
+    """JSONL -> prepare -> ArrayRecord -> packed Grain batches: every pair's ids are exactly
+    what `encode_triplet` gives for its row."""
+    from polar_jax.data import packing, pipeline
+
+    gguf_path, _, encoder = smollm2
+    rows = make_rows(10)
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["prepare", "--input", str(src), "--tokenizer", str(gguf_path), "--output", str(out),
+                 "--add-special-tokens", "--workers", "1", "--shards", "2", *CLI_LIMITS]) == 0
+    ds = pipeline.make_pipeline(sources.ArrayRecordTriplets(out), batch_size=2, seq_len=256, max_pairs_per_row=4,
+                                shuffle=False, num_epochs=1, shard_index=0, shard_count=1)
+    seen = {}
+    for batch in ds:
+        packing.check_batch(batch)
+        for pair in packing.unpack_batch(batch):
+            seen[pair["record_index"]] = pair
+    want = expected(encoder, rows)
+    assert sorted(seen) == list(range(len(rows)))
+    for i, enc in enumerate(want):
+        np.testing.assert_array_equal(seen[i]["chosen"], enc.chosen)
+        np.testing.assert_array_equal(seen[i]["rejected"], enc.rejected)
