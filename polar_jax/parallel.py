@@ -98,18 +98,23 @@ def use_rules(mesh: Mesh, rules=RULES):
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, auto: bool = False) -> None:
     """Join a multi-process run (TPU pod slice, GPU cluster); nothing to do for one process.
 
-    On TPU and Slurm every argument may be None (JAX detects the cluster); elsewhere pass
-    all three (e.g. from the launch script's environment).
+    `auto`: let JAX detect the cluster (TPU pod slices, Slurm, ...). Otherwise pass all three
+    of coordinator, process count and id (e.g. several processes on one machine).
     """
-    if num_processes == 1 or (coordinator_address is None and num_processes is None and not _cluster_detected()):
+    if not auto and (num_processes in (None, 1) or coordinator_address is None):
+        if _cluster_detected():
+            log.warning("a cluster environment is set but multi-process was not asked for: running as one process")
         return
     # CPU processes need a collectives library to talk to each other (GPU/TPU ignore this).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    if auto:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
 

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `train` (config overrides come as extra --config.KEY=VALUE arguments)."""
     parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, config.json")
-    parser.add_argument("--coordinator", default=None, help="multi-process: host:port of process 0")
+    parser.add_argument("--multihost", action="store_true",
+                        help="one process per host of a TPU pod slice or Slurm job (JAX detects the cluster)")
+    parser.add_argument("--coordinator", default=None, help="multi-process by hand: host:port of process 0")
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the config, join the other processes if any, train."""
     config = load_config(args.config, args.overrides)
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.multihost)
     from polar_jax.train import trainer  # after distributed init: it touches devices
 
     try:

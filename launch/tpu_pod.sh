@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU pod slice: the same command on every worker (one process per host).
+#   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.KEY=VALUE ...]
+# Needs: the gcloud CLI, this repository checked out at ~/polar_jax on every worker
+# (e.g. `gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "git clone ..."`),
+# and WORKDIR on storage every worker sees at the same path (a Filestore/NFS mount, or a
+# bucket mounted with gcsfuse): checkpoints are written by all hosts together.
+set -euo pipefail
+[ $# -ge 4 ] || { echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.KEY=VALUE ...]" >&2; exit 2; }
+tpu=$1 zone=$2 config=$3 workdir=$4; shift 4
+overrides=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
+  cd ~/polar_jax && launch/setup.sh --tpu &&
+  .venv/bin/python -m polar_jax train --multihost --no-progress --config $config --workdir $workdir $overrides"
