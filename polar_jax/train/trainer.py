@@ -52,7 +52,8 @@ class RunResult:
 
     step: int
     stopped_by: str  # "done" | "signal"
-    metrics: dict
+    metrics: dict  # the last logged training metrics
+    eval_metrics: dict  # the last evaluation on the held-out split
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> RunResult:
@@ -116,7 +117,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     flops_per_token = train_flops_per_token(model_cfg, config.data.seq_len)
     stop = _StopOnSignal()
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress)
-    last_save, window_start, window_tokens, logged = time.monotonic(), time.perf_counter(), 0.0, {}
+    last_save, window_start, window_tokens, logged, evaluated = time.monotonic(), time.perf_counter(), 0.0, {}, {}
     step = start_step
     try:
         with parallel.use_rules(mesh):
@@ -142,7 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                         f"step {step}; stopping. The last good checkpoint is in {ckpt.directory} (steps "
                         f"{ckpt.steps()}); lower optim.lr or check the data")
                 if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                    writer.write(step, evaluate(eval_step, state.params, eval_source, config, batch_sharding), "eval_")
+                    evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
+                    writer.write(step, evaluated, "eval_")
                 minutes = (time.monotonic() - last_save) / 60
                 if step % config.checkpoint_every == 0 or minutes >= config.checkpoint_minutes or step == config.steps:
                     ckpt.save(step, state, train_iter, resolved, force=True)
@@ -151,6 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     log.warning("%s received: saving step %d and exiting", stop.requested, step)
                     ckpt.save(step, state, train_iter, resolved, force=True)
                     break
+            if not evaluated and config.eval_every and not stop.requested:  # a finished run, rerun
+                evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
     finally:
         bar.close()
         ckpt.close()
@@ -158,12 +162,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         stop.restore()
     if peak is None:
         log.info("MFU not reported: %s (set config.peak_tflops)", peak_source)
-    log.info("process %d: step %d, loss %.8f", jax.process_index(), step, logged.get("loss", float("nan")))
+    if logged:
+        log.info("process %d: step %d, loss %.8f", jax.process_index(), step, logged["loss"])
     if step == config.steps and not stop.requested:
         # The finished model, loadable by `score`, `convert` and as the init of an SFT run.
         polar_format.save_polar(Model(model_cfg, state.params, model.family, model.hf_config), workdir / "model")
-        log.info("final model in %s (step %d, loss %.4f)", workdir / "model", step, logged.get("loss", float("nan")))
-    return RunResult(step=step, stopped_by="signal" if stop.requested else "done", metrics=logged)
+        log.info("final model in %s", workdir / "model")
+    if evaluated:
+        log.info("held-out pairs at step %d: accuracy %.3f, loss %.4f (%d pairs)", step, evaluated["accuracy"],
+                 evaluated["loss"], evaluated["pairs"])
+    log.info("metrics in %s, TensorBoard events in %s", workdir / "metrics.jsonl", workdir / "tensorboard")
+    return RunResult(step=step, stopped_by="signal" if stop.requested else "done", metrics=logged,
+                     eval_metrics=evaluated)
 
 
 _BATCH_NDIM = {"tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2}
