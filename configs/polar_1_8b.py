@@ -15,7 +15,9 @@ and on one 8-GPU node; add `--config.mesh.data=N` to replicate over N groups on 
 slices. Check a mesh without hardware: `python -m polar_jax compile` (TPU topologies).
 """
 
-import ml_collections
+import pathlib
+
+from polar_jax.config_loading import load_config
 
 # InternLM2.5-1.8B (config.json of internlm/internlm2_5-1_8b).
 INTERNLM2_5_1_8B = dict(vocab_size=92544, d_model=2048, num_layers=24, num_heads=16, num_kv_heads=8,
@@ -23,48 +25,20 @@ INTERNLM2_5_1_8B = dict(vocab_size=92544, d_model=2048, num_layers=24, num_heads
 
 
 def get_config(stage: str = "pretrain"):
-    """The replica for `stage` "pretrain" or "sft"."""
+    """The replica for `stage` "pretrain" or "sft": base.py with these changes."""
     if stage not in ("pretrain", "sft"):
         raise ValueError(f"stage {stage!r}: use pretrain or sft")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = load_config(pathlib.Path(__file__).with_name("base.py"))
     c.steps = 10_000  # one epoch: set to (triplets / 1940) for your data
-    c.log_every = 10
-    c.eval_every = 500
-    c.eval_batches = 8
-    c.checkpoint_every = 500
-    c.checkpoint_minutes = 30.0
-    c.keep_checkpoints = 3
-    c.max_bad_steps = 10
-    c.accum_steps = 1
-    c.margin = 0.0
-    c.peak_tflops = 0.0
-
-    c.model = ml_collections.ConfigDict(dict(INTERNLM2_5_1_8B))
+    c.model.update(INTERNLM2_5_1_8B)
     c.model.init = "/path/to/internlm2_5-1_8b"  # HF directory of the base LM (no network at run time)
-    c.model.reward_head_init = "normal"
-    c.model.dtype = "bfloat16"
     c.model.remat = "dots_no_batch"
-    c.model.scan_unroll = 1  # = num_layers trades compile time for speed (14% on an H200 at 800M)
-    c.model.attention_impl = "auto"  # splash (TPU), cuDNN (GPU)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.kind = "array_record"
-    c.data.train = ""  # directories written by `python -m polar_jax prepare`
-    c.data.eval = ""
-    c.data.synthetic_train_examples = 0
-    c.data.synthetic_eval_examples = 0
-    c.data.synthetic_concentration = 0.05
     c.data.batch_size = 128  # rows of seq_len tokens per step (~1940 pairs)
     c.data.seq_len = 32768  # a pair of two 16k sequences always fits one row
     c.data.max_pairs_per_row = 32
-    c.data.mode = "packed"
     c.data.num_workers = 4
-
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
-
-    c.optim = ml_collections.ConfigDict(dict(lr=1.4e-5, b1=0.9, b2=0.95, weight_decay=0.0, clip_norm=1.0,
-                                             warmup_fraction=0.03, final_lr_fraction=0.1))
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.optim.lr = 1.4e-5
     if stage == "sft":
         c.model.init = "/path/to/POLAR-1_8B-Base"  # a pre-trained POLAR RM (ours, or converted official)
         c.optim.lr = 1e-5

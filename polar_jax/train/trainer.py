@@ -208,7 +208,7 @@ def build_model(config) -> Model:
     reward head added, zero or normal init) or a POLAR reward model (SFT) in any format.
     """
     m = config.model
-    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.get("scan_unroll", 1))
+    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.scan_unroll)
     if m.init == "scratch":
         cfg = ModelConfig(vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers,
                           num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
