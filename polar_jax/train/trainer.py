@@ -126,12 +126,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 state, metrics = train_step(state, batch)
                 step += 1
                 bar.update(1)
-                window_tokens += float(metrics["tokens"])
-                diverged = int(metrics["bad_streak"]) >= config.max_bad_steps
-                if step % config.log_every == 0 or step == config.steps or diverged:
+                window_tokens = window_tokens + metrics["tokens"]  # stays on device: no sync per step
+                at_log = step % config.log_every == 0 or step == config.steps
+                at_save = step % config.checkpoint_every == 0 or step == config.steps
+                # Reading the guard's counter waits for the step, so only where we stop anyway; skipped
+                # steps leave the parameters untouched, so a late stop loses no good work.
+                diverged = (at_log or at_save) and int(metrics["bad_streak"]) >= config.max_bad_steps
+                if at_log or diverged:
                     seconds = time.perf_counter() - window_start
                     logged = {k: float(v) for k, v in metrics.items()}
-                    logged["tokens_per_s"] = window_tokens / seconds
+                    logged["tokens_per_s"] = float(window_tokens) / seconds
                     if peak:
                         logged["mfu"] = logged["tokens_per_s"] * flops_per_token / (peak * 1e12 * mesh.size)
                     writer.write(step, logged)
@@ -146,7 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                     evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
                     writer.write(step, evaluated, "eval_")
                 minutes = (time.monotonic() - last_save) / 60
-                if step % config.checkpoint_every == 0 or minutes >= config.checkpoint_minutes or step == config.steps:
+                if at_save or minutes >= config.checkpoint_minutes:
                     ckpt.save(step, state, train_iter, resolved, force=True)
                     last_save = time.monotonic()
                 if stop.requested:
