@@ -23,14 +23,9 @@ def get_config():
     c.model = ml_collections.ConfigDict()
     c.model.init = "scratch"  # "scratch" | a base LM (HF dir, .gguf, polar dir) | a POLAR RM (SFT)
     c.model.reward_head_init = "normal"  # for a base LM: "zeros" | "normal"
-    # Sizes: used by "scratch"; with a checkpoint they must match it (checked).
-    c.model.vocab_size = 128
-    c.model.d_model = 64
-    c.model.num_layers = 2
-    c.model.num_heads = 4
-    c.model.num_kv_heads = 2
-    c.model.head_dim = 16
-    c.model.mlp_dim = 128
+    # Sizes: required by "scratch"; None with a checkpoint (taken from it; set ones must match).
+    for size in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+        c.model[size] = None
     c.model.dtype = "bfloat16"  # compute; parameters stay float32
     c.model.remat = "none"  # none | full | dots | dots_no_batch
     c.model.scan_unroll = 1  # layers per scan step; all of them was 14% faster on an H200 (800M)
@@ -43,6 +38,7 @@ def get_config():
     c.data.synthetic_train_examples = 20_000
     c.data.synthetic_eval_examples = 256
     c.data.synthetic_concentration = 0.3  # Dirichlet of the synthetic policies' transitions
+    c.data.synthetic_vocab_size = 128  # token ids 0..127 (within any model's vocabulary)
     c.data.batch_size = 8  # rows per step (global)
     c.data.seq_len = 4096  # tokens per row
     c.data.max_pairs_per_row = 8

@@ -21,6 +21,7 @@ def get_config():
     c.eval_every = 100
     c.eval_batches = 4
     c.checkpoint_every = 100
+    c.model.update(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128)
     c.model.dtype = "float32"  # bfloat16 is emulated, and slow, on CPU
     c.data.kind = "synthetic"
     c.data.batch_size = 16

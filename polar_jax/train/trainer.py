@@ -214,15 +214,16 @@ def build_model(config) -> Model:
     m = config.model
     runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.scan_unroll)
     if m.init == "scratch":
-        cfg = ModelConfig(vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers,
-                          num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-                          mlp_dim=m.mlp_dim, heads=("reward",), **runtime)
+        missing = [k for k in _SIZE_FIELDS if m[k] is None]
+        if missing:
+            raise ValueError(f"model.init=scratch needs config.model.{', config.model.'.join(missing)}")
+        cfg = ModelConfig(**{k: m[k] for k in _SIZE_FIELDS}, heads=("reward",), **runtime)
         return Model(cfg, None, "llama", families.hf_config_for(cfg, "llama", "reward"))
     model = models.load_model(m.init, **runtime)
     params = dict(model.params)
     cfg = model.cfg
     mismatched = [f"{k}: config {m[k]} vs checkpoint {getattr(cfg, k)}" for k in _SIZE_FIELDS
-                  if k in m and m[k] != getattr(cfg, k) and not (k == "vocab_size" and m[k] > getattr(cfg, k))]
+                  if m[k] is not None and m[k] != getattr(cfg, k)]
     if mismatched:
         raise ValueError(f"config.model sizes do not match {m.init}: {'; '.join(mismatched)}")
     if "reward" not in cfg.heads:  # a base LM: pre-training starts here
@@ -233,6 +234,9 @@ def build_model(config) -> Model:
                                  else (rng.standard_normal(cfg.d_model) * std).astype(np.float32))
         cfg = cfg.replace(heads=("reward",), tie_embeddings=False)
     vocab = _data_vocab_size(config)
+    if config.data.kind == "synthetic" and config.data.synthetic_vocab_size > cfg.vocab_size:
+        raise ValueError(f"data.synthetic_vocab_size={config.data.synthetic_vocab_size} exceeds the model's "
+                         f"vocabulary ({cfg.vocab_size})")
     if vocab and vocab > cfg.vocab_size:
         log.info("growing the vocabulary %d -> %d for the tokens `prepare` added", cfg.vocab_size, vocab)
         cfg, params = grow_vocab(cfg, params, vocab, jax.random.key(config.seed))
@@ -253,7 +257,7 @@ def build_sources(config):
     """(train, eval) random-access sources of triplet records."""
     d = config.data
     if d.kind == "synthetic":
-        syn = synthetic.SyntheticConfig(vocab_size=config.model.vocab_size, seed=config.seed,
+        syn = synthetic.SyntheticConfig(vocab_size=d.synthetic_vocab_size, seed=config.seed,
                                         concentration=d.synthetic_concentration)
         return (synthetic.SyntheticTriplets(syn, d.synthetic_train_examples),
                 synthetic.SyntheticTriplets(syn, d.synthetic_eval_examples, offset=d.synthetic_train_examples))

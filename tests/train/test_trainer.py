@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from polar_jax.config_loading import load_config
-from polar_jax.io import polar_format
+from polar_jax.io import hf, polar_format
 from polar_jax.train import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -137,3 +137,25 @@ def test_tiny_pretraining_learns_to_discriminate_policies(tmp_path):
     assert evals[-1]["eval_pairs"] >= 100
     assert evals[-1]["eval_accuracy"] >= 0.8, evals
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] < 0.69
+
+
+@pytest.mark.parametrize("head_init", ["zeros", "normal"])
+def test_pretraining_starts_from_an_imported_base_lm(tmp_path, head_init):
+    """A Llama checkpoint (HF fixture) becomes a reward model: its LM head is dropped, a reward
+    head added; with a zero head every first-step reward is 0 and the loss exactly log 2."""
+    base = ROOT / "tests" / "fixtures" / "hf" / "llama_untied"
+    cfg = load_config(CONFIG, SMALL + ["--config.steps=2", f"--config.model.init={base}",
+                                       f"--config.model.reward_head_init={head_init}"])
+    for size in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+        cfg.model[size] = None  # from the checkpoint
+    result = trainer.train(cfg, tmp_path, progress=False)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    if head_init == "zeros":
+        assert first["loss"] == pytest.approx(np.log(2), abs=1e-6) and first["chosen_reward"] == 0.0
+    else:
+        assert first["loss"] != pytest.approx(np.log(2), abs=1e-4)
+    model = polar_format.load_polar(tmp_path / "model")
+    assert result.step == 2 and model.cfg.heads == ("reward",) and "lm_head" not in model.params
+    assert model.cfg.vocab_size == 251 and model.cfg.mlp_dim == 96
+    original = hf.load_hf(base).params["layers"]["mlp"]["w_up"]
+    assert np.abs(model.params["layers"]["mlp"]["w_up"] - original).max() < 0.05  # two small steps
