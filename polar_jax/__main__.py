@@ -10,7 +10,7 @@ import sys
 # command name -> (module under polar_jax.commands, one-line help)
 COMMANDS = {
     "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
-    "generate": ("generate", "greedy continuation of prompts with a causal LM (SmolLM2 by default)"),
+    "generate": ("generate", "continue prompts with a causal LM (SmolLM2 by default): greedy, or temperature / top-k / top-p"),
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
     "score": ("score", "score {prompt, reference, output} rows with a POLAR reward model (official encoding)"),
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),

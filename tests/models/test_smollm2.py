@@ -3,6 +3,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -60,8 +61,7 @@ def test_greedy_continuation_is_identical(smollm2, reference):
     model, tokenizer = smollm2
     _, ref = reference
     tokens, lengths = right_padded(ref["prompt_ids"])
-    new_bn, new_lengths = sampling.greedy_generate(
-        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), 16, eos_id=2
-    )
-    assert np.asarray(new_bn).tolist() == ref["generated_ids"]
+    greedy = sampling.SamplingConfig(temperature=0.0, max_new_tokens=16, stop_ids=(2,))
+    out = sampling.generate(model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), greedy, jax.random.key(0))
+    assert np.asarray(out.tokens_bn).tolist() == ref["generated_ids"]
     assert tokenizer.decode(ref["generated_ids"][0]) == ref["generated_text"][0]
