@@ -14,6 +14,7 @@ which is memory-bound there anyway.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -52,6 +53,25 @@ def cudnn_attention(q_bthd, k_bshd, v_bshd, segment_ids_bt):
         mask=same_segment_bts[:, None],
         is_causal=True,
         implementation="cudnn",
+    )
+
+
+def _pallas(q_bthd, k_bskd, v_bskd, segment_ids_bt):
+    """The TPU kernel; under a multi-device mesh, inside `shard_map` (a Pallas call is opaque
+    to the partitioner), split like the activations: batch and heads per the logical rules."""
+    from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
+
+    # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
+    interpret = jax.default_backend() != "tpu"
+    mesh = jax.sharding.get_abstract_mesh()  # inside jit: the mesh `parallel.use_rules` set
+    if mesh.empty or mesh.size == 1:
+        return attention_pallas.pallas_attention(q_bthd, k_bskd, v_bskd, segment_ids_bt, interpret=interpret)
+    batch_axes, _, head_axis, _ = nn.logical_to_mesh_axes(("batch", None, "heads", None))
+    if head_axis is not None and k_bskd.shape[2] % mesh.shape[head_axis]:
+        head_axis = None  # too few kv heads to split: each device computes all heads
+    return attention_pallas.sharded_pallas_attention(
+        q_bthd, k_bskd, v_bskd, segment_ids_bt, mesh=mesh, batch_axes=batch_axes, head_axis=head_axis,
+        interpret=interpret,
     )
 
 
@@ -99,11 +119,5 @@ def attend(
     if impl == "cudnn":
         return cudnn_attention(q_bthd, k_bskd, v_bskd, q_segment_bt)
     if impl == "pallas":
-        from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
-
-        # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
-        interpret = jax.default_backend() != "tpu"
-        return attention_pallas.pallas_attention(
-            q_bthd, k_bskd, v_bskd, q_segment_bt, interpret=interpret
-        )
+        return _pallas(q_bthd, k_bskd, v_bskd, q_segment_bt)
     raise ValueError(f"unknown attention impl {impl!r}")

@@ -281,7 +281,7 @@ def sharded_pallas_attention(
     v_bshd: jax.Array,
     segment_ids_bt: jax.Array,
     *,
-    mesh: jax.sharding.Mesh,
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
     batch_axes: str | Sequence[str] | None = ("data",),
     head_axis: str | None = None,
     **kwargs,

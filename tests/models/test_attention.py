@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from polar_jax import parallel
 from polar_jax.bench.attention import packed_segment_ids, positions_of
 from polar_jax.models import attention
 from polar_jax.models import transformer as T
@@ -34,6 +35,18 @@ def test_pallas_kernel_in_the_model_matches_xla():
     logits, reward = outputs(cfg.replace(attention_impl="pallas"), params, rows)
     np.testing.assert_allclose(logits[valid], ref_logits[valid], atol=1e-4)
     np.testing.assert_allclose(reward[valid], ref_reward[valid], atol=1e-4)
+
+
+def test_pallas_kernel_under_a_sharded_mesh_matches_xla():
+    """On a data x fsdp x tensor mesh the kernel runs per shard (shard_map), batch and heads split."""
+    cfg, params, rows = model_and_rows(seq=128, dtype="float32")
+    valid = rows[2] != 0
+    ref_logits, _ = outputs(cfg, params, rows)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    with parallel.use_rules(mesh):
+        rows = tuple(jax.device_put(np.asarray(r), parallel.batch_sharding(mesh)) for r in rows)
+        logits, _ = outputs(cfg.replace(attention_impl="pallas"), params, rows)
+    np.testing.assert_allclose(logits[valid], ref_logits[valid], atol=1e-4)
 
 
 def test_auto_resolves_by_platform_and_dtype():
