@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from polar_jax.__main__ import main as cli
-from polar_jax.io import hf, models, polar_format
+from polar_jax.io import hf, models
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 

@@ -1,6 +1,5 @@
 """The Bradley-Terry objective and the train step against numpy on fixed values."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
