@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 
 from polar_jax.bench.common import SMOLLM2_HF_CONFIG, print_table, time_call
+from polar_jax.bench.torch_side import run_baseline
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 
@@ -53,21 +52,7 @@ def torch_forward(args) -> dict | None:
     """The transformers side, in-process if torch imports, else under `--torch-python`."""
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     call = (json.dumps(SMOLLM2_HF_CONFIG), args.batch, args.seq, args.dtype, device, args.repeats)
-    try:
-        import torch  # noqa: F401
-
-        from polar_jax.bench import torch_forward as tf
-
-        return tf.main(*call)
-    except ImportError:
-        pass
-    if not args.torch_python:
-        return None
-    root = pathlib.Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run([args.torch_python, "-m", "polar_jax.bench.torch_forward", *map(str, call)],
-                         check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_baseline("torch_forward", call, args.torch_python)
 
 
 def main(argv=None) -> None:

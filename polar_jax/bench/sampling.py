@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
-import subprocess
 
 import jax
 
 from polar_jax import sampling
 from polar_jax.bench.common import SMOLLM2_HF_CONFIG, print_table, time_call
+from polar_jax.bench.torch_side import run_baseline
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 
@@ -67,20 +66,7 @@ def torch_generate(args, batch: int) -> dict | None:
     """transformers' `generate`, in-process if torch imports, else under `--torch-python`."""
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     call = (json.dumps(SMOLLM2_HF_CONFIG), batch, args.prompt, args.new, device, args.repeats)
-    try:
-        import torch  # noqa: F401
-
-        from polar_jax.bench import torch_generate as tg
-
-        return tg.main(*call)
-    except ImportError:
-        pass
-    if not args.torch_python:
-        return None
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
-    out = subprocess.run([args.torch_python, "-m", "polar_jax.bench.torch_generate", *map(str, call)],
-                         check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_baseline("torch_generate", call, args.torch_python)
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,8 @@ no JAX, so it runs under another interpreter (e.g. Python 3.11 with the local to
 
 import json
 import sys
-import time
+
+from polar_jax.bench.torch_side import median_seconds
 
 
 def main(config_json: str, batch: int, seq: int, dtype: str, device: str, repeats: int = 5) -> dict:
@@ -29,13 +30,7 @@ def main(config_json: str, batch: int, seq: int, dtype: str, device: str, repeat
         if device == "cuda":
             torch.cuda.synchronize()
 
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median_seconds(run, repeats)
     return {"seconds": seconds, "tokens_per_s": batch * seq / seconds, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 

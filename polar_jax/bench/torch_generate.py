@@ -7,7 +7,8 @@ prints one JSON line {"seconds", "new_tokens_per_s", "torch", "threads"}.
 
 import json
 import sys
-import time
+
+from polar_jax.bench.torch_side import median_seconds
 
 
 def main(config_json: str, batch: int, prompt: int, new: int, device: str, repeats: int = 3) -> dict:
@@ -29,13 +30,7 @@ def main(config_json: str, batch: int, prompt: int, new: int, device: str, repea
         if device == "cuda":
             torch.cuda.synchronize()
 
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median_seconds(run, repeats)
     return {"seconds": seconds, "new_tokens_per_s": batch * new / seconds, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 
