@@ -160,8 +160,9 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
     mask_bt = jnp.arange(prompt_len)[None] < prompt_lengths_b[:, None]
     positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
     cache = T.KVCache.empty(cfg, batch, prompt_len + n_new)
-    out = T.forward(cfg, params, prompt_bt * mask_bt, positions_bt, segment_ids_bt, cache)
-    last_logits_bv = T.gather_rows(out.logits_btv, (prompt_lengths_b - 1)[:, None, None])[:, 0]
+    out = T.forward(cfg, params, prompt_bt * mask_bt, positions_bt, segment_ids_bt, cache,
+                    logits_at_bn=(prompt_lengths_b - 1)[:, None])
+    last_logits_bv = out.logits_btv[:, 0]
     stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
     periods_m = jnp.arange(1, n_periods + 1, dtype=jnp.int32)
 
@@ -181,11 +182,8 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
             hit_bm = runs_bm >= (sampling.loop_repeats - 1) * periods_m[None]
             loop_b = live_b & ~done_b & hit_bm.any(1)
             period_b = periods_m[jnp.argmax(hit_bm, axis=1)]  # the smallest matching n
-            keep_b = jnp.where(loop_b, s.step + 1 - (sampling.loop_repeats - 1) * period_b, n_new)
-            cut_bn = jnp.arange(n_new)[None] >= keep_b[:, None]
-            tokens_bn = jnp.where(cut_bn, 0, tokens_bn)
-            logprobs_bn = jnp.where(cut_bn, 0.0, logprobs_bn)
-            lengths_b = jnp.where(loop_b, keep_b, lengths_b)
+            # Only the length is cut here; the repeated tokens are zeroed once, after the loop.
+            lengths_b = jnp.where(loop_b, s.step + 1 - (sampling.loop_repeats - 1) * period_b, lengths_b)
             truncated_b = truncated_b | loop_b
             done_b = done_b | loop_b
         out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None],
@@ -209,7 +207,9 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
         cache=out.cache,
     )
     final = jax.lax.while_loop(cond, body, init)
-    return Generation(final.tokens_bn, final.logprobs_bn, final.lengths_b, final.truncated_b)
+    kept_bn = jnp.arange(n_new)[None] < final.lengths_b[:, None]
+    return Generation(jnp.where(kept_bn, final.tokens_bn, 0), jnp.where(kept_bn, final.logprobs_bn, 0.0),
+                      final.lengths_b, final.truncated_b)
 
 
 def find_repetition_loop(tokens_bn, lengths_b, max_ngram: int, repeats: int):

@@ -78,8 +78,3 @@ class Checkpointer:
         """Wait for pending saves and release resources."""
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def abstract_like(tree):
-    """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -237,7 +237,7 @@ class Output(NamedTuple):
     """What one forward pass returns; heads absent from the config are None."""
 
     hidden_btd: jax.Array  # after the final RMSNorm
-    logits_btv: jax.Array | None  # float32
+    logits_btv: jax.Array | None  # float32; [B, N, V] at `logits_at_bn` when given
     reward_bt: jax.Array | None  # float32; read it at reward-token positions (`gather_rows`)
     value_bt: jax.Array | None  # float32
     cache: KVCache | None
@@ -255,7 +255,7 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache: KVCache | None = None):
+    def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache: KVCache | None = None, logits_at_bn=None):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         embedding_vd = _param(
@@ -279,13 +279,16 @@ class Transformer(nn.Module):
 
         logits_btv = reward_bt = value_bt = None
         if "lm" in cfg.heads:
+            # A sampler's prefill needs one position per row, not [B, T, V] logits.
+            lm_in_btd = hidden_btd if logits_at_bn is None else jnp.take_along_axis(
+                hidden_btd, logits_at_bn[..., None], axis=1)
             if cfg.tie_embeddings:
-                logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, embedding_vd.astype(dtype))
+                logits_btv = jnp.einsum("btd,vd->btv", lm_in_btd, embedding_vd.astype(dtype))
             else:
                 w_dv = _param(
                     self, "lm_head", (EMBED, VOCAB), (cfg.d_model, cfg.vocab_size), _normal(cfg)
                 )
-                logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, w_dv.astype(dtype))
+                logits_btv = jnp.einsum("btd,dv->btv", lm_in_btd, w_dv.astype(dtype))
             logits_btv = _constrain(logits_btv.astype(jnp.float32), (BATCH, SEQ, VOCAB))
         if "reward" in cfg.heads:
             w_d = _param(self, "reward_head", (EMBED,), (cfg.d_model,), _normal(cfg))
@@ -322,9 +325,10 @@ def logical_axes(cfg: ModelConfig):
     return nn.get_partition_spec(boxed)
 
 
-def forward(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt, cache=None):
-    """One forward pass: `Transformer(cfg).apply` with plain (unboxed) parameters."""
-    return Transformer(cfg).apply({"params": params}, tokens_bt, positions_bt, segment_ids_bt, cache)
+def forward(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt, cache=None, logits_at_bn=None):
+    """One forward pass: `Transformer(cfg).apply` with plain (unboxed) parameters; LM logits
+    at every position, or only at `logits_at_bn` [B, N]."""
+    return Transformer(cfg).apply({"params": params}, tokens_bt, positions_bt, segment_ids_bt, cache, logits_at_bn)
 
 
 def padded_inputs(mask_bt):

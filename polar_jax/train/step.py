@@ -12,7 +12,9 @@ from polar_jax.models.config import ModelConfig
 from polar_jax.train import objectives
 from polar_jax.train.state import TrainState
 
-BATCH_KEYS = ("tokens_bt", "segment_ids_bt", "positions_bt", "reward_index_bp2", "pair_mask_bp")
+# The arrays a step reads (data/packing.py makes them) and their ranks.
+BATCH_NDIM = {"tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2}
+BATCH_KEYS = tuple(BATCH_NDIM)
 SUM_KEYS = (*objectives.SUM_KEYS, "tokens")
 
 

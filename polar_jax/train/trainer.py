@@ -102,7 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
     # ------------------------------------------------------------------------------ compile
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = {k: parallel.batch_sharding(mesh, ndim=n) for k, n in _BATCH_NDIM.items()}
+    batch_sharding = {k: parallel.batch_sharding(mesh, ndim=n) for k, n in steps.BATCH_NDIM.items()}
     train_step = jax.jit(
         functools.partial(steps.train_step, model_cfg=model_cfg, optimizer=optimizer, schedule=schedule,
                           accum_steps=config.accum_steps, margin=config.margin),
@@ -178,9 +178,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     log.info("metrics in %s, TensorBoard events in %s", workdir / "metrics.jsonl", workdir / "tensorboard")
     return RunResult(step=step, stopped_by="signal" if stop.requested else "done", metrics=logged,
                      eval_metrics=evaluated)
-
-
-_BATCH_NDIM = {"tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2}
 
 
 def _global_batch(local: dict, shardings: dict) -> dict:

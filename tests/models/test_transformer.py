@@ -186,3 +186,15 @@ def test_bf16_compute_stays_close_to_float32():
     bf16 = T.forward(cfg.replace(dtype="bfloat16"), params, tokens, positions, segment_ids)
     assert bf16.hidden_btd.dtype == jnp.bfloat16 and bf16.logits_btv.dtype == jnp.float32
     np.testing.assert_allclose(bf16.logits_btv, f32.logits_btv, atol=0.05)
+
+
+def test_logits_at_given_positions_equal_the_full_logits_there():
+    cfg = tiny_config(tie_embeddings=True)
+    params = T.init_params(cfg, jax.random.key(0))
+    tokens = np.asarray(jax.random.randint(jax.random.key(5), (2, 10), 1, cfg.vocab_size))
+    positions, segment_ids = T.padded_inputs(np.ones((2, 10)))
+    full = T.forward(cfg, params, tokens, positions, segment_ids).logits_btv
+    at_bn = np.array([[9, 3], [4, 0]])
+    picked = T.forward(cfg, params, tokens, positions, segment_ids, logits_at_bn=at_bn).logits_btv
+    assert picked.shape == (2, 2, cfg.vocab_size)
+    np.testing.assert_allclose(picked, np.take_along_axis(np.asarray(full), at_bn[..., None], axis=1), atol=1e-6)
