@@ -14,7 +14,14 @@ COMMANDS = {
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
     "score": ("score", "score {prompt, reference, output} rows with a POLAR reward model (official encoding)"),
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
+    "synth": ("synth", "sample policy-discrimination triplets from a policy pool (resumable, with provenance)"),
+    "evaluate": ("evaluate", "pair accuracy of a reward model on triplets, split by seen / unseen policies"),
+    "demo": ("demo", "the whole idea on a laptop: pool, synthesis, pre-training, evaluation (resumable)"),
+    "scaling": ("scaling", "sweep reward-model size and compute, fit power laws, plot them"),
+    "compile": ("compile", "compile a config's step ahead of time for a TPU topology; report memory and FLOPs"),
 }
+
+CONFIG_COMMANDS = {"train", "synth", "scaling", "compile", "rft"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,16 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polar-jax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only the chosen command's module is imported (they pull in different libraries).
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(f"polar_jax.commands.{module_name}")
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+        if name == chosen:
+            module = importlib.import_module(f"polar_jax.commands.{module_name}")
+            module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+        else:
+            sub.add_parser(name, help=help_text)
     args, extra = parser.parse_known_args(argv)
-    # Only `train` takes free-form --config.KEY=VALUE overrides; anything else unknown is an error.
+    # Commands that read a config file take --config.KEY=VALUE overrides; anything else unknown is an error.
     args.overrides = [a for a in extra if a.startswith("--config.")]
     unknown = [a for a in extra if a not in args.overrides]
-    if unknown or (args.overrides and args.command != "train"):
+    if unknown or (args.overrides and args.command not in CONFIG_COMMANDS):
         parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
     # Our messages at INFO, other libraries' (orbax, absl, grain) at WARNING; -v shows all.
     logging.basicConfig(
@@ -40,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         force=True,  # imported libraries may have configured the root logger already
     )
     logging.getLogger("polar_jax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    return modules[args.command].run(args)
+    return module.run(args)
 
 
 if __name__ == "__main__":
