@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
+    add_encoding_arguments(parser)
+
+
+def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encoding and dtype flags shared by the commands that score with a reward model."""
     parser.add_argument("--wrapper", choices=("sft", "pretrain"), default=_DEFAULTS.wrapper)
     parser.add_argument("--max-length", type=int, default=_DEFAULTS.max_length)
     parser.add_argument("--max-response-length", type=int, default=_DEFAULTS.max_response_length)
@@ -38,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
 
 
+def encoding_config_from_args(args: argparse.Namespace) -> encoding.EncodingConfig:
+    """The EncodingConfig that `add_encoding_arguments` flags describe."""
+    return encoding.EncodingConfig(max_length=args.max_length, max_response_length=args.max_response_length,
+                                   response_cut_side=args.response_cut_side, wrapper=args.wrapper)
+
+
 def run(args: argparse.Namespace) -> int:
     """Read and validate rows, score them, write them with their rewards."""
-    enc_cfg = encoding.EncodingConfig(max_length=args.max_length, max_response_length=args.max_response_length,
-                                      response_cut_side=args.response_cut_side, wrapper=args.wrapper)
+    enc_cfg = encoding_config_from_args(args)
     report = schema.SkipReport()
     try:
         rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]

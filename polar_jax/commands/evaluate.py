@@ -1,0 +1,98 @@
+"""Pair accuracy of a POLAR reward model on triplet JSONL files {prompt, reference, chosen,
+rejected[, meta]}: how often r(prompt, reference, chosen) > r(prompt, reference, rejected)
+(ties count 0.5, chance is 0.5), overall, by seen / unseen policies and by meta.category.
+
+    python -m polar_jax evaluate --model DIR --data test.jsonl [--train-data train_dir] [--output results.json]
+
+--data and --train-data take files or directories (all their *.jsonl files, sorted). The seen
+policies come from --seen-policies a,b,c or from the policy names in the --train-data files'
+meta. The paper's preference accuracy is the same computation on a file whose reference is
+the top-ranked response, chosen rank 2 and rejected rank 3. Bad rows stop the run at
+FILE:LINE unless --skip-invalid is given (then they are counted and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+from polar_jax import evaluate
+from polar_jax.data import schema
+from polar_jax.commands import score
+from polar_jax.io import models
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `evaluate`."""
+    parser.add_argument("--model", required=True, help="reward model: HF directory, polar_jax directory")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FILE_OR_DIR",
+                        help="triplet JSONL files, or directories of *.jsonl shards")
+    seen = parser.add_mutually_exclusive_group()
+    seen.add_argument("--seen-policies", default=None, metavar="A,B,C",
+                      help="comma-separated policy names seen in training (splits seen / unseen)")
+    seen.add_argument("--train-data", nargs="+", default=None, metavar="FILE_OR_DIR",
+                      help="training triplets: the policy names in their meta are the seen set")
+    parser.add_argument("--output", default=None, metavar="FILE.json", help="write the results as JSON")
+    parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.add_encoding_arguments(parser)
+
+
+def _seen_policies(args: argparse.Namespace) -> set[str] | None:
+    """The seen set from --seen-policies or --train-data; None when neither is given."""
+    if args.seen_policies is not None:
+        names = {name.strip() for name in args.seen_policies.split(",") if name.strip()}
+        if not names:
+            raise ValueError("--seen-policies names no policy; give comma-separated names")
+        return names
+    if args.train_data is None:
+        return None
+    report = schema.SkipReport()
+    names = evaluate.policies_in(args.train_data, args.skip_invalid, report)
+    if report.invalid:
+        log.warning("skipped %d invalid training rows while collecting policy names:\n%s", report.invalid, report.summary())
+    if not names:
+        raise ValueError(f"--train-data {' '.join(args.train_data)}: no row names a policy in meta "
+                         f"({', '.join(evaluate.POLICY_KEYS)}); give --seen-policies instead")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the triplets, score both candidates of each, print (and write) the accuracy table."""
+    enc_cfg = score.encoding_config_from_args(args)
+    report = schema.SkipReport()
+    try:
+        files = evaluate.expand_paths(args.data)
+        rows = evaluate.read_triplets(files, args.skip_invalid, report)
+        seen = _seen_policies(args)
+        if not rows:
+            raise ValueError(f"no valid triplets in {' '.join(args.data)}")
+    except (schema.DataError, FileNotFoundError, ValueError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 1
+    if report.invalid:
+        log.warning("skipped %d invalid rows:\n%s", report.invalid, report.summary())
+    model = models.load_model(args.model, dtype=args.dtype)
+    tokenizer = models.load_tokenizer(args.tokenizer or args.model)
+    results = evaluate.evaluate_triplets(model, tokenizer, rows, enc_cfg, seen_policies=seen,
+                                         batch_size=args.batch_size, progress=not args.no_progress)
+    print(evaluate.format_table(results))
+    if args.output:
+        out = {
+            "groups": results,
+            "model": str(args.model),
+            "data": [str(f) for f in files],
+            "seen_policies": sorted(seen) if seen is not None else None,
+            "skipped": report.to_dict(),
+            "encoding": enc_cfg.to_dict(),
+        }
+        pathlib.Path(args.output).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        log.info("wrote %s", args.output)
+    return 0
