@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Create or update .venv in the repository root with everything polar_jax needs. Idempotent.
 #   launch/setup.sh            CPU (and GPU/TPU hosts that already have their jaxlib plugin)
-#   launch/setup.sh --tpu      also install libtpu (to run on TPU, or to compile for TPU topologies)
+#   launch/setup.sh --tpu      also install libtpu (to run on TPU, or to compile for TPU topologies
+#                              with `python -m polar_jax compile`; CI asks for it). On a machine
+#                              without TPUs JAX then probes for one at start-up (warnings, then
+#                              CPU): set JAX_PLATFORMS=cpu there; tests and `compile` do it themselves.
 #   launch/setup.sh --cuda     also install JAX's CUDA 13 plugin (NVIDIA GPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."

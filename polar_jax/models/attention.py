@@ -62,7 +62,7 @@ def _pallas(q_bthd, k_bskd, v_bskd, segment_ids_bt):
     from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
 
     # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform() != "tpu"
     mesh = jax.sharding.get_abstract_mesh()  # inside jit: the mesh `parallel.use_rules` set
     if mesh.empty or mesh.size == 1:
         return attention_pallas.pallas_attention(q_bthd, k_bskd, v_bskd, segment_ids_bt, interpret=interpret)
@@ -75,8 +75,15 @@ def _pallas(q_bthd, k_bskd, v_bskd, segment_ids_bt):
     )
 
 
+def target_platform() -> str:
+    """The platform being compiled for: that of the current mesh's devices (an ahead-of-time
+    TPU topology from `polar_jax.aot` included), else JAX's default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def resolve_impl(impl: str, dtype=jnp.bfloat16, seq_len: int = 128) -> str:
-    """Turn "auto" into the back-end for the default platform, compute dtype and row length.
+    """Turn "auto" into the back-end for the target platform, compute dtype and row length.
 
     cuDNN's fused attention takes only 16-bit inputs, so float32 on GPU runs "xla"; the TPU
     kernel tiles rows in blocks of 128, so other lengths on TPU run "xla".
@@ -89,7 +96,7 @@ def resolve_impl(impl: str, dtype=jnp.bfloat16, seq_len: int = 128) -> str:
         )
     if impl != "auto":
         return impl
-    platform = jax.default_backend()
+    platform = target_platform()
     if platform == "gpu":
         return "cudnn" if half else "xla"
     return "pallas" if platform == "tpu" and seq_len % 128 == 0 else "xla"

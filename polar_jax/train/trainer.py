@@ -85,9 +85,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     train_iter = iter(data_pipeline.build_pipeline(train_source, pipeline_cfg))
 
     # ------------------------------------------------------------------------------ optimiser
-    optim_cfg = OptimConfig(**config.optim)
-    optimizer = make_optimizer(optim_cfg, config.steps)
-    schedule = lr_schedule(optim_cfg, config.steps)
+    optimizer, schedule = build_optimizer(config)
 
     # ------------------------------------------------------------------------------ checkpoint
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -102,12 +100,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
     # ------------------------------------------------------------------------------ compile
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = {k: parallel.batch_sharding(mesh, ndim=n) for k, n in steps.BATCH_NDIM.items()}
-    train_step = jax.jit(
-        functools.partial(steps.train_step, model_cfg=model_cfg, optimizer=optimizer, schedule=schedule,
-                          accum_steps=config.accum_steps, margin=config.margin),
-        in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0,
-    )
+    batch_sharding = batch_shardings(mesh)
+    train_step = jit_train_step(config, model_cfg, optimizer, schedule, state_sharding, batch_sharding)
     eval_step = jax.jit(functools.partial(steps.eval_step, model_cfg=model_cfg, margin=config.margin),
                         in_shardings=(state_sharding.params, batch_sharding))
 
@@ -185,6 +179,26 @@ def _global_batch(local: dict, shardings: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local[k])) for k in shardings}
 
 
+def build_optimizer(config):
+    """(optimizer, learning-rate schedule) of `config.optim` over `config.steps`."""
+    optim_cfg = OptimConfig(**config.optim)
+    return make_optimizer(optim_cfg, config.steps), lr_schedule(optim_cfg, config.steps)
+
+
+def batch_shardings(mesh) -> dict:
+    """The sharding of every array of the step's batch contract (`step.BATCH_NDIM`) on `mesh`."""
+    return {k: parallel.batch_sharding(mesh, ndim=n) for k, n in steps.BATCH_NDIM.items()}
+
+
+def jit_train_step(config, model_cfg: ModelConfig, optimizer, schedule, state_sharding, batch_sharding):
+    """The jitted update step exactly as `train` runs it (the `compile` command lowers this one too)."""
+    return jax.jit(
+        functools.partial(steps.train_step, model_cfg=model_cfg, optimizer=optimizer, schedule=schedule,
+                          accum_steps=config.accum_steps, margin=config.margin),
+        in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0,
+    )
+
+
 def evaluate(eval_step, params, source, config, batch_sharding) -> dict:
     """Loss and accuracy over `config.eval_batches` batches of the held-out source (same every time)."""
     pipeline_cfg = data_pipeline.PipelineConfig(
@@ -209,14 +223,10 @@ def build_model(config) -> Model:
     reward head added, zero or normal init) or a POLAR reward model (SFT) in any format.
     """
     m = config.model
-    runtime = dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.scan_unroll)
     if m.init == "scratch":
-        missing = [k for k in _SIZE_FIELDS if m[k] is None]
-        if missing:
-            raise ValueError(f"model.init=scratch needs config.model.{', config.model.'.join(missing)}")
-        cfg = ModelConfig(**{k: m[k] for k in _SIZE_FIELDS}, heads=("reward",), **runtime)
+        cfg = model_config_from_sizes(config)
         return Model(cfg, None, "llama", families.hf_config_for(cfg, "llama", "reward"))
-    model = models.load_model(m.init, **runtime)
+    model = models.load_model(m.init, **_runtime(m))
     params = dict(model.params)
     cfg = model.cfg
     mismatched = [f"{k}: config {m[k]} vs checkpoint {getattr(cfg, k)}" for k in _SIZE_FIELDS
@@ -241,6 +251,21 @@ def build_model(config) -> Model:
 
 
 _SIZE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+
+
+def model_config_from_sizes(config, heads: tuple[str, ...] = ("reward",)) -> ModelConfig:
+    """The decoder of `config.model`'s sizes and runtime settings, no checkpoint read: what
+    init=scratch trains, and what ahead-of-time compilation assumes for any init."""
+    m = config.model
+    missing = [k for k in _SIZE_FIELDS if m[k] is None]
+    if missing:
+        raise ValueError(f"config.model.{', config.model.'.join(missing)} not set: the sizes come from the config "
+                         f"here (model.init={m.init}); set them with --config.model.KEY=VALUE")
+    return ModelConfig(**{k: m[k] for k in _SIZE_FIELDS}, heads=tuple(heads), **_runtime(m))
+
+
+def _runtime(m) -> dict:
+    return dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.scan_unroll)
 
 
 def _data_vocab_size(config) -> int | None:

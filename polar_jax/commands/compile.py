@@ -1,0 +1,56 @@
+"""Compile a config's step ahead of time for a TPU slice, on a machine without TPUs, and say
+whether it fits: per-chip memory against HBM, FLOPs per step, collectives.
+
+    python -m polar_jax compile --config configs/polar_7b.py --topology v5p:4x4x4 [--stage train|sample|rft]
+        [--config.mesh.fsdp=-1 ...] [--json report.json]
+
+Needs libtpu (`launch/setup.sh --tpu`). No weights are loaded and no data read: model sizes,
+batch and mesh come from the config. TOPOLOGY is GEN:AxB[xC] (v5p:4x4x4, v5e:16x16,
+v6e:16x16, v4:2x2x2) or a Cloud accelerator type (v5p-128, v5litepod-256, v6e-256).
+Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu missing,
+stage not available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+
+from polar_jax import aot
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `compile` (config overrides come as extra --config.KEY=VALUE arguments)."""
+    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG)")
+    parser.add_argument("--topology", required=True, help="v5p:4x4x4, v5e:16x16, v6e:8x8, v5p-128, v5litepod-256, ...")
+    parser.add_argument("--stage", choices=aot.STAGES, default="train",
+                        help="train: the trainer's update step (default); sample: the KV-cache sampler of the "
+                             "config's model as a causal LM; rft: not available yet")
+    parser.add_argument("--sample-batch", type=int, default=None, help="sample: prompts per call (default data.batch_size)")
+    parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
+    parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--hlo", default=None, help="also write the compiled HLO text to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compile and print the report; 0 fits, 1 does not, 2 nothing compiled."""
+    aot.prepare_environment()  # before anything initialises a JAX backend
+    from polar_jax.config_loading import load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        report = aot.compile_step(config, args.topology, args.stage, config_name=args.config,
+                                  sample_batch=args.sample_batch, prompt_len=args.prompt_len,
+                                  max_new_tokens=args.max_new_tokens, hlo_path=args.hlo)
+    except (aot.LibtpuMissing, aot.StageUnavailable, ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 2
+    print(report.format(), flush=True)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.fits else 1
