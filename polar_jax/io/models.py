@@ -62,11 +62,11 @@ def load_tokenizer(src: str | pathlib.Path):
 
 def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
     """Put the source's tokenizer files into `dst`; returns the names written."""
-    dst = pathlib.Path(dst)
+    dst, src = pathlib.Path(dst), pathlib.Path(src)
     dst.mkdir(parents=True, exist_ok=True)
-    if source_format(src) == "gguf":
+    if src.is_file() and source_format(src) == "gguf":
         return list(load_tokenizer(src).save_pretrained(str(dst)))
-    found = [pathlib.Path(src) / n for n in TOKENIZER_FILES if (pathlib.Path(src) / n).exists()]
+    found = [src / n for n in TOKENIZER_FILES if (src / n).exists()]
     for f in found:
         shutil.copy2(f, dst / f.name)
     return [f.name for f in found]

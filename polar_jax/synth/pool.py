@@ -44,6 +44,8 @@ class PolicySpec:
     template: how the policy sees a prompt; "{prompt}" and "{system}" are filled in.
     stop: extra stop strings, each a single token of the policy's tokenizer (EOS always stops).
     max_prompt_tokens: longer templated prompts keep their last tokens.
+    weight: how often the policy is drawn, relative to the others (a pair (A, B) is drawn
+        with probability proportional to weight_A * weight_B); lower it for costly policies.
     """
 
     name: str
@@ -56,10 +58,13 @@ class PolicySpec:
     template: str = "{prompt}"
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = 1024
+    weight: float = 1.0
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
             raise ValueError(f"policy name {self.name!r}: must be non-empty and contain no '/'")
+        if self.weight <= 0:
+            raise ValueError(f"policy {self.name}: weight={self.weight} must be > 0")
         if "{prompt}" not in self.template:
             raise ValueError(f"policy {self.name}: template {self.template!r} has no {{prompt}} slot")
         object.__setattr__(self, "stop", tuple(self.stop))

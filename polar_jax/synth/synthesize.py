@@ -84,10 +84,11 @@ def make_shard(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, shard: 
     names = plan.policies or tuple(pool.names)
     pairs = policy_pairs(names, plan.must_include)
     first, last = shard * plan.shard_size, min((shard + 1) * plan.shard_size, plan.num_triplets)
+    weights_p = np.array([pool.specs[a].weight * pool.specs[b].weight for a, b in pairs])
     items = []
     for index in range(first, last):
         rng = np.random.default_rng([plan.seed, index, 1])
-        a, b = pairs[int(rng.integers(len(pairs)))]
+        a, b = pairs[int(rng.choice(len(pairs), p=weights_p / weights_p.sum()))]
         items.append((index, prompts.prompt(index), a, b))
     # Requests grouped by policy: (item, role) pairs; A answers twice, B once.
     requests: dict[str, list[tuple[int, str]]] = {}

@@ -135,19 +135,10 @@ def save_lm(cfg: ModelConfig, params, out_dir: str | pathlib.Path, *, tokenizer_
     params = jax.tree.map(np.asarray, params)
     hf.save_hf(hf.Model(cfg.replace(heads=("lm",)), params, "llama", dict(hf_config or {})), tmp, head="lm")
     if tokenizer_dir is not None:
-        _copy_tokenizer(pathlib.Path(tokenizer_dir), tmp)
+        models.copy_tokenizer(tokenizer_dir, tmp)
     (tmp / TRAINING_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
     tmp.rename(out_dir)
     return out_dir
-
-
-def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> None:
-    # models.copy_tokenizer wants a model source; a tokenizer-only directory is copied as is.
-    found = [src / n for n in models.TOKENIZER_FILES if (src / n).exists()]
-    if not found:
-        models.copy_tokenizer(src, dst)
-    for f in found:
-        shutil.copy2(f, dst / f.name)
 
 
 def _token_ids(tokenizer_dir) -> dict:

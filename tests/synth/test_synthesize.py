@@ -215,3 +215,16 @@ def get_config():
     summary = json.loads((out / "summary.json").read_text())
     assert len(rows) == summary["triplets"] == 5 - summary["empty_response"]
     assert json.loads((out / "synth.json").read_text())["policies"][1]["system"] == "S"
+
+
+def test_policy_weights_set_how_often_pairs_are_drawn():
+    pool = _ScriptedPool()
+    pool.names = ["a", "b", "c"]
+    pool.specs = {"a": PolicySpec("a", "none"), "b": PolicySpec("b", "none"), "c": PolicySpec("c", "none", weight=0.2)}
+    prompts = PromptSource(DOCS, _byte_tokenizer(), min_tokens=1, max_tokens=2)
+    rows, _ = S.make_shard(pool, prompts, S.SynthPlan(num_triplets=600, shard_size=600), 0)
+    with_c = np.mean([row["meta"]["reference_policy"] == "c" or row["meta"]["rejected_policy"] == "c" for row in rows])
+    # P(c in the pair) = (0.2 + 0.2 + 0.2 + 0.2) / (1 + 1 + 0.8) = 0.286; std of the mean 0.018
+    assert abs(with_c - 0.8 / 2.8) < 0.06
+    with pytest.raises(ValueError, match="weight"):
+        PolicySpec("d", "none", weight=0.0)
