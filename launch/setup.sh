@@ -4,7 +4,8 @@
 #   launch/setup.sh --tpu      also install libtpu (to run on TPU, or to compile for TPU topologies
 #                              with `python -m polar_jax compile`; CI asks for it). On a machine
 #                              without TPUs JAX then probes for one at start-up (warnings, then
-#                              CPU): set JAX_PLATFORMS=cpu there; tests and `compile` do it themselves.
+#                              CPU): `python -m polar_jax` sets JAX_PLATFORMS=cpu itself on hosts
+#                              with no TPU or NVIDIA device, and so do the tests.
 #   launch/setup.sh --cuda     also install JAX's CUDA 13 plugin (NVIDIA GPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."

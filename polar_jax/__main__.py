@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import logging
+import os
+import shutil
 import sys
 
 # command name -> (module under polar_jax.commands, one-line help)
@@ -16,6 +19,7 @@ COMMANDS = {
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
     "synth": ("synth", "sample policy-discrimination triplets from a policy pool (resumable, with provenance)"),
     "evaluate": ("evaluate", "pair accuracy of a reward model on triplets, split by seen / unseen policies"),
+    "rft": ("rft", "train a policy with PPO (or a group baseline) on POLAR rewards against references (resumable)"),
     "demo": ("demo", "the whole idea on a laptop: pool, synthesis, pre-training, evaluation (resumable)"),
     "scaling": ("scaling", "sweep reward-model size and compute, fit power laws, plot them"),
     "compile": ("compile", "compile a config's step ahead of time for a TPU topology; report memory and FLOPs"),
@@ -24,8 +28,21 @@ COMMANDS = {
 CONFIG_COMMANDS = {"train", "synth", "scaling", "compile", "rft"}
 
 
+def _quiet_cpu_only_host() -> None:
+    """With libtpu installed (`setup.sh --tpu`, as CI does) JAX probes for a TPU at start-up and
+    prints pages of warnings on a machine without one. Where no TPU (/dev/accel*, /dev/vfio/N)
+    and no NVIDIA GPU is present, and the user has not chosen, run on the CPU directly."""
+    if "JAX_PLATFORMS" in os.environ:
+        return
+    tpu = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+    gpu = os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi")
+    if not tpu and not gpu:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code."""
+    _quiet_cpu_only_host()
     parser = argparse.ArgumentParser(prog="polar-jax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
