@@ -10,9 +10,10 @@ decay, clip 1.0, 3% warm-up, cosine to 0.1 x LR. Rows are packed: a step holds
 `batch_size` rows of `seq_len` tokens; at the typical pair length (~2k tokens for 1-1024
 token prompts and sampled answers) 128 rows of 32k tokens hold about 1940 pairs.
 
-Mesh: every chip in FSDP (`fsdp=-1`), which fits this size on a TPU v5p-8 (4 chips) and up,
-and on one 8-GPU node; add `--config.mesh.data=N` to replicate over N groups on larger
-slices. Check a mesh without hardware: `python -m polar_jax compile` (TPU topologies).
+Mesh: every chip in FSDP (`fsdp=-1`). Compiled ahead of time (`python -m polar_jax compile`,
+README "Will it fit?"): at this batch it fits a v5p-128 (79 of 96 GiB per chip) and a v5p-256;
+a v6e-256 with `--config.mesh.tensor=2`; a v5e-256 only with `--config.model.remat=full`.
+Smaller slices need a smaller batch (with accumulation) or full remat: check with `compile`.
 """
 
 import pathlib

@@ -1,8 +1,11 @@
 """POLAR-7B replica: pre-training (default) or SFT (`:sft`) on an InternLM2.5-7B base.
 
 Same recipe as `polar_1_8b.py` with the 7B numbers: pre-training LR 1.67e-5 and 4343
-triplets per step; SFT LR 2e-5, 320 triplets per step. All chips in FSDP: a TPU v5p-32
-(16 chips) and up, or one 8-GPU node of 80 GB cards.
+triplets per step; SFT LR 2e-5, 320 triplets per step. All chips in FSDP. Compiled ahead of
+time (`python -m polar_jax compile`, README "Will it fit?"): it needs full remat
+(`--config.model.remat=full`) and, above 32 chips, a batch that divides over the chips
+(`--config.data.batch_size=256`): then it fits a v5p-128 (82 of 96 GiB per chip), a v5p-256
+and a v6e-256, not a v5e-256. Check other slices with `compile` before allocating them.
 """
 
 import pathlib
