@@ -1,11 +1,12 @@
 """Validation of POLAR JSONL rows: every bad row is named by FILE:LINE, field and reason.
 
-Two row kinds share one shape of text field:
+Three row kinds share one shape of text field:
 
     triplet  {"prompt", "reference", "chosen", "rejected"}  the official POLAR training format
     score    {"prompt", "reference", "output"}              the official client's format
+    rft      {"prompt", "reference"}                        RFT prompts with their references
 
-Both may carry `meta`, a JSON object (policy names, seeds, anything). A text field is a
+Each may carry `meta`, a JSON object (policy names, seeds, anything). A text field is a
 non-empty string, or a non-empty list of messages `{"role": str, "content": str}` (optionally
 `"name": str`; any other key is an error, since a misspelt key would otherwise be dropped
 silently). A message's role and content must be non-empty.
@@ -25,6 +26,7 @@ from typing import Any, Iterator, NamedTuple
 TEXT_FIELDS = {
     "triplet": ("prompt", "reference", "chosen", "rejected"),
     "score": ("prompt", "reference", "output"),
+    "rft": ("prompt", "reference"),
 }
 OPTIONAL_FIELDS = ("meta",)
 MESSAGE_KEYS = ("role", "content")
@@ -197,7 +199,7 @@ def parse_line(raw: bytes, kind: str, source: str, first_line: bool = False) -> 
 def read_jsonl(
     path: str | os.PathLike, kind: str, skip_invalid: bool = False, report: SkipReport | None = None
 ) -> Iterator[Row]:
-    """Yield the valid rows of a JSONL file of `kind` ("triplet" | "score") in file order.
+    """Yield the valid rows of a JSONL file of `kind` ("triplet" | "score" | "rft") in file order.
 
     Strict (default): raise DataError at the first bad row. `skip_invalid`: count each bad row in
     `report` (by reason, with examples) and go on. Blank lines are counted, never raised.

@@ -1,0 +1,113 @@
+"""Every key the RFT loop reads, with its default: configs/rft_*.py start here and change what
+differs. Algorithm defaults are the released POLAR verl recipes (REFERENCE.md): GAE with
+gamma = lambda = 1, clip 0.2, no KL (neither in the reward nor as a loss), one rollout per
+prompt, a critic initialised from the policy, the raw POLAR score as the terminal reward,
+`<think>` spans stripped before scoring; actor LR 1e-6, critic LR 1e-5 (the paper's)."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The defaults of an RFT run (a new ConfigDict each call)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.iterations = 200  # PPO iterations: one rollout batch, its scores, then the update
+    c.log_every = 1
+    c.eval_every = 0  # evaluate on held-out prompts every N iterations (0 = at the start and end only)
+    c.checkpoint_every = 50
+    c.checkpoint_minutes = 30.0  # also save when this long has passed since the last save
+    c.keep_checkpoints = 3
+    c.max_bad_steps = 10  # this many skipped (non-finite) optimiser steps in a row stop the run
+    c.setup_hint = ""  # said when a model path is missing (e.g. which command makes it)
+
+    c.policy = ml_collections.ConfigDict()
+    c.policy.init = ""  # the policy LM: HF directory, .gguf file or polar_jax directory
+    c.policy.template = "{prompt}"  # how the policy sees a prompt (flattened as the POLAR client does)
+    c.policy.max_prompt_tokens = 256  # longer prompts keep their last tokens; every prompt is padded to this
+    c.policy.dtype = "bfloat16"  # compute dtype; parameters stay float32
+    c.policy.remat = "none"
+    c.policy.attention_impl = "auto"
+    c.policy.scan_unroll = 1
+
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.prompts = 64  # prompts per iteration
+    c.rollout.samples_per_prompt = 1  # rollouts of each prompt (the group size of the group baseline)
+    c.rollout.max_new_tokens = 256
+    c.rollout.temperature = 1.0
+    c.rollout.top_k = 0  # 0 = off
+    c.rollout.top_p = 1.0
+    c.rollout.stop = ()  # extra stop strings (single tokens of the policy's tokenizer); EOS always stops
+    # Repetition loops (a block of up to N tokens written `loop_repeats` times) cut to the block's first
+    # occurrence, as POLAR's trajectory sampling does (sampling.SamplingConfig.polar: 32, 4); 0 = off (as verl).
+    c.rollout.loop_max_ngram = 0
+    c.rollout.loop_repeats = 4
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.model = ""  # a POLAR reward model: ours (polar_jax directory) or an imported official one
+    c.reward.tokenizer = ""  # default: the reward model's own
+    c.reward.batch_size = 16
+    c.reward.strip_think = True  # drop <think>...</think> from responses before scoring
+    c.reward.normalize = "none"  # "none" (the raw score, as released) | "batch" (whitened per batch)
+    c.reward.dtype = "bfloat16"
+    c.reward.encoding = ml_collections.ConfigDict(dict(
+        max_length=16384, max_response_length=4096, response_cut_side="right", wrapper="sft",
+        split_text="<|reward|>", reward_token="[UNUSED_TOKEN_130]", newline_before_empty_response=True))
+
+    c.algorithm = ml_collections.ConfigDict()
+    c.algorithm.estimator = "gae"  # "gae" (PPO with a critic) | "group" (group baseline, no critic)
+    c.algorithm.gamma = 1.0
+    c.algorithm.lam = 1.0
+    c.algorithm.clip_ratio = 0.2
+    c.algorithm.value_clip = 0.5
+    c.algorithm.epochs = 1  # PPO epochs over each rollout batch
+    c.algorithm.minibatches = 1  # optimiser steps per epoch (the batch split in this many parts)
+    c.algorithm.whiten_advantages = True
+    c.algorithm.group_normalize_std = True  # group baseline: divide by the group's std (GRPO)
+    c.algorithm.entropy_coef = 0.0
+    c.algorithm.kl_coef = 0.0  # KL to the reference policy subtracted from the token rewards (k1)
+    c.algorithm.kl_loss_coef = 0.0  # KL to the reference policy added to the actor loss
+    c.algorithm.kl_loss_estimator = "low_var_kl"  # k1 | abs | k2 | low_var_kl
+
+    c.critic = ml_collections.ConfigDict()
+    c.critic.init = "policy"  # "policy" (as released) | "reward_model" (needs the policy's tokenizer)
+    c.critic.value_head_init = "zeros"  # "zeros" | "reward_head" (copy the reward model's head)
+
+    c.reference = ml_collections.ConfigDict()
+    c.reference.keep = True  # a frozen copy of the initial policy: the KL terms need it; else it gives the KL metric
+
+    c.actor_optim = ml_collections.ConfigDict(dict(lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0,
+                                                   warmup_fraction=0.03, final_lr_fraction=1.0))
+    c.critic_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0,
+                                                    warmup_fraction=0.0, final_lr_fraction=0.1))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "jsonl"  # "jsonl" | "parquet" (verl's layout) | "policy_samples" (references sampled here)
+    c.data.train = ""  # comma-separated files
+    c.data.eval = ""  # held-out prompts with references (for the evaluation); "" = none
+    c.data.skip_invalid = False  # strict (default): the first bad row stops the run with its FILE:LINE
+    c.data.shuffle = True
+    c.data.eval_rows = 64  # held-out rows evaluated (the first ones)
+    # data.kind = "policy_samples": prompts from a corpus, references sampled from the target policy,
+    # written once to WORKDIR/data/{train,eval}.jsonl.
+    c.data.prompts = "pydoc"  # "pydoc" (prefixes of Python's help topics) | a .txt / .jsonl prompts file
+    c.data.prompt_tokens = (2, 24)  # min, max tokens (of the policy's tokenizer) of a corpus prefix
+    c.data.heldout_every = 5  # every 5th document (or prompt line) goes to the held-out set
+    c.data.train_prompts = 512
+    c.data.eval_prompts = 64
+
+    # The target policy (optional): the references' author for data.kind=policy_samples, and the judge of
+    # the `target_loglik` evaluation (its mean per-token log-likelihood of the policy's evaluated responses).
+    # Fields as a synth pool's PolicySpec; checkpoint "smollm2" is the packaged SmolLM2-135M-Instruct.
+    c.target = ml_collections.ConfigDict(dict(
+        checkpoint="", template="{prompt}", system="", stop=(), temperature=1.0, top_k=50, top_p=0.9,
+        max_new_tokens=24, max_prompt_tokens=256, loop_max_ngram=32))
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 64  # evaluation (and reference sampling) batch
+    # How the evaluated responses are drawn: greedy (temperature 0, the default), or sampled with a fixed key.
+    c.eval.temperature = 0.0
+    c.eval.top_k = 0
+    c.eval.top_p = 1.0
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 takes the rest
+    return c

@@ -1,0 +1,66 @@
+"""The PPO losses, as verl computes them (REFERENCE.md: the released POLAR recipes): each is
+a token mean over the real response tokens of a mini-batch ("token-mean" aggregation).
+
+    policy loss  max(-A r, -A clip(r, 1 - eps, 1 + eps)),   r = exp(logp - old_logp)
+    value loss   0.5 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)
+    entropy      -sum_v p log p of the (temperature-scaled) next-token distribution
+    KL           estimators of KL(policy || reference) from log-probs of sampled tokens
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from polar_jax.rft.advantages import masked_mean
+
+KL_ESTIMATORS = ("k1", "abs", "k2", "low_var_kl")
+
+
+def ppo_policy_loss(logp_bn, old_logp_bn, advantages_bn, mask_bn, clip_ratio: float = 0.2):
+    """Clipped surrogate loss and its metrics {clip_frac, ppo_kl}. Outside [1 - eps, 1 + eps],
+    in the direction the advantage pushes, the clipped term wins and the gradient is zero."""
+    log_ratio_bn = logp_bn - old_logp_bn
+    ratio_bn = jnp.exp(log_ratio_bn)
+    unclipped_bn = -advantages_bn * ratio_bn
+    clipped_bn = -advantages_bn * jnp.clip(ratio_bn, 1.0 - clip_ratio, 1.0 + clip_ratio)
+    loss = masked_mean(jnp.maximum(unclipped_bn, clipped_bn), mask_bn)
+    metrics = {
+        "clip_frac": masked_mean((clipped_bn > unclipped_bn).astype(jnp.float32), mask_bn),
+        "ppo_kl": masked_mean(-log_ratio_bn, mask_bn),  # KL(old || new), k1 estimate
+    }
+    return loss, metrics
+
+
+def clipped_value_loss(values_bn, old_values_bn, returns_bn, mask_bn, clip_range: float = 0.5):
+    """0.5 x the larger of the plain and the clipped squared errors, and {vf_clip_frac}."""
+    clipped_values_bn = old_values_bn + jnp.clip(values_bn - old_values_bn, -clip_range, clip_range)
+    plain_bn = jnp.square(values_bn - returns_bn)
+    clipped_bn = jnp.square(clipped_values_bn - returns_bn)
+    loss = 0.5 * masked_mean(jnp.maximum(plain_bn, clipped_bn), mask_bn)
+    return loss, {"vf_clip_frac": masked_mean((clipped_bn > plain_bn).astype(jnp.float32), mask_bn)}
+
+
+def entropy(logits_bnv):
+    """Entropy [B, N] of the softmax of each position's logits, float32."""
+    logits_bnv = logits_bnv.astype(jnp.float32)
+    logp_bnv = jax.nn.log_softmax(logits_bnv, axis=-1)
+    return -jnp.sum(jnp.exp(logp_bnv) * logp_bnv, axis=-1)
+
+
+def kl_penalty(logp_bn, ref_logp_bn, estimator: str = "low_var_kl"):
+    """Per-token estimate of KL(policy || reference) from sampled tokens' log-probs.
+
+    k1: logp - ref (unbiased); abs: |k1|; k2: 0.5 k1^2; low_var_kl (k3, clamped to [-10, 10]
+    as verl): exp(ref - logp) - (ref - logp) - 1, non-negative and unbiased.
+    """
+    diff_bn = logp_bn - ref_logp_bn
+    if estimator == "k1":
+        return diff_bn
+    if estimator == "abs":
+        return jnp.abs(diff_bn)
+    if estimator == "k2":
+        return 0.5 * jnp.square(diff_bn)
+    if estimator == "low_var_kl":
+        return jnp.clip(jnp.exp(-diff_bn) + diff_bn - 1.0, -10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")

@@ -1,0 +1,112 @@
+"""Rollouts: prompts -> the policy's sampled responses, laid out for the update.
+
+A rollout row is [prompt | response] in one array of P + N tokens: the prompt LEFT-padded to
+P (so every response starts at column P), the response right-padded to N. `mask_bt` is 1 on
+real tokens; positions restart at 0 at each row's first real token (`padded_inputs`), so
+the update sees exactly the token positions the sampler used.
+
+    prompt_bt, lengths_b = pad_prompts([prompt_ids(tok, p, "{prompt}", 256) for p in prompts], 256)
+    batch = rollout(cfg, params, prompt_bt, lengths_b, sampling, key)
+    texts = response_texts(tok, batch.response_bn, batch.response_lengths_b, sampling.stop_ids)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from polar_jax import sampling as sampling_lib
+from polar_jax.data.encoding import Text, flatten
+from polar_jax.models.config import ModelConfig
+
+
+class Rollout(NamedTuple):
+    """A batch of sampled responses, [B, ...] each."""
+
+    tokens_bt: jax.Array  # int32 [B, P + N]: left-padded prompt, then the response
+    mask_bt: jax.Array  # int32 [B, P + N]: 1 on real tokens
+    response_bn: jax.Array  # int32 [B, N]: the response alone (0 after its end)
+    response_mask_bn: jax.Array  # float32 [B, N]: 1 on real response tokens (a stop token included)
+    response_lengths_b: jax.Array  # int32 [B]
+
+
+def prompt_ids(tokenizer, prompt: Text, template: str, max_tokens: int, system: str = "") -> list[int]:
+    """A policy's view of a prompt: flattened (messages joined by "\\n"), put into `template`
+    ("{prompt}", optionally "{system}"), tokenised with the tokenizer's special tokens; its
+    last `max_tokens` kept."""
+    ids = tokenizer(template.format(prompt=flatten(prompt), system=system))["input_ids"][-max_tokens:]
+    if not ids:
+        raise ValueError(f"prompt {flatten(prompt)[:80]!r} tokenises to nothing")
+    return ids
+
+
+def pad_prompts(ids: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int32 [B, width] prompts and their lengths [B] (the sampler's input)."""
+    prompt_bt = np.zeros((len(ids), width), np.int32)
+    for row, row_ids in enumerate(ids):
+        if len(row_ids) > width:
+            raise ValueError(f"prompt {row} has {len(row_ids)} tokens > width {width}")
+        prompt_bt[row, : len(row_ids)] = row_ids
+    return prompt_bt, np.array([len(x) for x in ids], np.int32)
+
+
+def assemble(prompt_bt, prompt_lengths_b, response_bn, response_lengths_b) -> Rollout:
+    """Right-padded prompts and responses -> [left-padded prompt | response] rows."""
+    width = prompt_bt.shape[1]
+    shift_b = width - prompt_lengths_b
+    source_bt = jnp.arange(width)[None] - shift_b[:, None]  # where each column's token comes from
+    prompt_mask_bt = source_bt >= 0
+    left_bt = jnp.where(prompt_mask_bt, jnp.take_along_axis(prompt_bt, jnp.maximum(source_bt, 0), axis=1), 0)
+    response_mask_bn = jnp.arange(response_bn.shape[1])[None] < response_lengths_b[:, None]
+    tokens_bt = jnp.concatenate([left_bt, response_bn], axis=1).astype(jnp.int32)
+    mask_bt = jnp.concatenate([prompt_mask_bt, response_mask_bn], axis=1).astype(jnp.int32)
+    return Rollout(tokens_bt, mask_bt, response_bn.astype(jnp.int32), response_mask_bn.astype(jnp.float32),
+                   response_lengths_b.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def rollout(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: sampling_lib.SamplingConfig,
+            rng) -> Rollout:
+    """Sample one response per right-padded prompt and lay the rows out for the update."""
+    gen = sampling_lib.generate(cfg, params, prompt_bt, prompt_lengths_b, sampling, rng)
+    return assemble(prompt_bt, prompt_lengths_b, gen.tokens_bn, gen.lengths_b)
+
+
+def response_texts(tokenizer, response_bn, lengths_b, stop_ids=()) -> list[str]:
+    """Decoded responses: stop tokens and special tokens removed."""
+    response_bn, lengths_b = np.asarray(response_bn), np.asarray(lengths_b)
+    stop = set(int(i) for i in stop_ids)
+    return [tokenizer.decode([t for t in row[:n].tolist() if t not in stop], skip_special_tokens=True)
+            for row, n in zip(response_bn, lengths_b)]
+
+
+class Samples(NamedTuple):
+    """Decoded samples of a list of prompts."""
+
+    texts: list[str]  # stop tokens and special tokens removed
+    stopped: list[bool]  # the response ended with a stop token (rather than at max_new_tokens)
+    lengths: list[int]  # tokens per response (a stop token included)
+
+
+def sample_texts(cfg: ModelConfig, params, tokenizer, prompts: list[Text], sampling: sampling_lib.SamplingConfig,
+                 key, *, template: str, prompt_width: int, batch_size: int, put=None, system: str = "") -> Samples:
+    """One sampled response per prompt, in batches of `batch_size` (the last one padded with
+    copies of its first prompt); batch j draws with fold_in(key, j). `put` places each
+    batch's arrays on devices (default: as they are)."""
+    put = put or (lambda x: x)
+    texts, stopped, lengths = [], [], []
+    for j, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk = prompts[start : start + batch_size]
+        ids = [prompt_ids(tokenizer, p, template, prompt_width, system) for p in chunk]
+        prompt_bt, lengths_b = pad_prompts(ids + [ids[0]] * (batch_size - len(ids)), prompt_width)
+        batch = rollout(cfg, params, put(prompt_bt), put(lengths_b), sampling, jax.random.fold_in(key, j))
+        response_bn, n_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
+        texts += response_texts(tokenizer, response_bn, n_b, sampling.stop_ids)[: len(chunk)]
+        for row in range(len(chunk)):
+            lengths.append(int(n_b[row]))
+            stopped.append(bool(n_b[row]) and int(response_bn[row, n_b[row] - 1]) in sampling.stop_ids)
+    return Samples(texts, stopped, lengths)

@@ -1,0 +1,261 @@
+"""Pure step functions of RFT: score-free experience making (log-probs, values, advantages)
+and the PPO update (epochs x mini-batches of actor and critic steps). The loop in
+`trainer.py` calls them; each is compiled once per configuration.
+
+Layout (see `rollout.py`): rows of T = P + N tokens, the response in the last N columns.
+The logits that predict response token j sit at column P - 1 + j, and so does the critic's
+value of the state before token j; the POLAR score is the reward of the last real token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from polar_jax.models import transformer as T
+from polar_jax.models.config import ModelConfig
+from polar_jax.rft import advantages as adv_lib
+from polar_jax.rft import losses
+from polar_jax.rft.advantages import masked_mean
+from polar_jax.rft.rollout import Rollout
+from polar_jax.train.optim import OptimConfig
+from polar_jax.train.state import TrainState, state_shardings
+
+ESTIMATORS = ("gae", "group")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """The algorithm's settings (hashable: a static argument of the compiled steps)."""
+
+    estimator: str = "gae"  # "gae" | "group"
+    gamma: float = 1.0
+    lam: float = 1.0
+    clip_ratio: float = 0.2
+    value_clip: float = 0.5
+    epochs: int = 1
+    minibatches: int = 1
+    whiten_advantages: bool = True
+    group_size: int = 1  # rollouts per prompt, consecutive rows
+    group_normalize_std: bool = True
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0  # in the reward (k1 per token)
+    kl_loss_coef: float = 0.0
+    kl_loss_estimator: str = "low_var_kl"
+    temperature: float = 1.0  # the sampling temperature: log-probs are of logits / temperature
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"algorithm.estimator={self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.estimator == "group" and self.group_size < 2:
+            raise ValueError("algorithm.estimator=group needs rollout.samples_per_prompt >= 2")
+        if self.kl_loss_estimator not in losses.KL_ESTIMATORS:
+            raise ValueError(f"algorithm.kl_loss_estimator={self.kl_loss_estimator!r}; choose one of "
+                             f"{', '.join(losses.KL_ESTIMATORS)}")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError("algorithm.epochs and algorithm.minibatches must be >= 1")
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether this estimator trains a value model."""
+        return self.estimator == "gae"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a KL term reads the reference policy."""
+        return self.kl_coef != 0 or self.kl_loss_coef != 0
+
+
+class Experience(NamedTuple):
+    """One rollout batch with everything the update reads, [B, ...] each."""
+
+    tokens_bt: jax.Array
+    mask_bt: jax.Array
+    response_mask_bn: jax.Array
+    old_logp_bn: jax.Array
+    ref_logp_bn: jax.Array  # = old_logp_bn without a reference policy
+    old_values_bn: jax.Array  # zeros without a critic
+    advantages_bn: jax.Array
+    returns_bn: jax.Array
+
+
+# ------------------------------------------------------------------------------ model reads
+
+
+def response_logits(cfg: ModelConfig, params, tokens_bt, mask_bt, n: int, temperature: float = 1.0):
+    """float32 [B, N, V]: the logits that predict the N response tokens, divided by temperature."""
+    batch, width = tokens_bt.shape
+    positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
+    at_bn = jnp.broadcast_to(width - n - 1 + jnp.arange(n), (batch, n))
+    logits_bnv = T.forward(cfg, params, tokens_bt, positions_bt, segment_ids_bt, logits_at_bn=at_bn).logits_btv
+    return logits_bnv.astype(jnp.float32) / temperature
+
+
+def token_logprobs(logits_bnv, targets_bn):
+    """log softmax(logits)[target] per position, float32 [B, N]."""
+    logp_bnv = jax.nn.log_softmax(logits_bnv.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp_bnv, targets_bn[..., None], axis=-1)[..., 0]
+
+
+def response_values(cfg: ModelConfig, params, tokens_bt, mask_bt, n: int):
+    """float32 [B, N]: the critic's value of the state before each response token."""
+    width = tokens_bt.shape[1]
+    positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
+    value_bt = T.forward(cfg, params, tokens_bt, positions_bt, segment_ids_bt).value_bt
+    return value_bt[:, width - n - 1 : width - 1]
+
+
+def _response(tokens_bt, n: int):
+    return tokens_bt[:, tokens_bt.shape[1] - n :]
+
+
+# ------------------------------------------------------------------------------ experience
+
+
+@functools.partial(jax.jit, static_argnames=("actor_cfg", "critic_cfg", "ppo"))
+def make_experience(actor_params, critic_params, ref_params, batch: Rollout, scores_b, *, actor_cfg: ModelConfig,
+                    critic_cfg: ModelConfig | None, ppo: PPOConfig):
+    """Log-probs of the sampled tokens (policy and reference), values, token rewards (the
+    score at the last token, minus kl_coef x k1 per token), advantages and returns."""
+    n = batch.response_bn.shape[1]
+    mask_bn = batch.response_mask_bn
+    logits_bnv = response_logits(actor_cfg, actor_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
+    old_logp_bn = token_logprobs(logits_bnv, batch.response_bn)
+    metrics = {"entropy": masked_mean(losses.entropy(logits_bnv), mask_bn)}
+    ref_logp_bn = old_logp_bn
+    if ref_params is not None:
+        ref_logits_bnv = response_logits(actor_cfg, ref_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
+        ref_logp_bn = token_logprobs(ref_logits_bnv, batch.response_bn)
+        metrics["kl"] = masked_mean(old_logp_bn - ref_logp_bn, mask_bn)
+    rewards_bn = adv_lib.terminal_rewards(scores_b, mask_bn) - ppo.kl_coef * (old_logp_bn - ref_logp_bn) * mask_bn
+    if ppo.uses_critic:
+        values_bn = response_values(critic_cfg, critic_params, batch.tokens_bt, batch.mask_bt, n) * mask_bn
+        advantages_bn, returns_bn = adv_lib.gae(rewards_bn, values_bn, mask_bn, ppo.gamma, ppo.lam)
+        metrics["values"] = masked_mean(values_bn, mask_bn)
+    else:
+        values_bn = jnp.zeros_like(mask_bn)
+        group_b = adv_lib.group_baseline(jnp.sum(rewards_bn, axis=1), ppo.group_size, ppo.group_normalize_std)
+        advantages_bn = returns_bn = group_b[:, None] * mask_bn
+    metrics["returns"] = masked_mean(returns_bn, mask_bn)
+    if ppo.whiten_advantages:
+        advantages_bn = adv_lib.masked_whiten(advantages_bn, mask_bn)
+    exp = Experience(batch.tokens_bt, batch.mask_bt, mask_bn, old_logp_bn, ref_logp_bn, values_bn, advantages_bn,
+                     returns_bn)
+    return exp, metrics
+
+
+# ------------------------------------------------------------------------------ update
+
+
+def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up over `warmup_fraction` of the steps (none at 0), then cosine to
+    `final_lr_fraction` x lr (constant at 1.0)."""
+    warmup = int(round(cfg.warmup_fraction * total_steps))
+    decay = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1), alpha=cfg.final_lr_fraction)
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW on `schedule`."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+    )
+
+
+def _apply(state: TrainState, loss, grads, opt: optax.GradientTransformation):
+    """One optimiser step; a non-finite loss, gradient or result leaves the state as it was."""
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = opt.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(new_params))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                              opt_state=keep(new_opt_state, state.opt_state),
+                              skipped=state.skipped + (~finite).astype(jnp.int32),
+                              bad_streak=jnp.where(finite, 0, state.bad_streak + 1))
+    return new_state, grad_norm
+
+
+def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
+    """Clipped policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference)."""
+    n = exp.response_mask_bn.shape[1]
+    mask_bn = exp.response_mask_bn
+    logits_bnv = response_logits(cfg, params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
+    logp_bn = token_logprobs(logits_bnv, _response(exp.tokens_bt, n))
+    pg_loss, metrics = losses.ppo_policy_loss(logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio)
+    loss = pg_loss
+    if ppo.entropy_coef:
+        loss = loss - ppo.entropy_coef * masked_mean(losses.entropy(logits_bnv), mask_bn)
+    if ppo.kl_loss_coef:
+        kl_loss = masked_mean(losses.kl_penalty(logp_bn, exp.ref_logp_bn, ppo.kl_loss_estimator), mask_bn)
+        loss = loss + ppo.kl_loss_coef * kl_loss
+        metrics["kl_loss"] = kl_loss
+    metrics["policy_loss"] = pg_loss
+    return loss, metrics
+
+
+def critic_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
+    """Clipped value loss against the GAE returns."""
+    n = exp.response_mask_bn.shape[1]
+    values_bn = response_values(cfg, params, exp.tokens_bt, exp.mask_bt, n)
+    loss, metrics = losses.clipped_value_loss(values_bn, exp.old_values_bn, exp.returns_bn, exp.response_mask_bn,
+                                              ppo.value_clip)
+    metrics["value_loss"] = loss
+    return loss, metrics
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames=(
+    "actor_cfg", "critic_cfg", "ppo", "actor_optim", "critic_optim", "total_steps", "mesh"))
+def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rng, *, actor_cfg: ModelConfig,
+               critic_cfg: ModelConfig | None, ppo: PPOConfig, actor_optim: OptimConfig,
+               critic_optim: OptimConfig | None, total_steps: int, mesh=None):
+    """`ppo.epochs` passes over the batch, each in `ppo.minibatches` shuffled mini-batches, one
+    actor step (and one critic step) per mini-batch; returns (actor, critic, mean metrics).
+
+    `total_steps` (optimiser steps of the whole run) sets the schedules; with `mesh`, the
+    new states keep the parameters' logical shardings."""
+    batch = exp.tokens_bt.shape[0]
+    if batch % ppo.minibatches:
+        raise ValueError(f"{batch} rollouts do not split into algorithm.minibatches={ppo.minibatches}")
+    size = batch // ppo.minibatches
+    actor_opt = optimizer(actor_optim, total_steps)
+    critic_opt = optimizer(critic_optim, total_steps) if critic is not None else None
+    actor_grad = jax.grad(functools.partial(actor_loss, cfg=actor_cfg, ppo=ppo), has_aux=True)
+    critic_grad = jax.grad(functools.partial(critic_loss, cfg=critic_cfg, ppo=ppo), has_aux=True)
+
+    def minibatch_step(carry, mb: Experience):
+        actor, critic = carry
+        grads, metrics = actor_grad(actor.params, mb)
+        loss = metrics["policy_loss"]
+        actor, metrics["actor_grad_norm"] = _apply(actor, loss, grads, actor_opt)
+        if critic is not None:
+            grads, critic_metrics = critic_grad(critic.params, mb)
+            critic, metrics["critic_grad_norm"] = _apply(critic, critic_metrics["value_loss"], grads, critic_opt)
+            metrics.update(critic_metrics)
+        return (actor, critic), metrics
+
+    def epoch(carry, key):
+        order = jax.random.permutation(key, batch) if ppo.minibatches > 1 else jnp.arange(batch)
+        mbs = jax.tree.map(lambda x: x[order].reshape(ppo.minibatches, size, *x.shape[1:]), exp)
+        return jax.lax.scan(minibatch_step, carry, mbs)
+
+    metrics = {"actor_lr": schedule(actor_optim, total_steps)(actor.step)}
+    if critic is not None:
+        metrics["critic_lr"] = schedule(critic_optim, total_steps)(critic.step)
+    (actor, critic), per_step = jax.lax.scan(epoch, (actor, critic), jax.random.split(rng, ppo.epochs))
+    metrics.update({k: jnp.mean(v) for k, v in per_step.items()})
+    metrics["skipped"] = actor.skipped + (critic.skipped if critic is not None else 0)
+    metrics["bad_streak"] = jnp.maximum(actor.bad_streak, critic.bad_streak if critic is not None else 0)
+    if mesh is not None:
+        actor = jax.lax.with_sharding_constraint(actor, state_shardings(actor_cfg, actor_opt, mesh))
+        if critic is not None:
+            critic = jax.lax.with_sharding_constraint(critic, state_shardings(critic_cfg, critic_opt, mesh))
+    return actor, critic, metrics
