@@ -37,6 +37,7 @@ from polar_jax.models import transformer as T
 from polar_jax.rft import data as data_lib
 from polar_jax.rft import references, rewards, rollout, step
 from polar_jax.scoring import reward_token_id_for
+from polar_jax.synth.pool import stop_ids_for
 from polar_jax.train.metrics import MetricsWriter
 from polar_jax.train.optim import OptimConfig
 from polar_jax.train.state import abstract_state, create_state
@@ -159,13 +160,7 @@ class Runner:
         if self.batch_size % self.ppo.minibatches:
             raise ValueError(f"{self.batch_size} rollouts per iteration do not split into "
                              f"algorithm.minibatches={self.ppo.minibatches}")
-        tok = m.policy_tokenizer
-        stop_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        for text in ro.stop:
-            token = tok.convert_tokens_to_ids(text)
-            if token is None or token == tok.unk_token_id:
-                raise ValueError(f"rollout.stop: {text!r} is not a single token of the policy's tokenizer")
-            stop_ids.append(token)
+        stop_ids = stop_ids_for(m.policy_tokenizer, tuple(ro.stop), "rollout.stop")
         self.sampling = sampling_lib.SamplingConfig(temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
                                                     max_new_tokens=ro.max_new_tokens, stop_ids=tuple(stop_ids),
                                                     loop_max_ngram=ro.loop_max_ngram, loop_repeats=ro.loop_repeats)

@@ -84,6 +84,18 @@ class PolicySpec:
         return dataclasses.asdict(self)
 
 
+def stop_ids_for(tokenizer, stop: tuple[str, ...], where: str) -> list[int]:
+    """EOS (when the tokenizer has one) and the ids of `stop` strings, each a single token;
+    `where` names the setting in the error."""
+    stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for text in stop:
+        token = tokenizer.convert_tokens_to_ids(text)
+        if token is None or token == tokenizer.unk_token_id:
+            raise ValueError(f"{where}: stop string {text!r} is not a single token of its tokenizer")
+        stop_ids.append(token)
+    return stop_ids
+
+
 class Sample(NamedTuple):
     """One response of a policy."""
 
@@ -143,13 +155,8 @@ class PolicyPool:
 
     def sampling_config(self, name: str) -> sampling.SamplingConfig:
         """The sampler settings of a policy (stop ids resolved with its tokenizer)."""
-        spec, tokenizer = self.specs[name], self.tokenizer(name)
-        stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        for text in spec.stop:
-            ids = tokenizer.convert_tokens_to_ids(text)
-            if ids is None or ids == tokenizer.unk_token_id:
-                raise ValueError(f"policy {name}: stop string {text!r} is not a single token of its tokenizer")
-            stop_ids.append(ids)
+        spec = self.specs[name]
+        stop_ids = stop_ids_for(self.tokenizer(name), spec.stop, f"policy {name}")
         return sampling.SamplingConfig.polar(
             stop_ids=stop_ids, max_new_tokens=spec.max_new_tokens,
             temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
