@@ -41,7 +41,7 @@ from polar_jax.synth.pool import stop_ids_for
 from polar_jax.train.metrics import MetricsWriter
 from polar_jax.train.optim import OptimConfig
 from polar_jax.train.state import abstract_state, create_state
-from polar_jax.train.trainer import TrainingDiverged, _StopOnSignal
+from polar_jax.train.trainer import TrainingDiverged, StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
             before = runner.evaluate(state["actor"].params, heldout)  # the initial policy
             (workdir / EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
             writer.write(0, before, "eval_")
-        stop = _StopOnSignal()
+        stop = StopOnSignal()
         bar = tqdm(total=config.iterations, initial=start, desc="rft", unit="it", disable=not progress)
         last_save, logged, it = time.monotonic(), {}, start
         try:

@@ -109,7 +109,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     writer = MetricsWriter(workdir, resume_step=start_step)
     peak, peak_source = peak_tflops(config.peak_tflops)
     flops_per_token = train_flops_per_token(model_cfg, config.data.seq_len)
-    stop = _StopOnSignal()
+    stop = StopOnSignal()
     bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step", disable=not progress)
     last_save, window_start, window_tokens, logged, evaluated = time.monotonic(), time.perf_counter(), 0.0, {}, {}
     step = start_step
@@ -297,7 +297,7 @@ def _paths(spec: str) -> list[str]:
     return out
 
 
-class _StopOnSignal:
+class StopOnSignal:
     """Turns SIGTERM / SIGINT into a request the loop honours after the current step."""
 
     def __init__(self):
