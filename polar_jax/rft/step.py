@@ -23,7 +23,7 @@ from polar_jax.rft import advantages as adv_lib
 from polar_jax.rft import losses
 from polar_jax.rft.advantages import masked_mean
 from polar_jax.rft.rollout import Rollout
-from polar_jax.train.optim import OptimConfig
+from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
 from polar_jax.train.state import TrainState, state_shardings
 
 ESTIMATORS = ("gae", "group")
@@ -152,24 +152,6 @@ def make_experience(actor_params, critic_params, ref_params, batch: Rollout, sco
 # ------------------------------------------------------------------------------ update
 
 
-def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up over `warmup_fraction` of the steps (none at 0), then cosine to
-    `final_lr_fraction` x lr (constant at 1.0)."""
-    warmup = int(round(cfg.warmup_fraction * total_steps))
-    decay = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1), alpha=cfg.final_lr_fraction)
-    if not warmup:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
-
-
-def optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW on `schedule`."""
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
-    )
-
-
 def _apply(state: TrainState, loss, grads, opt: optax.GradientTransformation):
     """One optimiser step; a non-finite loss, gradient or result leaves the state as it was."""
     grad_norm = optax.tree.norm(grads)
@@ -226,8 +208,8 @@ def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rn
     if batch % ppo.minibatches:
         raise ValueError(f"{batch} rollouts do not split into algorithm.minibatches={ppo.minibatches}")
     size = batch // ppo.minibatches
-    actor_opt = optimizer(actor_optim, total_steps)
-    critic_opt = optimizer(critic_optim, total_steps) if critic is not None else None
+    actor_opt = make_optimizer(actor_optim, total_steps)
+    critic_opt = make_optimizer(critic_optim, total_steps) if critic is not None else None
     actor_grad = jax.grad(functools.partial(actor_loss, cfg=actor_cfg, ppo=ppo), has_aux=True)
     critic_grad = jax.grad(functools.partial(critic_loss, cfg=critic_cfg, ppo=ppo), has_aux=True)
 
@@ -247,9 +229,9 @@ def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rn
         mbs = jax.tree.map(lambda x: x[order].reshape(ppo.minibatches, size, *x.shape[1:]), exp)
         return jax.lax.scan(minibatch_step, carry, mbs)
 
-    metrics = {"actor_lr": schedule(actor_optim, total_steps)(actor.step)}
+    metrics = {"actor_lr": lr_schedule(actor_optim, total_steps)(actor.step)}
     if critic is not None:
-        metrics["critic_lr"] = schedule(critic_optim, total_steps)(critic.step)
+        metrics["critic_lr"] = lr_schedule(critic_optim, total_steps)(critic.step)
     (actor, critic), per_step = jax.lax.scan(epoch, (actor, critic), jax.random.split(rng, ppo.epochs))
     metrics.update({k: jnp.mean(v) for k, v in per_step.items()})
     metrics["skipped"] = actor.skipped + (critic.skipped if critic is not None else 0)

@@ -39,7 +39,7 @@ from polar_jax.rft import references, rewards, rollout, step
 from polar_jax.scoring import reward_token_id_for
 from polar_jax.synth.pool import stop_ids_for
 from polar_jax.train.metrics import MetricsWriter
-from polar_jax.train.optim import OptimConfig
+from polar_jax.train.optim import OptimConfig, make_optimizer
 from polar_jax.train.state import abstract_state, create_state
 from polar_jax.train.trainer import TrainingDiverged, StopOnSignal
 
@@ -195,8 +195,8 @@ class Runner:
 
     def optimizers(self):
         """The actor's and critic's optax transformations (the update builds the same ones)."""
-        actor = step.optimizer(self.actor_optim, self.total_steps)
-        return actor, step.optimizer(self.critic_optim, self.total_steps) if self.critic else None
+        actor = make_optimizer(self.actor_optim, self.total_steps)
+        return actor, make_optimizer(self.critic_optim, self.total_steps) if self.critic else None
 
     def abstract_state(self) -> dict:
         """The checkpointed state's shapes and shardings (a restore target)."""

@@ -23,12 +23,14 @@ class OptimConfig:
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up over `warmup_fraction` of the steps, then cosine to `final_lr_fraction`."""
-    warmup = max(1, int(round(cfg.warmup_fraction * total_steps)))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.final_lr_fraction,
-    )
+    """Linear warm-up from 0 over `warmup_fraction` of the steps (at least one step when the
+    fraction is positive, none when it is 0: the first step then runs at the peak LR), then
+    cosine to `final_lr_fraction` x the peak (constant when that is 1.0)."""
+    warmup = max(1, int(round(cfg.warmup_fraction * total_steps))) if cfg.warmup_fraction > 0 else 0
+    decay = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1), alpha=cfg.final_lr_fraction)
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

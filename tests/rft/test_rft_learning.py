@@ -9,7 +9,7 @@ from polar_jax import parallel, sampling
 from polar_jax.models.config import ModelConfig
 from polar_jax.rft import rollout, step
 from polar_jax.train.lm import numpy_init_params
-from polar_jax.train.optim import OptimConfig
+from polar_jax.train.optim import OptimConfig, make_optimizer
 from polar_jax.train.state import create_state
 
 GOOD = 7  # the rewarded token
@@ -26,7 +26,7 @@ def test_group_baseline_ppo_raises_a_simple_reward():
     sampler = sampling.SamplingConfig(temperature=1.0, max_new_tokens=6)
     prompt_bt, lengths_b = rollout.pad_prompts([[1 + i % 4, 2] for i in range(4) for _ in range(4)], 4)
     with parallel.use_rules(mesh):
-        actor = create_state(cfg, step.optimizer(optim, total), jax.random.key(0), mesh,
+        actor = create_state(cfg, make_optimizer(optim, total), jax.random.key(0), mesh,
                              params=numpy_init_params(cfg, 0))
         rewards = []
         for i in range(iterations):

@@ -38,3 +38,11 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     np.testing.assert_allclose(float(schedule(3)), 1e-3, rtol=1e-6)  # 3% of 100 steps
     np.testing.assert_allclose(float(schedule(100)), 1e-4, rtol=1e-5)
     assert float(schedule(50)) < 1e-3
+
+
+def test_schedule_without_warmup_starts_at_the_peak():
+    schedule = lr_schedule(OptimConfig(lr=1e-3, warmup_fraction=0.0, final_lr_fraction=1.0), total_steps=10)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10)], [1e-3] * 3, rtol=1e-6)
+    tiny = lr_schedule(OptimConfig(lr=1e-3, warmup_fraction=0.01), total_steps=10)  # 0.1 step rounds up to one
+    assert float(tiny(0)) == 0.0
+    np.testing.assert_allclose(float(tiny(1)), 1e-3, rtol=1e-6)
