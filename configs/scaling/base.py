@@ -42,6 +42,12 @@ def get_config():
     c.logs_per_run = 50
     c.checkpoints_per_run = 2
     c.fit_params = "non_embedding"  # the N of the fits: "non_embedding" (Kaplan et al.) or "total"
-    c.data_dir = ""  # a `prepare` output root: DIR/train and DIR/heldout_prompts (sets train.data)
+    # Training seeds (each run's train.seed: initialisation and data order): one run per size
+    # and seed, named SIZE-sSEED unless this is (0,); the fits use each size's mean over its seeds.
+    c.seeds = (0,)
+    c.data_dir = ""  # a `prepare` output root: trains on DIR/train, validates on DIR/<eval_split> (sets train.data)
+    # The validation split(s) of data_dir: heldout_prompts (new prompts, trained policies) or
+    # heldout_policies (policies never trained on); comma-separated ones are evaluated as one set.
+    c.eval_split = "heldout_prompts"
     c.data_hint = ""  # what to tell the user when the data is missing
     return c

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "command per unfinished run (and DIR/launch_pod.sh), then fit what has finished")
     parser.add_argument("--tpu", default="TPU_NAME", help="pod: the TPU VM name")
     parser.add_argument("--zone", default="ZONE", help="pod: its zone")
-    parser.add_argument("--only", default="", help="comma-separated run names to train (the fit uses every finished run)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated run or size names to train (a size: all its seeds; the fit uses every "
+                             "finished run)")
     parser.add_argument("--collect-only", action="store_true", help="train nothing; fit and plot the finished runs")
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -52,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
         print(sweep.describe_plans(plans))
         return 0
     only = {n for n in args.only.split(",") if n}
-    unknown = only - {p.name for p in plans}
+    unknown = only - {p.name for p in plans} - {p.size for p in plans}
     if unknown:
-        log.error("--only %s: no such run; the runs are %s", ",".join(sorted(unknown)), ", ".join(p.name for p in plans))
+        log.error("--only %s: no such run or size; the runs are %s", ",".join(sorted(unknown)),
+                  ", ".join(p.name for p in plans))
         return 2
-    chosen = [p for p in plans if not only or p.name in only]
+    chosen = [p for p in plans if not only or p.name in only or p.size in only]
     if args.collect_only:
         pass
     elif args.launch == "pod":

@@ -1,10 +1,12 @@
 """The figures of a scaling study (matplotlib, Agg backend: no display needed), log-log axes.
 
-    loss_vs_params.png   final held-out loss of each finished run against its parameters, the
-                         fit L = a N^b, and the paper's exponent drawn through the points' centre
-    loss_vs_compute.png  every run's held-out loss curve against compute (PF/s-days), the
-                         compute-optimal frontier and its fit, the fit of the runs' final points,
-                         and the paper's exponent through the frontier's centre
+    loss_vs_params.png   final held-out loss of each size (the mean over its seeds, bold; each
+                         seed's run faint) against its parameters, the fit L = a N^b, and the
+                         paper's exponent drawn through the means' centre
+    loss_vs_compute.png  every size's mean held-out loss curve against compute (PF/s-days; each
+                         seed's curve faint), the compute-optimal frontier and its fit, the fit
+                         of the sizes' final points, and the paper's exponent through the
+                         frontier's centre
     optimal_params.png   the size on the frontier against compute, N_opt = k C^c (when fitted)
 
 The paper's prefactors belong to its models, data and tokenizer; only the exponents (the
@@ -42,15 +44,31 @@ def write_plots(workdir: str | pathlib.Path, rows: list[dict], curves: dict, fit
     return written
 
 
-def _log_axes(ax, x_label: str, y_label: str) -> None:
-    """Log-log axes whose tick labels stay readable over less than a decade of loss."""
+def _minor_labels(axis, text) -> ticker.FuncFormatter:
+    """Minor-tick labels `text(v)` on a log axis: every tick when the axis spans under a
+    decade, else only those at 2, 3 and 5 x 10^k (more would overlap)."""
+
+    def label(v, _):
+        lo, hi = sorted(axis.get_view_interval())
+        leading = round(v / 10 ** np.floor(np.log10(v)))
+        return text(v) if hi < 10 * lo or leading in (2, 3, 5) else ""
+
+    return ticker.FuncFormatter(label)
+
+
+def _log_axes(ax, x_label: str, y_label: str, x_text=None) -> None:
+    """Log-log axes whose tick labels stay readable over less than a decade of loss; `x_text`
+    writes the x ticks (default: matplotlib's)."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    # A loss spans well under a decade: label the minor ticks in plain numbers.
+    # A loss spans about a decade: label the minor ticks too, in plain numbers.
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(_minor_labels(ax.yaxis, lambda v: f"{v:.3g}"))
+    if x_text is not None:
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: x_text(v)))
+        ax.xaxis.set_minor_formatter(_minor_labels(ax.xaxis, x_text))
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.15)
 
@@ -75,26 +93,36 @@ def _failed_note(fig, rows: list[dict]) -> None:
         fig.text(0.01, 0.005, "not fitted: " + "; ".join(bad), fontsize=7, color="tab:red", va="bottom")
 
 
+def _seeded(fit: dict) -> bool:
+    """Whether some size has several finished runs (seeds): then each run is drawn faint."""
+    return any(len(m["runs"]) > 1 for m in fit.get("sizes", []))
+
+
 def plot_loss_vs_params(rows: list[dict], fit: dict, path: pathlib.Path) -> pathlib.Path:
-    """Final held-out loss of each finished run against parameters, with the fits."""
+    """Final held-out loss of each size (mean over seeds; the seeds faint) against parameters, with the fits."""
     done = [r for r in rows if r["status"] == "finished"]
+    means = fit["sizes"]
     key = "params_non_embedding" if fit["params"] == "non_embedding" else "params"
-    x_n = np.array([r[key] for r in done], np.float64)
-    y_n = np.array([r["eval_loss"] for r in done], np.float64)
+    x_n = np.array([m["params"] for m in means], np.float64)
+    y_n = np.array([m["eval_loss"] for m in means], np.float64)
+    seeded = _seeded(fit)
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter(x_n, y_n, s=45, color="tab:blue", zorder=3, label="runs (final eval)")
-    for r, x, y in zip(done, x_n, y_n):
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if seeded:
+        ax.scatter([r[key] for r in done], [r["eval_loss"] for r in done], s=22, color="tab:blue", alpha=0.3,
+                   lw=0, zorder=2, label="each seed (final eval)")
+    ax.scatter(x_n, y_n, s=55, color="tab:blue", edgecolors="black", lw=0.8, zorder=3,
+               label="mean over seeds" if seeded else "runs (final eval)")
+    for m, x, y in zip(means, x_n, y_n):
+        ax.annotate(m["size"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     law = fit["loss_vs_params"]
     if "b" in law:
         ax.plot(*_line(law, x_n.min() / 1.5, x_n.max() * 1.5), "-", color="tab:blue", lw=1.5,
                 label=f"fit: L = {law['a']:.3g} N^{law['b']:.4f}  (R² {law['r2']:.3f})")
-    if len(done) >= 2:
+    if len(means) >= 2:
         b = fitting.PAPER["loss_vs_params"]["b"]
         _paper_slope(ax, b, x_n, y_n, f"paper exponent {b} (L = 0.9 N^{b}), through our centre")
     n_label = "non-embedding parameters N" if key == "params_non_embedding" else "parameters N"
-    _log_axes(ax, n_label, "held-out loss L")
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: short_count(v)))
+    _log_axes(ax, n_label, "held-out loss L", x_text=short_count)
     ax.set_title("Reward-model loss against size")
     ax.legend(fontsize=8, loc="best")
     _failed_note(fig, rows)
@@ -105,16 +133,23 @@ def plot_loss_vs_params(rows: list[dict], fit: dict, path: pathlib.Path) -> path
 
 
 def plot_loss_vs_compute(rows: list[dict], curves: dict, fit: dict, path: pathlib.Path) -> pathlib.Path:
-    """Every run's held-out loss curve against compute, the frontier and the fits."""
+    """Every size's mean held-out loss curve (the seeds' curves faint) against compute, the frontier and the fits."""
     done = [r for r in rows if r["status"] == "finished"]
+    means = fit["sizes"]
+    seeded = _seeded(fit)
     fig, ax = plt.subplots(figsize=(11, 5.2))
-    colours = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(done), 1)))
-    for r, colour in zip(done, colours):
-        pts = curves.get(r["name"], [])
-        c_n = np.array([p["compute_pfs_days"] for p in pts])
-        l_n = np.array([p["eval_loss"] for p in pts])
-        ax.plot(c_n, l_n, "o-", color=colour, ms=3.5, lw=1.2, alpha=0.9, label=f"{r['name']} (eval curve)")
-        ax.scatter([r["compute_pfs_days"]], [r["eval_loss"]], s=45, color=colour, zorder=3)
+    colours = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(means), 1)))
+    for m, colour in zip(means, colours):
+        if seeded:
+            for r in (r for r in done if r["name"] in m["runs"]):
+                pts = curves.get(r["name"], [])
+                ax.plot([p["compute_pfs_days"] for p in pts], [p["eval_loss"] for p in pts], "-", color=colour,
+                        lw=0.8, alpha=0.3)
+        c_n = np.array([p["compute_pfs_days"] for p in m["curve"]])
+        l_n = np.array([p["eval_loss"] for p in m["curve"]])
+        label = f"{m['size']} (mean of {len(m['runs'])} seeds)" if seeded else f"{m['size']} (eval curve)"
+        ax.plot(c_n, l_n, "o-", color=colour, ms=3.5, lw=1.6 if seeded else 1.2, alpha=0.95, label=label)
+        ax.scatter([m["compute_pfs_days"]], [m["eval_loss"]], s=45, color=colour, zorder=3)
     fr = fit["frontier"]
     if fr["points"]:
         fc_n = np.array([p["compute_pfs_days"] for p in fr["points"]])
@@ -129,11 +164,11 @@ def plot_loss_vs_compute(rows: list[dict], curves: dict, fit: dict, path: pathli
             _paper_slope(ax, b, fc_n, fl_n, f"paper exponent {b} (L = 2.4 C^{b}), through our frontier")
     law = fit["loss_vs_compute"]
     if "b" in law:
-        x_n = np.array([r["compute_pfs_days"] for r in done])
+        x_n = np.array([m["compute_pfs_days"] for m in means])
         ax.plot(*_line(law, x_n.min() / 1.5, x_n.max() * 1.5), "-", color="tab:orange", lw=1.2,
                 label=f"final points: L = {law['a']:.3g} C^{law['b']:.4f}  (R² {law['r2']:.3f})")
     _log_axes(ax, "compute C (PF/s-days)", "held-out loss L")
-    ax.set_title("Reward-model loss against training compute")
+    ax.set_title("Reward-model loss against training compute" + (" (faint: each seed)" if seeded else ""))
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside: curves fill the axes
     _failed_note(fig, rows)
     fig.tight_layout(rect=(0, 0.03, 1, 1))

@@ -4,8 +4,13 @@ commands), collect what their metrics files say, fit, and write the results.
 A sweep config (`configs/scaling/*.py`) holds a training config `train` that every run
 starts from, and what varies: `layers` (sizes of the family `family`, a depth/width rule of
 `sizes.py`) or `base_models` (runs that start from base LMs), the token budget `budget`, and
-the LR and batch rules (`lr`, `batch`: "fixed" or the paper's fits). See
-configs/scaling/cpu_synthetic.py for every field.
+the LR and batch rules (`lr`, `batch`: "fixed" or the paper's fits), the training seeds
+`seeds` (one run per size and seed) and the validation split `eval_split`. See
+configs/scaling/base.py for every field.
+
+Run names: the size's name ("27K", its non-embedding parameter count) when `seeds` is (0,),
+the default; NAME-sSEED ("27K-s1") otherwise. Each run's `train.seed` (initialisation and data
+order) is its seed.
 
 On disk, for `--workdir DIR`:
     DIR/runs/NAME/            the run's workdir (checkpoints, metrics.jsonl, model/)
@@ -25,6 +30,11 @@ Compute: C = model FLOPs per token (`flops.train_flops_per_token`: 6 N + 6 L T d
 row length `data.seq_len`) x tokens seen, where tokens seen at step s = s x the mean
 non-padding tokens per step of the logged steps. PF/s-days = C / (1e15 x 86400). The
 validation loss is the final `eval_loss` (Bradley-Terry loss on the held-out split).
+
+Fits use one point per size: the mean over its finished seeds of the final loss (and of the
+compute, which differs a little between seeds with the packing). The compute-optimal frontier
+uses each size's mean evaluation curve (the steps every finished seed evaluated). scaling.csv
+keeps every run; fit.json has the per-size means, the seeds' losses and their spread.
 """
 
 from __future__ import annotations
@@ -52,8 +62,8 @@ log = logging.getLogger(__name__)
 
 PFS_DAY = 1e15 * 86400  # FLOPs in one PF/s-day
 CSV_FIELDS = (
-    "name", "status", "error", "init", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-    "vocab_size", "params", "params_non_embedding", "steps", "batch_size", "seq_len", "lr", "tokens_per_step",
+    "name", "size", "seed", "status", "error", "init", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
+    "mlp_dim", "vocab_size", "params", "params_non_embedding", "steps", "batch_size", "seq_len", "lr", "tokens_per_step",
     "tokens", "flops_per_token", "compute_flops", "compute_pfs_days", "eval_loss", "eval_accuracy", "train_loss",
     "wall_s",
 )
@@ -66,12 +76,19 @@ class SweepError(ValueError):
 
 @dataclasses.dataclass
 class RunPlan:
-    """One run of a sweep: its name, training config, workdir and model."""
+    """One run of a sweep: its name, training config, workdir and model, and the size and seed
+    it is a run of."""
 
     name: str
     config: ml_collections.ConfigDict
     workdir: pathlib.Path
     model_cfg: ModelConfig | None  # None: a base LM whose shape is known once the run has finished
+    size: str = ""  # the size's name ("" = `name`): the runs of one size are averaged in the fits
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.size:
+            self.size = self.name
 
     @property
     def steps(self) -> int:
@@ -94,12 +111,31 @@ def check_data(sweep: ml_collections.ConfigDict) -> None:
 
 
 def resolve_data(sweep: ml_collections.ConfigDict) -> None:
-    """Fill `train.data.train/eval` from `data_dir` (DIR/train, DIR/heldout_prompts) when set."""
+    """Fill `train.data.train/eval` from `data_dir` when set: DIR/train, and DIR/SPLIT for each
+    comma-separated split of `eval_split` (default heldout_prompts; several are evaluated as one set)."""
     if sweep.get("data_dir", ""):
         root = pathlib.Path(sweep.data_dir)
+        splits = [s.strip() for s in sweep.get("eval_split", "heldout_prompts").split(",") if s.strip()]
+        if not splits:
+            raise SweepError("eval_split is empty: name a split of data_dir, e.g. heldout_prompts or heldout_policies")
         sweep.train.data.kind = "array_record"
         sweep.train.data.train = str(root / "train")
-        sweep.train.data.eval = str(root / "heldout_prompts")
+        sweep.train.data.eval = ",".join(str(root / s) for s in splits)
+
+
+def sweep_seeds(sweep: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The training seeds of every size: `seeds` (an int or a tuple of distinct ints >= 0)."""
+    seeds = sweep.get("seeds", (0,))
+    seeds = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise SweepError(f"seeds={seeds!r}: give one or more distinct integers >= 0, e.g. (0, 1, 2)")
+    return seeds
+
+
+def run_name(size: str, seed: int, seeds: tuple[int, ...]) -> str:
+    """The run's name: the size's name for the default seeds (0,), else SIZE-sSEED."""
+    return size if seeds == (0,) else f"{size}-s{seed}"
 
 
 def data_vocab_size(train: ml_collections.ConfigDict) -> int:
@@ -158,9 +194,11 @@ def plan(sweep: ml_collections.ConfigDict, workdir: str | pathlib.Path, check: b
     if check:
         check_data(sweep)
     workdir = pathlib.Path(workdir)
+    seeds = sweep_seeds(sweep)
     plans = []
-    for name, shape, init in _runs(sweep):
+    for (name, shape, init), seed in ((run, seed) for run in _runs(sweep) for seed in seeds):
         c = ml_collections.ConfigDict(sweep.train.to_dict())
+        c.seed = seed
         if shape is not None:
             c.model.init = "scratch"
             c.model.update(shape)
@@ -177,7 +215,8 @@ def plan(sweep: ml_collections.ConfigDict, workdir: str | pathlib.Path, check: b
             raise
         except ValueError as e:  # a rule that cannot apply (the paper's LR from scratch, ...)
             raise SweepError(f"run {name}: {e}") from e
-        plans.append(RunPlan(name, c, workdir / "runs" / name, model_cfg))
+        full_name = run_name(name, seed, seeds)
+        plans.append(RunPlan(full_name, c, workdir / "runs" / full_name, model_cfg, size=name, seed=seed))
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise SweepError(f"run names repeat: {names}")
@@ -223,11 +262,11 @@ def _apply_rules(sweep, c, name: str, model_cfg: ModelConfig | None) -> None:
 
 def describe_plans(plans: list[RunPlan]) -> str:
     """A table of the planned runs: shape, parameters, steps, batch, LR, planned tokens."""
-    lines = [f"{'run':>8} {'layers':>6} {'d_model':>7} {'params (non-emb.)':>17} {'steps':>7} {'batch':>6} "
-             f"{'seq_len':>7} {'lr':>9}  workdir"]
+    lines = [f"{'run':>8} {'seed':>4} {'layers':>6} {'d_model':>7} {'params (non-emb.)':>17} {'steps':>7} "
+             f"{'batch':>6} {'seq_len':>7} {'lr':>9}  workdir"]
     for p in plans:
         m, c = p.model_cfg, p.config
-        lines.append(f"{p.name:>8} {m.num_layers if m else '?':>6} {m.d_model if m else '?':>7} "
+        lines.append(f"{p.name:>8} {p.seed:>4} {m.num_layers if m else '?':>6} {m.d_model if m else '?':>7} "
                      f"{format(m.num_params(include_embedding=False), ',d') if m else '?':>17} {p.steps:>7} "
                      f"{c.data.batch_size:>6} {c.data.seq_len:>7} {c.optim.lr:>9.3g}  {p.workdir}")
     return "\n".join(lines)
@@ -413,8 +452,9 @@ def collect(plans: list[RunPlan], fit_params: str = "non_embedding") -> tuple[li
                            else c.data.batch_size * c.data.seq_len * 1.0)
         fpt = train_flops_per_token(model_cfg, c.data.seq_len) if model_cfg is not None else float("nan")
         row = dict.fromkeys(CSV_FIELDS, "")
-        row.update(name=run.name, status=status, error=error, init=c.model.init, steps=run.steps,
-                   batch_size=c.data.batch_size, seq_len=c.data.seq_len, lr=c.optim.lr, wall_s=saved.get("wall_s", ""))
+        row.update(name=run.name, size=run.size, seed=run.seed, status=status, error=error, init=c.model.init,
+                   steps=run.steps, batch_size=c.data.batch_size, seq_len=c.data.seq_len, lr=c.optim.lr,
+                   wall_s=saved.get("wall_s", ""))
         if model_cfg is not None:
             row.update({k: getattr(model_cfg, k) for k in SIZE_FIELDS})
             row.update(params=model_cfg.num_params(), params_non_embedding=model_cfg.num_params(include_embedding=False),
@@ -448,25 +488,67 @@ def _finished_model_config(run: RunPlan) -> ModelConfig | None:
 
 
 # ---------------------------------------------------------------------------------- fitting
-def analyse(rows: list[dict], curves: dict[str, list[dict]], fit_params: str = "non_embedding") -> dict:
-    """The contents of fit.json: L = a N^b and L = a C^b over finished runs (final
-    evaluations), the compute-optimal frontier over all evaluations, and the paper's fits."""
-    done = [r for r in rows if r["status"] == "finished" and r["eval_loss"] != ""]
+def size_means(rows: list[dict], curves: dict[str, list[dict]], fit_params: str = "non_embedding") -> list[dict]:
+    """One entry per size with a finished run, in the rows' order: its finished runs and seeds,
+    their final losses, and the means the fits use (loss, accuracy, compute; the loss's sample
+    standard deviation over seeds, None with one seed) with the mean evaluation curve."""
     param_key = "params_non_embedding" if fit_params == "non_embedding" else "params"
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "finished" and r["eval_loss"] != "":
+            groups.setdefault(r.get("size") or r["name"], []).append(r)
+    out = []
+    for size, runs in groups.items():
+        loss_n = np.array([r["eval_loss"] for r in runs], np.float64)
+        accuracies = [r["eval_accuracy"] for r in runs if r["eval_accuracy"] != ""]
+        out.append({
+            "size": size, "params": runs[0][param_key], "runs": [r["name"] for r in runs],
+            "seeds": [r.get("seed", 0) for r in runs], "eval_losses": loss_n.tolist(),
+            "eval_loss": float(loss_n.mean()), "eval_loss_std": float(loss_n.std(ddof=1)) if len(runs) > 1 else None,
+            "eval_accuracy": float(np.mean(accuracies)) if accuracies else None,
+            "compute_pfs_days": float(np.mean([r["compute_pfs_days"] for r in runs])),
+            "curve": mean_curve([curves.get(r["name"], []) for r in runs]),
+        })
+    return out
+
+
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """The mean of several runs' evaluation curves at the steps all of them evaluated."""
+    if not curves:
+        return []
+    steps = sorted(set.intersection(*({p["step"] for p in c} for c in curves)))
+    by_step = [{p["step"]: p for p in c} for c in curves]
+    out = []
+    for step in steps:
+        points = [c[step] for c in by_step]
+        mean = {"step": step}
+        for key in ("eval_loss", "eval_accuracy", "compute_flops", "compute_pfs_days", "params"):
+            values = [p[key] for p in points if p.get(key) is not None]
+            mean[key] = float(np.mean(values)) if values else None
+        out.append(mean)
+    return out
+
+
+def analyse(rows: list[dict], curves: dict[str, list[dict]], fit_params: str = "non_embedding") -> dict:
+    """The contents of fit.json: L = a N^b and L = a C^b over the sizes' mean final losses
+    (`size_means`), the compute-optimal frontier over the sizes' mean evaluation curves, and
+    the paper's fits."""
+    means = size_means(rows, curves, fit_params)
     out = {
         "params": fit_params, "compute_unit": "PF/s-days (1e15 FLOP/s for one day)",
-        "loss": "final held-out eval_loss (Bradley-Terry)", "fit_space": "least squares in log-log space",
-        "runs": {"total": len(rows), "finished": [r["name"] for r in done],
+        "loss": "final held-out eval_loss (Bradley-Terry), the mean over each size's finished seeds",
+        "fit_space": "least squares in log-log space, one point per size",
+        "runs": {"total": len(rows), "finished": [r["name"] for r in rows if r["status"] == "finished"],
                  "failed": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "failed"],
                  "stale": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "stale"],
                  "pending": [r["name"] for r in rows if r["status"] == "pending"]},
+        "sizes": means,
         "paper": fitting.PAPER,
     }
-    for key, x_key in (("loss_vs_params", param_key), ("loss_vs_compute", "compute_pfs_days")):
-        x_n = np.array([r[x_key] for r in done], np.float64)
-        y_n = np.array([r["eval_loss"] for r in done], np.float64)
-        out[key] = _try_fit(x_n, y_n)
-    points = [(name, p) for name in curves for p in curves[name] if name in {r["name"] for r in done}]
+    y_n = np.array([m["eval_loss"] for m in means], np.float64)
+    for key, x_key in (("loss_vs_params", "params"), ("loss_vs_compute", "compute_pfs_days")):
+        out[key] = _try_fit(np.array([m[x_key] for m in means], np.float64), y_n)
+    points = [(m["size"], p) for m in means for p in m["curve"]]
     out["frontier"] = {"points": [], "loss_vs_compute": None, "optimal_params": None, "note": ""}
     if points:
         c_n = np.array([p["compute_pfs_days"] for _, p in points])
@@ -478,7 +560,7 @@ def analyse(rows: list[dict], curves: dict[str, list[dict]], fit_params: str = "
             out["frontier"]["note"] = str(e)
         else:
             out["frontier"] = {
-                "points": [{"run": points[i][0], "step": points[i][1]["step"], "compute_pfs_days": float(c_n[i]),
+                "points": [{"size": points[i][0], "step": points[i][1]["step"], "compute_pfs_days": float(c_n[i]),
                             "eval_loss": float(l_n[i]), "params": float(n_n[i])} for i in frontier["indices"]],
                 "loss_vs_compute": _as_dict(frontier["loss_vs_compute"]),
                 "optimal_params": _as_dict(frontier["optimal_params"]), "note": frontier["note"],
@@ -528,10 +610,19 @@ def summary(rows: list[dict], fit: dict) -> str:
                      f"{_fmt(r['eval_accuracy'], '.3f'):>6} {_fmt(r['wall_s'], '.0f'):>7}")
         if r["error"]:
             lines.append(f"{'':>8} {r['error']}")
+    sizes_ = fit.get("sizes", [])
+    if any(len(m["runs"]) > 1 for m in sizes_):
+        lines.append(f"{'size':>8} {'seeds':>5} {'params':>11} {'PF/s-days':>10} {'mean loss':>9} {'std':>6}  "
+                     "loss per seed")
+        for m in sizes_:
+            per_seed = ", ".join(f"s{seed} {loss:.4f}" for seed, loss in zip(m["seeds"], m["eval_losses"]))
+            lines.append(f"{m['size']:>8} {len(m['runs']):>5} {_fmt(m['params'], ',d'):>11} "
+                         f"{m['compute_pfs_days']:>10.3g} {m['eval_loss']:>9.4f} "
+                         f"{_fmt(m['eval_loss_std'] if m['eval_loss_std'] is not None else '', '.4f'):>6}  {per_seed}")
     paper = fitting.PAPER
     for key, x, unit in (("loss_vs_params", "N", "params"), ("loss_vs_compute", "C", "final points")):
         f = fit[key]
-        text = (f"L = {f['a']:.3g} {x}^{f['b']:.4f} (R^2 {f['r2']:.3f}, {f['n']} runs)" if "b" in f else f["note"])
+        text = (f"L = {f['a']:.3g} {x}^{f['b']:.4f} (R^2 {f['r2']:.3f}, {f['n']} sizes)" if "b" in f else f["note"])
         lines.append(f"{key} ({unit}): {text}; paper b = {paper[key]['b']}")
     fr = fit["frontier"]["loss_vs_compute"]
     if fr:

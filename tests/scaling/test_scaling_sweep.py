@@ -46,10 +46,12 @@ def small_sweep(*overrides):
 
 
 class FakeTrain:
-    """Writes metrics.jsonl as the trainer does: L(N, step) = 2 N^-0.1 (1 + 1/sqrt(step))."""
+    """Writes metrics.jsonl as the trainer does: L(N, step) = 2 N^-0.1 (1 + 1/sqrt(step)), times
+    `factor(num_layers, seed)` (default 1); 50 x seed more tokens a step than seed 0."""
 
-    def __init__(self, fail=(), interrupt=()):
+    def __init__(self, fail=(), interrupt=(), factor=None):
         self.calls, self.fail, self.interrupt = [], set(fail), set(interrupt)
+        self.factor = factor or (lambda layers, seed: 1.0)
 
     def __call__(self, config, workdir, progress):
         name = pathlib.Path(workdir).name
@@ -64,10 +66,10 @@ class FakeTrain:
             for step in range(1, config.steps + 1):
                 if step % config.log_every == 0 or step == config.steps:
                     # alternate around the mean: the sweep must average, not take one row
-                    tokens = TOKENS_PER_STEP + (100.0 if step // config.log_every % 2 else -100.0)
+                    tokens = TOKENS_PER_STEP + 50.0 * config.seed + (100.0 if step // config.log_every % 2 else -100.0)
                     f.write(json.dumps({"step": step, "loss": 0.5, "tokens": tokens}) + "\n")
                 if step % config.eval_every == 0 or step == config.steps:
-                    loss = 2.0 * n ** EXPONENT * (1 + step ** -0.5)
+                    loss = 2.0 * n ** EXPONENT * (1 + step ** -0.5) * self.factor(config.model.num_layers, config.seed)
                     f.write(json.dumps({"step": step, "eval_loss": loss, "eval_accuracy": 0.8}) + "\n")
         return types.SimpleNamespace(stopped_by="done")
 
@@ -81,6 +83,139 @@ def test_plan_applies_the_rule_budget_and_cadence(tmp_path):
         assert (c.steps, c.eval_every, c.log_every, c.checkpoint_every) == (20, 3, 1, 10)
         assert c.model.vocab_size == 128 and c.model.init == "scratch" and c.optim.lr == 1e-3
         assert p.workdir == tmp_path / "runs" / p.name
+
+
+def test_default_seeds_keep_the_old_run_names_and_seed(tmp_path):
+    family = load_config(ROOT / "configs/scaling/family.py", ["--config.train.model.vocab_size=32768"])
+    for config in (small_sweep(), load_config(CPU), family):
+        plans = sweep.plan(config, tmp_path, check=False)
+        assert all(p.name == p.size and p.seed == 0 and p.config.seed == 0 for p in plans)
+    assert [p.name for p in sweep.plan(load_config(CPU), tmp_path)] == ["3.4K", "27K", "83K", "201K", "398K"]
+
+
+def test_seeds_give_one_run_per_size_and_seed(tmp_path):
+    plans = sweep.plan(small_sweep("--config.layers=(2, 3)", "--config.seeds=(0, 1, 2)"), tmp_path)
+    assert [(p.name, p.size, p.seed, p.config.seed) for p in plans] == [
+        ("27K-s0", "27K", 0, 0), ("27K-s1", "27K", 1, 1), ("27K-s2", "27K", 2, 2),
+        ("83K-s0", "83K", 0, 0), ("83K-s1", "83K", 1, 1), ("83K-s2", "83K", 2, 2)]
+    assert plans[4].workdir == tmp_path / "runs" / "83K-s1"
+    # One other seed, alone, is named too: its results are not those of the default sweep.
+    alone = sweep.plan(small_sweep("--config.layers=(2,)", "--config.seeds=(3,)"), tmp_path)
+    assert [(p.name, p.config.seed) for p in alone] == [("27K-s3", 3)]
+    for bad in ("()", "(1, 1)", "(-1,)"):
+        with pytest.raises(sweep.SweepError, match="seeds="):
+            sweep.plan(small_sweep(f"--config.seeds={bad}"), tmp_path)
+
+
+# Per-seed loss factors that average to 1 over seeds 0, 1, 2 for every size, but tilt each
+# seed's own losses differently with depth: no single seed is a power law, the mean is.
+def _tilted(layers, seed):
+    return {0: 1 - 0.04 * layers, 1: 1.0, 2: 1 + 0.04 * layers}[seed]
+
+
+def test_the_fit_uses_each_sizes_mean_over_seeds(tmp_path):
+    plans = sweep.plan(small_sweep("--config.seeds=(0, 1, 2)"), tmp_path)
+    assert len(plans) == 15
+    assert set(sweep.run_local(plans, FakeTrain(factor=_tilted), progress=False).values()) == {"finished"}
+    rows, curves = sweep.collect(plans)
+    fit = sweep.analyse(rows, curves)
+    sweep.write_results(tmp_path, rows, curves, fit)
+
+    # Every run is in scaling.csv, with its size and seed.
+    table = list(csv.DictReader((tmp_path / "scaling.csv").open()))
+    assert [(r["name"], r["size"], r["seed"]) for r in table[:3]] == [
+        ("3.4K-s0", "3.4K", "0"), ("3.4K-s1", "3.4K", "1"), ("3.4K-s2", "3.4K", "2")]
+    assert len(table) == 15 and {r["status"] for r in table} == {"finished"}
+
+    saved = json.loads((tmp_path / "fit.json").read_text())
+    law = saved["loss_vs_params"]
+    assert law["n"] == 5 and law["b"] == pytest.approx(EXPONENT, abs=1e-9) and law["r2"] == pytest.approx(1.0, abs=1e-9)
+    one_seed = sweep.fitting.fit_power_law([float(r["params_non_embedding"]) for r in table if r["seed"] == "2"],
+                                           [float(r["eval_loss"]) for r in table if r["seed"] == "2"])
+    assert one_seed.b > EXPONENT + 0.01  # a seed alone gives another exponent: the mean is what is fitted
+
+    big = saved["sizes"][3]
+    n, final = 201_344, 2.0 * 201_344 ** EXPONENT * (1 + 20 ** -0.5)
+    assert (big["size"], big["params"], big["seeds"], big["runs"]) == ("201K", n, [0, 1, 2],
+                                                                        ["201K-s0", "201K-s1", "201K-s2"])
+    np.testing.assert_allclose(big["eval_losses"], [final * 0.84, final, final * 1.16], rtol=1e-6)
+    assert big["eval_loss"] == pytest.approx(final, rel=1e-6)
+    assert big["eval_loss_std"] == pytest.approx(final * 0.16, rel=1e-6)
+    # Mean compute: the seeds saw 3000, 3050 and 3100 tokens a step.
+    fpt = train_flops_per_token(plans[9].model_cfg, 256)
+    assert big["compute_pfs_days"] == pytest.approx(fpt * 3050.0 * 20 / 8.64e19)
+    assert saved["loss_vs_compute"]["n"] == 5
+    # The frontier runs over the sizes' mean curves.
+    assert [p["step"] for p in big["curve"]] == [3, 6, 9, 12, 15, 18, 20]
+    assert big["curve"][1]["eval_loss"] == pytest.approx(2.0 * n ** EXPONENT * (1 + 6 ** -0.5), rel=1e-6)
+    assert {p["size"] for p in saved["frontier"]["points"]} <= {m["size"] for m in saved["sizes"]}
+    assert "201K  3" not in sweep.summary(rows, fit) and " 201K     3 " in sweep.summary(rows, fit)
+
+    # A failed seed: its size's mean is over the other two.
+    (tmp_path / "runs" / "3.4K-s2" / "metrics.jsonl").unlink()
+    rows, curves = sweep.collect(plans)
+    small = sweep.analyse(rows, curves)["sizes"][0]
+    assert small["seeds"] == [0, 1] and small["eval_loss"] == pytest.approx(
+        2.0 * 3392 ** EXPONENT * (1 + 20 ** -0.5) * (0.96 + 1.0) / 2, rel=1e-6)
+
+
+def test_mean_curve_averages_the_steps_every_seed_evaluated():
+    a = [{"step": s, "eval_loss": 1.0 * s, "compute_pfs_days": 2.0 * s, "params": 5} for s in (1, 2, 3)]
+    b = [{"step": s, "eval_loss": 3.0 * s, "compute_pfs_days": 4.0 * s, "params": 5} for s in (2, 3, 4)]
+    assert sweep.mean_curve([a, b]) == [
+        {"step": 2, "eval_loss": 4.0, "eval_accuracy": None, "compute_flops": None, "compute_pfs_days": 6.0,
+         "params": 5.0},
+        {"step": 3, "eval_loss": 6.0, "eval_accuracy": None, "compute_flops": None, "compute_pfs_days": 9.0,
+         "params": 5.0}]
+
+
+def _fake_prepared(root: pathlib.Path) -> pathlib.Path:
+    for split in ("train", "heldout_prompts", "heldout_policies"):
+        (root / split).mkdir(parents=True)
+        (root / split / "encoding.json").write_text(json.dumps({"vocab_size": 2000}))
+    return root
+
+
+def test_eval_split_picks_the_validation_directories(tmp_path):
+    root = _fake_prepared(tmp_path / "prepared")
+    demo = ROOT / "configs/scaling/cpu_demo.py"
+    for split, expected in (("heldout_prompts", [root / "heldout_prompts"]),
+                            ("heldout_policies", [root / "heldout_policies"]),
+                            ("heldout_prompts, heldout_policies",
+                             [root / "heldout_prompts", root / "heldout_policies"])):
+        plans = sweep.plan(load_config(demo, [f"--config.data_dir={root}", f"--config.eval_split={split}"]),
+                           tmp_path / "w")
+        data = plans[0].config.data
+        assert data.train == str(root / "train") and data.eval == ",".join(map(str, expected))
+        assert plans[0].config.model.vocab_size == 2048
+    # The base default stays the held-out prompts.
+    plans = sweep.plan(small_sweep(f"--config.data_dir={root}"), tmp_path / "w2")
+    assert plans[0].config.data.eval == str(root / "heldout_prompts")
+    with pytest.raises(sweep.SweepError, match="heldout_typo"):
+        sweep.plan(load_config(demo, [f"--config.data_dir={root}", "--config.eval_split=heldout_typo"]), tmp_path / "w")
+
+
+def test_results_with_seeds_are_valid_pngs(tmp_path):
+    plans = sweep.plan(small_sweep("--config.layers=(1, 2, 3)", "--config.seeds=(0, 1)"), tmp_path)
+    sweep.run_local(plans, FakeTrain(fail={"27K-s1"}, factor=lambda layers, seed: 1 + 0.1 * seed), progress=False)
+    rows, curves = sweep.collect(plans)
+    fit = sweep.analyse(rows, curves)
+    assert [len(m["runs"]) for m in fit["sizes"]] == [2, 1, 2]
+    pngs = [p for p in sweep.write_results(tmp_path, rows, curves, fit) if p.suffix == ".png"]
+    assert {p.name for p in pngs} >= {"loss_vs_params.png", "loss_vs_compute.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_takes_a_size_name_for_all_its_seeds(tmp_path, monkeypatch, capsys):
+    from polar_jax.train import trainer
+
+    train = FakeTrain()
+    monkeypatch.setattr(trainer, "train", train)
+    rc = main(["scaling", "--config", str(CPU), "--workdir", str(tmp_path), "--only", "27K,83K-s0", "--no-progress",
+               *SMALL, "--config.seeds=(0, 1)"])
+    assert rc == 1 and train.calls == ["27K-s0", "27K-s1", "83K-s0"]  # the rest pending
+    assert main(["scaling", "--config", str(CPU), "--workdir", str(tmp_path), "--only", "9K", *SMALL]) == 2
 
 
 def test_token_budget_and_paper_batch_rule_set_steps_and_rows(tmp_path):
