@@ -1,25 +1,38 @@
-"""RFT on the demo: a word-salad policy is trained toward a fluent one, judged by POLAR.
+"""RFT on the demo: a fluent policy is trained toward the word-salad one, judged by POLAR.
 
     python -m polar_jax demo --workdir runs/demo                              # first: models
     python -m polar_jax rft --config configs/rft_demo.py --workdir runs/rft_demo
     python -m polar_jax rft --config configs/rft_demo.py:DEMO_DIR --workdir ...   # another demo dir
 
-The policy is the demo's lm0 after 40 steps (word salad); the target is the same LM after 600
-steps (English-like text). The target's samples on corpus prompts are the references, the
-demo's pre-trained POLAR reward model scores each rollout against its reference, and PPO
-(the released recipe's GAE, gamma = lambda = 1, clip 0.2) moves the policy.
+The policy is the demo's lm0 after 600 steps (English-like text); the target is the same LM
+after 40 steps (word salad: punctuation, whitespace and common words). The target's samples
+on corpus prompts are the references, the demo's pre-trained POLAR reward model scores each
+rollout against its reference, and PPO (the released recipe's GAE, gamma = lambda = 1, clip
+0.2) moves the policy. POLAR's reward is "same policy as the reference", not "better": the
+demo shows the policy moving toward whichever policy wrote the references.
 
-Two departures from the released recipe, both for the demo's tiny reward model (64-wide, 2
-layers): rollouts are drawn as the pool's samples it was trained on were (top-k 50, top-p 0.9,
-repetition loops cut), and a KL penalty (0.1 per token, k1, in the reward) keeps the policy
-near where that model's judgement holds. Without them the policy finds outputs the reward
-model over-rates (runs of rare byte tokens, repeated words) within ~60 iterations.
+Why this direction. The other way round (lm0-step40 toward lm0-step600) the reward rises
+(-2.25 -> 2.53 held out) but the policy learns to string the target's frequent tokens
+(`function`, `"__()"`, `class`), which the demo's tiny reward model (64 wide, 2 layers, 0.2M
+parameters, smaller than the policy) rates as highly as the target's own samples; the target's
+log-likelihood of them does not rise (-6.94 -> -6.95). Tried and measured, all still gamed: a
+128-wide model trained 300 steps (held-out accuracy 0.969 / 0.754, but the policy reached
+reward 6.4 against the target's own 5.5, log-likelihood -6.94 -> -7.60); an entropy bonus
+(0.01, 0.03); hot-sampled (T 1.5, 2.0) copies of the target among the training policies.
+Degrading toward a near-unigram target is a direction the small model judges well.
+
+Two departures from the released recipe, for the demo's tiny reward model: rollouts are drawn
+as the pool's samples it was trained on were (top-k 50, top-p 0.9, repetition loops cut), and a
+KL penalty (0.1 per token, k1, in the reward) keeps the policy near where that model's
+judgement holds. Without KL the target log-likelihood peaks at iteration 75 (-4.32) and then
+falls back as responses collapse to a few tokens and regrow (-5.43 at 200).
 
 At the end DIR/rft_results.json holds held-out measures before and after: `reward_*` (mean
 POLAR reward) and `target_loglik_*` (the target's mean per-token log-likelihood of the policy's
-responses: a measure that does not go through the reward model). The demo evaluates sampled
-responses (fixed key), not greedy ones: greedy decoding of these small LMs collapses to a
-newline, before and after. About 4 minutes on 2 CPU cores.
+responses: a measure that does not go through the reward model). For scale, the target's own
+samples score reward 2.11 and log-likelihood -4.46; the untrained policy's -2.05 and -5.71.
+The demo evaluates sampled responses (fixed key), not greedy ones: greedy decoding of these
+small LMs collapses to a newline or a quote, before and after. About 3 minutes on 2 CPU cores.
 """
 
 import pathlib
@@ -37,7 +50,7 @@ def get_config(demo_dir: str = "runs/demo"):
     c.eval_every = 25
     c.checkpoint_every = 50
 
-    c.policy.init = str(demo / "policies" / "lm0" / "step-40")
+    c.policy.init = str(demo / "policies" / "lm0" / "step-600")
     c.policy.dtype = "float32"  # bfloat16 is emulated, and slow, on CPU
     c.policy.max_prompt_tokens = 32
     c.policy.scan_unroll = 2  # the demo LMs' two layers unrolled: faster on CPU
@@ -47,10 +60,10 @@ def get_config(demo_dir: str = "runs/demo"):
     c.data.prompt_tokens = (2, 24)
     c.data.train_prompts = 512
     c.data.eval_prompts = 64
-    # The target: lm0 after 600 steps, sampled as in the demo's pool (T 1.0, top-k 50, top-p 0.9, 24 tokens).
+    # The target: lm0 after 40 steps, sampled as in the demo's pool (T 1.0, top-k 50, top-p 0.9, 24 tokens).
     # Any pool policy can be the target, e.g. SmolLM2 as a careful writer: checkpoint="smollm2",
     # template=synth.pool.CHATML, system="You are a careful technical writer.", stop=("<|im_end|>",).
-    c.target.update(checkpoint=str(demo / "policies" / "lm0" / "step-600"), temperature=1.0, top_k=50, top_p=0.9,
+    c.target.update(checkpoint=str(demo / "policies" / "lm0" / "step-40"), temperature=1.0, top_k=50, top_p=0.9,
                     max_new_tokens=24, max_prompt_tokens=32)
     c.eval.batch_size = 64
     c.eval.temperature, c.eval.top_k, c.eval.top_p = 1.0, 50, 0.9  # sampled with a fixed key (see above)
