@@ -8,7 +8,9 @@ TPU), over `jax.ShapeDtypeStruct`s carrying the config's shardings on a mesh bui
 topology's devices. The report gives per-chip memory against the chip's usable HBM (a program
 that cannot fit is refused by XLA:TPU itself, with what it needs), FLOPs per step (DESIGN.md's
 model count, the traced step's matmuls, XLA's cost analysis of the compiled program) and the
-collectives in the compiled HLO.
+collectives in the compiled HLO. Stage "rft" compiles the RFT loop's PPO update
+(`rft.step.ppo_update`) of an RFT config, with model shapes read from the configs of its
+model files (`io.models.read_model_config`), not their weights.
 
     report = compile_step(load_config("configs/polar_7b.py"), "v5p:4x4x4")
     print(report.format()); report.fits
@@ -188,14 +190,17 @@ class Report:
     compile_seconds: float = 0.0
     error: str = ""  # the compiler's message when it refused the program
     required_bytes: int | None = None  # what the compiler said the refused program needs per device
+    resident_bytes: int = 0  # held on the devices beside this step during a run (RFT: reference policy, reward model)
     notes: list = dataclasses.field(default_factory=list)
 
     @property
     def total_bytes(self) -> int | None:
-        """Peak per-device footprint: arguments + outputs - aliased (donated) + temporaries + code."""
+        """Peak per-device footprint: arguments + outputs - aliased (donated) + temporaries + code,
+        plus what a run keeps resident beside the step (`resident_bytes`)."""
         if self.argument_bytes is None:
             return None
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+                + self.resident_bytes)
 
     def mesh_text(self) -> str:
         """"data=1 fsdp=64 tensor=1"."""
@@ -215,7 +220,8 @@ class Report:
             lines += [
                 f"per {unit}: arguments {_gib(self.argument_bytes)}, outputs {_gib(self.output_bytes)} "
                 f"(aliased to arguments {_gib(self.alias_bytes)}), temporaries {_gib(self.temp_bytes)}, "
-                f"code {_gib(self.code_bytes)}",
+                f"code {_gib(self.code_bytes)}"
+                + (f", resident beside the step {_gib(self.resident_bytes)}" if self.resident_bytes else ""),
                 f"per {unit}: total {_gib(self.total_bytes)} of {_gib(self.hbm_bytes)} usable HBM "
                 f"({100 * self.total_bytes / self.hbm_bytes:.0f}%)",
             ]
@@ -311,19 +317,22 @@ def compile_step(config, topology: str | Topology, stage: str = "train", config_
     "train": the trainer's update step over the config's batch. "sample": the KV-cache
     sampler (`sampling.generate`) of the config's model as a causal LM, `sample_batch`
     prompts (default data.batch_size) of `prompt_len` tokens plus `max_new_tokens`.
-    "rft": not available yet (StageUnavailable). `hlo_path`: write the compiled HLO text there.
+    "rft": the PPO update of an RFT config (`rft.step.ppo_update`: actor and critic states,
+    one rollout batch), model shapes from the configs of policy.init / reward.model (no weights
+    read). `hlo_path`: write the compiled HLO text there.
     """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {', '.join(STAGES)}")
     if stage == "rft":
-        raise StageUnavailable("--stage rft: the RFT step (PPO update, issue #6) does not exist yet, so there is "
-                               "nothing to compile; use --stage train or --stage sample")
+        rft_model_configs(config)  # a config that is not an RFT run's fails before libtpu starts
     topo = topology if isinstance(topology, Topology) else get_topology(topology)
     from polar_jax import parallel
 
     mesh = parallel.make_mesh(dict(config.mesh), list(topo.devices))
     if stage == "train":
         lowered, report = _lower_train(config, mesh)
+    elif stage == "rft":
+        lowered, report = _lower_rft(config, mesh)
     else:
         lowered, report = _lower_sample(config, mesh, sample_batch or config.data.batch_size, prompt_len,
                                         max_new_tokens)
@@ -441,6 +450,150 @@ def _lower_sample(config, mesh, batch: int, prompt_len: int, max_new_tokens: int
                            model_flops_rule="2 N per token: forward only, attention excluded, every row to the end")
     report.notes.append(f"one call: {batch} prompts x ({prompt_len} + {max_new_tokens}) tokens, POLAR sampling "
                         "(T 1.0, top-p 0.9, top-k 50); XLA's figure counts the decode loop's body once")
+    return lowered, report
+
+
+def rft_model_configs(config):
+    """(actor, critic or None) `ModelConfig`s of an RFT config, from the configs of its model
+    files alone (no weights read), with the runtime settings `rft.trainer.load_models` and
+    `critic_model` give them: the actor is policy.init's LM; the critic (none with
+    algorithm.estimator=group) the policy's or reward.model's trunk with a "value" head."""
+    missing = [k for k in ("policy", "rollout", "algorithm", "critic", "reward", "actor_optim") if k not in config]
+    if missing:
+        raise ValueError(f"--stage rft needs an RFT config (from polar_jax.rft.defaults.base_config, as "
+                         f"configs/rft_demo.py); this one has no {', '.join(missing)}")
+    from polar_jax.io import models
+    from polar_jax.rft import trainer as rft_trainer
+
+    p, r = config.policy, config.reward
+    runtime = dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
+    actor = models.read_model_config(_model_path(p.init, "policy.init", config), **runtime)
+    if "lm" not in actor.heads:
+        raise ValueError(f"policy.init {p.init} has heads {actor.heads}: a policy must be a causal LM")
+    if not rft_trainer.ppo_config(config).uses_critic:
+        return actor, None
+    if config.critic.init == "policy":
+        base = actor
+    elif config.critic.init == "reward_model":
+        base = models.read_model_config(_model_path(r.model, "reward.model", config), dtype=r.dtype)
+        if "reward" not in base.heads:
+            raise ValueError(f"reward.model {r.model} has heads {base.heads}: not a reward model")
+        if base.vocab_size != actor.vocab_size:
+            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
+                             f"the policy's ({actor.vocab_size}); the critic reads policy tokens")
+    else:
+        raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
+    critic = base.replace(heads=("value",), tie_embeddings=False, **runtime)
+    return actor, critic
+
+
+def ppo_row_flops(cfg, width: int, logit_positions: int = 0) -> float:
+    """Training FLOPs (forward + backward) of one row of `width` tokens in the PPO update:
+    DESIGN.md's 6 x decoder parameters (embedding and heads excluded) + 6 x layers x context
+    x d_model per token, plus 6 d V per position whose LM logits are computed (the actor's
+    `logits_at_bn`: the response positions) and 6 d per token of a reward or value head."""
+    d = cfg.d_model
+    scalar_heads = d * (("reward" in cfg.heads) + ("value" in cfg.heads))
+    lm_head = d * cfg.vocab_size if "lm" in cfg.heads and not cfg.tie_embeddings else 0
+    trunk = cfg.num_params(include_embedding=False) - lm_head - scalar_heads
+    per_token = 6.0 * (trunk + scalar_heads) + 6.0 * cfg.num_layers * width * d
+    return per_token * width + (6.0 * d * cfg.vocab_size * logit_positions if "lm" in cfg.heads else 0.0)
+
+
+def _model_path(path: str, what: str, config) -> str:
+    if not path or not pathlib.Path(path).exists():
+        hint = config.get("setup_hint", "")
+        raise FileNotFoundError(f"{what} {path!r} not found (--stage rft reads its config.json / metadata, not its "
+                                f"weights)" + (f"; {hint}" if hint else f"; set --config.{what}"))
+    return path
+
+
+def _lower_rft(config, mesh):
+    """The RFT loop's PPO update (`rft.step.ppo_update`), lowered over abstract actor and critic
+    states and one abstract rollout batch (`Experience`), as `rft.trainer.Runner` calls it."""
+    import jax
+    import jax.numpy as jnp
+
+    from polar_jax import parallel
+    from polar_jax.models import transformer as T
+    from polar_jax.models.attention import resolve_impl
+    from polar_jax.rft import step as rft_step
+    from polar_jax.rft import trainer as rft_trainer
+    from polar_jax.train.optim import OptimConfig, make_optimizer
+    from polar_jax.train.state import abstract_state
+
+    actor_cfg, critic_cfg = rft_model_configs(config)
+    ppo = rft_trainer.ppo_config(config)
+    ro = config.rollout
+    batch = ro.prompts * ro.samples_per_prompt
+    prompt_len, new_tokens = config.policy.max_prompt_tokens, ro.max_new_tokens
+    width = prompt_len + new_tokens
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch % shards:
+        raise ValueError(f"rollout.prompts x rollout.samples_per_prompt = {batch} must be a multiple of the "
+                         f"mesh's batch shards (data x fsdp = {shards})")
+    if batch % ppo.minibatches:
+        raise ValueError(f"{batch} rollouts per iteration do not split into algorithm.minibatches={ppo.minibatches}")
+    total_steps = config.iterations * ppo.epochs * ppo.minibatches
+    actor_optim = OptimConfig(**config.actor_optim)
+    critic_optim = OptimConfig(**config.critic_optim) if critic_cfg else None
+    actor = abstract_state(actor_cfg, make_optimizer(actor_optim, total_steps), mesh)
+    critic = abstract_state(critic_cfg, make_optimizer(critic_optim, total_steps), mesh) if critic_cfg else None
+
+    rows = parallel.batch_sharding(mesh, ndim=2)  # as Runner.put places [B, ...] arrays; Experience has no [B] one
+    shapes = {"tokens_bt": ((batch, width), jnp.int32), "mask_bt": ((batch, width), jnp.int32),
+              **{k: ((batch, new_tokens), jnp.float32) for k in (
+                  "response_mask_bn", "old_logp_bn", "ref_logp_bn", "old_values_bn", "advantages_bn", "returns_bn")}}
+    assert tuple(shapes) == rft_step.Experience._fields, "the Experience contract changed: update aot._lower_rft"
+    exp = rft_step.Experience(**{k: jax.ShapeDtypeStruct(s, d, sharding=rows) for k, (s, d) in shapes.items()})
+    key = jax.eval_shape(jax.random.key, 0)
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
+    with tracing_context(mesh):
+        traced = rft_step.ppo_update.trace(actor, critic, exp, rng, actor_cfg=actor_cfg, critic_cfg=critic_cfg,
+                                           ppo=ppo, actor_optim=actor_optim, critic_optim=critic_optim,
+                                           total_steps=total_steps, mesh=mesh)
+        lowered = traced.lower()
+        impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, width)
+
+    tokens = batch * width * ppo.epochs
+    per_row = ppo_row_flops(actor_cfg, width, new_tokens) + (ppo_row_flops(critic_cfg, width) if critic_cfg else 0.0)
+    num_params = actor_cfg.num_params() + (critic_cfg.num_params() if critic_cfg else 0)
+    state_bytes = shard_bytes(actor) + (shard_bytes(critic) if critic else 0)
+    report = _empty_report(
+        attention=_attention_text(impl, actor_cfg.attention_impl), tokens_per_step=tokens, num_params=num_params,
+        traced_flops=traced_matmul_flops(traced.jaxpr), state_bytes=state_bytes,
+        model_flops=per_row * batch * ppo.epochs,
+        model_flops_rule=("per epoch and rollout row of W tokens: actor 6 N W + 6 L W^2 d + LM head 6 d V x R "
+                          "response positions" + (", critic 6 N W + 6 L W^2 d" if critic_cfg else "")
+                          + "; N = decoder parameters without embedding and heads"))
+    mb = batch // ppo.minibatches
+    report.notes.append(
+        f"PPO update: {ppo.epochs} epoch(s) x {ppo.minibatches} mini-batch(es) of {mb} rollouts x {width} tokens "
+        f"({prompt_len} prompt + {new_tokens} response), estimator {ppo.estimator}; tokens per step = rollouts "
+        f"({ro.prompts} prompts x {ro.samples_per_prompt}) x width x epochs; rollout, scoring, experience making "
+        "and the reference policy are not in this step")
+    report.notes.append(
+        f"trained: actor {_count(actor_cfg.num_params())} parameters"
+        + (f" + critic {_count(critic_cfg.num_params())} (critic.init={config.critic.init})" if critic_cfg
+           else " (no critic: algorithm.estimator=group)")
+        + f"; their states (parameters and AdamW moments, float32) are {_gib(state_bytes)} per device")
+    resident = []
+    if config.reference.keep or ppo.needs_reference:
+        report.resident_bytes += shard_bytes(actor.params)
+        resident.append(f"reference policy {_gib(shard_bytes(actor.params))}")
+    reward_path = config.reward.model
+    if reward_path and pathlib.Path(reward_path).exists():
+        from polar_jax.io import models
+
+        rm_cfg = models.read_model_config(reward_path)
+        shardings = parallel.logical_to_sharding(T.logical_axes(rm_cfg), mesh)
+        shapes = jax.eval_shape(lambda k: T.init_params(rm_cfg, k), jax.random.key(0))
+        params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        report.resident_bytes += shard_bytes(params)
+        resident.append(f"reward model {_gib(shard_bytes(params))}")
+    if resident:
+        report.notes.append(f"also held on the devices during a run, outside this step (float32 parameters; counted in "
+                            f"the total): {', '.join(resident)} per device")
     return lowered, report
 
 

@@ -7,8 +7,12 @@ whether it fits: per-chip memory against HBM, FLOPs per step, collectives.
 Needs libtpu (`launch/setup.sh --tpu`). No weights are loaded and no data read: model sizes,
 batch and mesh come from the config. TOPOLOGY is GEN:AxB[xC] (v5p:4x4x4, v5e:16x16,
 v6e:16x16, v4:2x2x2) or a Cloud accelerator type (v5p-128, v5litepod-256, v6e-256).
-Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu missing,
-stage not available).
+`--stage rft` takes an RFT config (configs/rft_*.py) and compiles its PPO update (actor and
+critic states, gradients and AdamW moments, one rollout batch); the model shapes come from
+the config.json / metadata of policy.init (and of reward.model with
+critic.init=reward_model), not from their weights.
+Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu missing, a
+config that is not the stage's, a missing model file).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", required=True, help="v5p:4x4x4, v5e:16x16, v6e:8x8, v5p-128, v5litepod-256, ...")
     parser.add_argument("--stage", choices=aot.STAGES, default="train",
                         help="train: the trainer's update step (default); sample: the KV-cache sampler of the "
-                             "config's model as a causal LM; rft: not available yet")
+                             "config's model as a causal LM; rft: the PPO update of an RFT config (configs/rft_*.py), "
+                             "actor and critic, shapes from the policy's config.json")
     parser.add_argument("--sample-batch", type=int, default=None, help="sample: prompts per call (default data.batch_size)")
     parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")

@@ -116,6 +116,14 @@ def hf_from_params(cfg: ModelConfig, family: str, params: dict, dtype: str = "fl
     return {k: np.ascontiguousarray(v).astype(np_dtype) for k, v in out.items()}
 
 
+REWARD_HEAD_TENSORS = frozenset({"score.weight", "v_head.weight"})  # HF names of a reward head
+
+
+def heads_of(tensor_names) -> tuple[str, ...]:
+    """The heads a checkpoint with these tensor names has: ("reward",) with a reward head, else ("lm",)."""
+    return ("reward",) if REWARD_HEAD_TENSORS & set(tensor_names) else ("lm",)
+
+
 def load_hf(model_dir: str | pathlib.Path, heads: tuple[str, ...] | None = None, **runtime) -> Model:
     """Load an HF directory (llama, qwen2, internlm2; causal LM or reward model).
 
@@ -130,7 +138,7 @@ def load_hf(model_dir: str | pathlib.Path, heads: tuple[str, ...] | None = None,
     family = families.family_of(hf_config)
     tensors = read_safetensors(model_dir)
     if heads is None:
-        heads = ("reward",) if {"score.weight", "v_head.weight"} & tensors.keys() else ("lm",)
+        heads = heads_of(tensors.keys())
     cfg = families.config_from_hf(hf_config, heads=heads, **runtime)
     params, unused = params_from_hf(cfg, family, tensors, source=str(model_dir))
     if unused:

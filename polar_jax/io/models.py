@@ -49,6 +49,41 @@ def load_model(src: str | pathlib.Path, heads: tuple[str, ...] | None = None, **
     return Model(cfg, params, families.family_of(hf_config), hf_config)
 
 
+def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = None, **runtime):
+    """The `ModelConfig` of any supported source without reading its weights (`load_model(src,
+    heads, **runtime).cfg`): a polar_jax directory's metadata, an HF `config.json` (heads as
+    `load_hf` picks them, from the safetensors' tensor names only), a GGUF file's metadata."""
+    import json
+
+    fmt = source_format(src)
+    src = pathlib.Path(src)
+    if fmt == "polar":
+        from polar_jax.models.config import ModelConfig
+
+        meta = json.loads((src / polar_format.META_FILE).read_text())
+        cfg = ModelConfig.from_dict(meta["model_config"]).replace(**runtime)
+        if heads is not None and tuple(heads) != cfg.heads:
+            raise ValueError(f"{src} has heads {cfg.heads}, not {tuple(heads)}")
+        return cfg
+    if fmt == "hf":
+        hf_config = json.loads((src / "config.json").read_text())
+        if heads is None:
+            from safetensors import safe_open
+
+            names = set()
+            for f in sorted(src.glob("*.safetensors")):
+                with safe_open(str(f), framework="np") as st:
+                    names.update(st.keys())
+            heads = hf.heads_of(names)
+        return families.config_from_hf(hf_config, heads=heads, **runtime)
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(src))  # memory-mapped: the metadata is read, the tensors are not
+    hf_config = gguf._config_from_metadata(gguf._metadata(reader, skip_arrays=gguf._VOCAB_KEYS), reader,
+                                           {t.name for t in reader.tensors})
+    return families.config_from_hf(hf_config, heads=heads or ("lm",), **runtime)
+
+
 def load_tokenizer(src: str | pathlib.Path):
     """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own."""
     src = pathlib.Path(src)

@@ -81,11 +81,6 @@ def test_sample_stage_compiles_the_kv_cache_sampler(capsys):
     assert "stage sample" in capsys.readouterr().out
 
 
-def test_rft_stage_is_refused_until_it_exists(capsys):
-    assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY, "--stage", "rft"]) == 2
-    assert "does not exist yet" in capsys.readouterr().err
-
-
 def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(aot, "libtpu_available", lambda: False)
     assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY]) == 2
