@@ -236,4 +236,15 @@ def format_results(results: dict) -> str:
     lines.append(f"  metrics: {results['paths']['rm']}/metrics.jsonl (TensorBoard: tensorboard --logdir "
                  f"{results['paths']['rm']})")
     lines.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in results["seconds_this_run"].items()))
+    lines += ["", "next, on these models and triplets:"] + [f"  {c}" for c in next_commands(results["paths"]["rm"])]
     return "\n".join(lines)
+
+
+def next_commands(rm_dir: str) -> list[str]:
+    """The RFT and scaling demos run on a demo directory (the parent of `rm_dir`)."""
+    workdir = pathlib.Path(rm_dir).parent
+    default = workdir.resolve() == pathlib.Path("runs/demo").resolve()
+    rft = "configs/rft_demo.py" if default else f"configs/rft_demo.py:{workdir}"
+    scaling = "" if default else f" --config.data_dir={workdir / 'prepared'}"
+    return [f"python -m polar_jax rft --config {rft} --workdir runs/rft_demo      # PPO with this reward model",
+            f"python -m polar_jax scaling --config configs/scaling/cpu_demo.py{scaling} --workdir runs/scaling_cpu_demo"]

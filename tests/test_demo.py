@@ -36,7 +36,10 @@ def test_small_demo_runs_every_stage_and_a_rerun_resumes(tmp_path, monkeypatch):
     assert saved["heldout_policies"]["seen_policies"]["n"] == 0
     assert saved["heldout_policies"]["unseen_policies"]["n"] == saved["triplets"]["heldout_policies"]
     assert saved["reward_model"]["steps"] == SMALL.rm_steps
-    assert "held-out prompts, training policies" in demo.format_results(saved)
+    printed = demo.format_results(saved)
+    assert "held-out prompts, training policies" in printed
+    assert f"rft --config configs/rft_demo.py:{tmp_path} " in printed, printed
+    assert f"--config.data_dir={tmp_path / 'prepared'} " in printed
 
     # A rerun trains nothing again: no LM training, no sampling, no training steps.
     monkeypatch.setattr(demo_lms.lm, "train_lm", lambda *a, **k: pytest.fail("LM retrained"))
