@@ -75,6 +75,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
     # ------------------------------------------------------------------------------ data
     train_source, eval_source = build_sources(config)
+    split_sources = eval_split_sources(config)
     if config.data.batch_size % jax.process_count():
         raise ValueError(f"data.batch_size={config.data.batch_size} must divide over {jax.process_count()} processes")
     pipeline_cfg = data_pipeline.PipelineConfig(
@@ -143,6 +144,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
                     evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
                     writer.write(step, evaluated, "eval_")
+                    for name, source in split_sources.items():  # several held-out sets: each on its own too
+                        writer.write(step, evaluate(eval_step, state.params, source, config, batch_sharding),
+                                     f"eval_{name}_")
                 minutes = (time.monotonic() - last_save) / 60
                 if at_save or minutes >= config.checkpoint_minutes:
                     ckpt.save(step, state, train_iter, resolved, force=True)
@@ -288,6 +292,20 @@ def build_sources(config):
             raise ValueError("data.kind=array_record needs data.train and data.eval (directories written by `prepare`)")
         return (sources.ArrayRecordTriplets(_paths(d.train)), sources.ArrayRecordTriplets(_paths(d.eval)))
     raise ValueError(f"data.kind={d.kind!r}; choose synthetic or array_record")
+
+
+def eval_split_sources(config) -> dict:
+    """When `data.eval` names several comma-separated held-out sets (array_record), each one
+    alone, keyed by its directory's name (e.g. heldout_prompts): their metrics are logged as
+    eval_<name>_loss, ... beside the pooled eval_loss. Empty for one set or synthetic data."""
+    d = config.data
+    items = [item for item in d.eval.split(",") if item] if d.kind == "array_record" else []
+    if len(items) < 2:
+        return {}
+    names = [pathlib.Path(item.rstrip("/")).name or f"split{i}" for i, item in enumerate(items)]
+    if len(set(names)) < len(names):  # two sets with one name: number them instead
+        names = [f"split{i}" for i in range(len(items))]
+    return {name: sources.ArrayRecordTriplets(_paths(item)) for name, item in zip(names, items)}
 
 
 def _paths(spec: str) -> list[str]:

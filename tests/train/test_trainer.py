@@ -159,3 +159,33 @@ def test_pretraining_starts_from_an_imported_base_lm(tmp_path, head_init):
     assert model.cfg.vocab_size == 251 and model.cfg.mlp_dim == 96
     original = hf.load_hf(base).params["layers"]["mlp"]["w_up"]
     assert np.abs(model.params["layers"]["mlp"]["w_up"] - original).max() < 0.05  # two small steps
+
+
+def _write_triplets(directory: pathlib.Path, n: int, seed: int, length: int) -> str:
+    """n random triplet records (token ids 1..127) of sequences `length` tokens long."""
+    from polar_jax.data import records, sources
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    sources.write_array_record(directory / sources.shard_name(0, 1), [
+        records.encode_record(rng.integers(1, 128, length), rng.integers(1, 128, length)) for _ in range(n)])
+    return str(directory)
+
+
+def test_several_eval_sets_are_logged_pooled_and_each_on_its_own(tmp_path):
+    data = tmp_path / "data"
+    train_dir = _write_triplets(data / "train", 64, seed=0, length=40)
+    eval_a = _write_triplets(data / "heldout_prompts", 12, seed=1, length=40)
+    eval_b = _write_triplets(data / "heldout_policies", 20, seed=2, length=60)
+    cfg = config("--config.steps=2", "--config.eval_every=2", "--config.eval_batches=64", "--config.data.kind=array_record",
+                 f"--config.data.train={train_dir}", f"--config.data.eval={eval_a},{eval_b}")
+    trainer.train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = {k: v for r in rows if r["step"] == 2 for k, v in r.items()}
+    a, b = ("heldout_prompts", "heldout_policies")
+    assert final[f"eval_{a}_pairs"] == 12 and final[f"eval_{b}_pairs"] == 20 and final["eval_pairs"] == 32
+    # the pooled loss is the pair-weighted mean of the two sets' losses: the same model, the same pairs
+    pooled = (12 * final[f"eval_{a}_loss"] + 20 * final[f"eval_{b}_loss"]) / 32
+    np.testing.assert_allclose(final["eval_loss"], pooled, rtol=1e-5)
+    assert final[f"eval_{a}_loss"] != final[f"eval_{b}_loss"]
+    assert trainer.eval_split_sources(config()) == {}  # one set (or synthetic data): nothing extra
