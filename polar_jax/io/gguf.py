@@ -197,6 +197,18 @@ def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def config_of(reader) -> dict:
+    """The HF `config.json` dict of an open `gguf.GGUFReader` (metadata only; no tensor is read)."""
+    return _config_from_metadata(_metadata(reader, skip_arrays=_VOCAB_KEYS), reader, {t.name for t in reader.tensors})
+
+
+def read_gguf_config(path: str | os.PathLike) -> dict:
+    """A llama GGUF file's HF `config.json` dict, without reading its tensors (memory-mapped)."""
+    from gguf import GGUFReader
+
+    return config_of(GGUFReader(os.fspath(path)))
+
+
 def read_gguf(
     path: str | os.PathLike, *, strict: bool = False
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -208,8 +220,7 @@ def read_gguf(
     from gguf.quants import _type_traits, dequantize
 
     reader = GGUFReader(os.fspath(path))
-    tensor_names = {t.name for t in reader.tensors}
-    config = _config_from_metadata(_metadata(reader, skip_arrays=_VOCAB_KEYS), reader, tensor_names)
+    config = config_of(reader)
 
     # Check every tensor's type before dequantising any, so an unsupported file fails at once.
     plain = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64)

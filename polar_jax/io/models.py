@@ -76,12 +76,7 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
                     names.update(st.keys())
             heads = hf.heads_of(names)
         return families.config_from_hf(hf_config, heads=heads, **runtime)
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(src))  # memory-mapped: the metadata is read, the tensors are not
-    hf_config = gguf._config_from_metadata(gguf._metadata(reader, skip_arrays=gguf._VOCAB_KEYS), reader,
-                                           {t.name for t in reader.tensors})
-    return families.config_from_hf(hf_config, heads=heads or ("lm",), **runtime)
+    return families.config_from_hf(gguf.read_gguf_config(src), heads=heads or ("lm",), **runtime)
 
 
 def load_tokenizer(src: str | pathlib.Path):
