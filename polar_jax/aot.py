@@ -324,7 +324,7 @@ def compile_step(config, topology: str | Topology, stage: str = "train", config_
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {', '.join(STAGES)}")
     if stage == "rft":
-        rft_model_configs(config)  # a config that is not an RFT run's fails before libtpu starts
+        rft_models = rft_model_configs(config)  # a config that is not an RFT run's fails before libtpu starts
     topo = topology if isinstance(topology, Topology) else get_topology(topology)
     from polar_jax import parallel
 
@@ -332,7 +332,7 @@ def compile_step(config, topology: str | Topology, stage: str = "train", config_
     if stage == "train":
         lowered, report = _lower_train(config, mesh)
     elif stage == "rft":
-        lowered, report = _lower_rft(config, mesh)
+        lowered, report = _lower_rft(config, mesh, *rft_models)
     else:
         lowered, report = _lower_sample(config, mesh, sample_batch or config.data.batch_size, prompt_len,
                                         max_new_tokens)
@@ -426,16 +426,13 @@ def _lower_sample(config, mesh, batch: int, prompt_len: int, max_new_tokens: int
     import jax.numpy as jnp
 
     from polar_jax import parallel, sampling
-    from polar_jax.models import transformer as T
     from polar_jax.train import trainer
 
     model_cfg = trainer.model_config_from_sizes(config, heads=("lm",))
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch % batch_axes:
         raise ValueError(f"{batch} prompts do not divide over data x fsdp = {batch_axes} devices (--sample-batch)")
-    shardings = parallel.logical_to_sharding(T.logical_axes(model_cfg), mesh)
-    shapes = jax.eval_shape(lambda k: T.init_params(model_cfg, k), jax.random.key(0))
-    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    params = abstract_params(model_cfg, mesh)
     prompt = jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32, sharding=parallel.batch_sharding(mesh))
     lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=parallel.batch_sharding(mesh, ndim=1))
     key = jax.eval_shape(jax.random.key, 0)
@@ -465,26 +462,17 @@ def rft_model_configs(config):
     from polar_jax.io import models
     from polar_jax.rft import trainer as rft_trainer
 
-    p, r = config.policy, config.reward
-    runtime = dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
-    actor = models.read_model_config(_model_path(p.init, "policy.init", config), **runtime)
-    if "lm" not in actor.heads:
-        raise ValueError(f"policy.init {p.init} has heads {actor.heads}: a policy must be a causal LM")
+    actor = models.read_model_config(_model_path(config.policy.init, "policy.init", config),
+                                     **rft_trainer.policy_runtime(config))
     if not rft_trainer.ppo_config(config).uses_critic:
+        rft_trainer.require_heads(config, actor)
         return actor, None
-    if config.critic.init == "policy":
-        base = actor
-    elif config.critic.init == "reward_model":
-        base = models.read_model_config(_model_path(r.model, "reward.model", config), dtype=r.dtype)
-        if "reward" not in base.heads:
-            raise ValueError(f"reward.model {r.model} has heads {base.heads}: not a reward model")
-        if base.vocab_size != actor.vocab_size:
-            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
-                             f"the policy's ({actor.vocab_size}); the critic reads policy tokens")
-    else:
-        raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
-    critic = base.replace(heads=("value",), tie_embeddings=False, **runtime)
-    return actor, critic
+    reward = None
+    if config.critic.init == "reward_model":
+        reward = models.read_model_config(_model_path(config.reward.model, "reward.model", config),
+                                          dtype=config.reward.dtype)
+    rft_trainer.require_heads(config, actor, reward)
+    return actor, rft_trainer.critic_config(config, actor, reward)
 
 
 def ppo_row_flops(cfg, width: int, logit_positions: int = 0) -> float:
@@ -508,21 +496,19 @@ def _model_path(path: str, what: str, config) -> str:
     return path
 
 
-def _lower_rft(config, mesh):
+def _lower_rft(config, mesh, actor_cfg, critic_cfg):
     """The RFT loop's PPO update (`rft.step.ppo_update`), lowered over abstract actor and critic
     states and one abstract rollout batch (`Experience`), as `rft.trainer.Runner` calls it."""
     import jax
     import jax.numpy as jnp
 
     from polar_jax import parallel
-    from polar_jax.models import transformer as T
     from polar_jax.models.attention import resolve_impl
     from polar_jax.rft import step as rft_step
     from polar_jax.rft import trainer as rft_trainer
     from polar_jax.train.optim import OptimConfig, make_optimizer
     from polar_jax.train.state import abstract_state
 
-    actor_cfg, critic_cfg = rft_model_configs(config)
     ppo = rft_trainer.ppo_config(config)
     ro = config.rollout
     batch = ro.prompts * ro.samples_per_prompt
@@ -585,16 +571,25 @@ def _lower_rft(config, mesh):
     if reward_path and pathlib.Path(reward_path).exists():
         from polar_jax.io import models
 
-        rm_cfg = models.read_model_config(reward_path)
-        shardings = parallel.logical_to_sharding(T.logical_axes(rm_cfg), mesh)
-        shapes = jax.eval_shape(lambda k: T.init_params(rm_cfg, k), jax.random.key(0))
-        params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        params = abstract_params(models.read_model_config(reward_path), mesh)
         report.resident_bytes += shard_bytes(params)
         resident.append(f"reward model {_gib(shard_bytes(params))}")
     if resident:
         report.notes.append(f"also held on the devices during a run, outside this step (float32 parameters; counted in "
                             f"the total): {', '.join(resident)} per device")
     return lowered, report
+
+
+def abstract_params(cfg, mesh):
+    """The model's parameters as `jax.ShapeDtypeStruct`s sharded by their logical axes on `mesh`."""
+    import jax
+
+    from polar_jax import parallel
+    from polar_jax.models import transformer as T
+
+    shardings = parallel.logical_to_sharding(T.logical_axes(cfg), mesh)
+    shapes = jax.eval_shape(lambda k: T.init_params(cfg, k), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from polar_jax.io import gguf, models
 from polar_jax.rft import data as data_lib
 from polar_jax.rft import rollout, step
 from polar_jax.synth import prompts as prompts_lib
+from polar_jax.synth.pool import stop_ids_for
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,9 @@ class TargetPolicy:
     def __init__(self, spec, cfg, params, tokenizer, put=None):
         self.spec, self.cfg, self.params, self.tokenizer = spec, cfg, params, tokenizer
         self.put = put or (lambda x: x)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        stop_strings = []
-        for text in spec.stop:
-            token = tokenizer.convert_tokens_to_ids(text)
-            if token is None or token == tokenizer.unk_token_id:
-                raise ValueError(f"target.stop: {text!r} is not a single token of the target's tokenizer")
-            stop_strings.append(token)
-        stop_ids = eos + stop_strings
+        stop_ids = stop_ids_for(tokenizer, tuple(spec.stop), "target.stop")  # EOS first, then the stop strings
         # What ends a response in the target's own format: its first stop string (a chat turn's end), else EOS.
-        self.end_id = (stop_strings or eos or [None])[0]
+        self.end_id = stop_ids[len(stop_ids) - len(spec.stop)] if spec.stop else (stop_ids or [None])[0]
         self.sampling = sampling_lib.SamplingConfig(
             temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p, max_new_tokens=spec.max_new_tokens,
             stop_ids=tuple(stop_ids), loop_max_ngram=spec.loop_max_ngram, loop_repeats=4)

@@ -82,36 +82,54 @@ def load_models(config) -> Models:
     """Load the policy, the reward model and (optionally) the target policy of `config`."""
     hint = config.setup_hint
     p, r = config.policy, config.reward
-    runtime = dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
-    policy = models.load_model(_existing(p.init, "policy.init", hint), **runtime)
-    if "lm" not in policy.cfg.heads:
-        raise ValueError(f"policy.init {p.init} has heads {policy.cfg.heads}: a policy must be a causal LM")
+    policy = models.load_model(_existing(p.init, "policy.init", hint), **policy_runtime(config))
     reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
-    if "reward" not in reward.cfg.heads:
-        raise ValueError(f"reward.model {r.model} has heads {reward.cfg.heads}: not a reward model")
+    require_heads(config, policy.cfg, reward.cfg)
     target, target_tokenizer = references.load_target(config) or (None, None)
     return Models(policy, models.load_tokenizer(p.init), reward, models.load_tokenizer(r.tokenizer or r.model),
                   target, target_tokenizer, policy_source=p.init)
 
 
-def critic_model(config, m: Models) -> Model:
-    """The critic's initial weights: the policy's or the reward model's trunk with a value head."""
+def policy_runtime(config) -> dict:
+    """How the policy is run (`ModelConfig` fields): policy.dtype, remat, attention_impl, scan_unroll."""
+    p = config.policy
+    return dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
+
+
+def require_heads(config, policy_cfg, reward_cfg=None) -> None:
+    """The policy must be a causal LM and the reward model (when given) must have a reward head."""
+    if "lm" not in policy_cfg.heads:
+        raise ValueError(f"policy.init {config.policy.init} has heads {policy_cfg.heads}: a policy must be a causal LM")
+    if reward_cfg is not None and "reward" not in reward_cfg.heads:
+        raise ValueError(f"reward.model {config.reward.model} has heads {reward_cfg.heads}: not a reward model")
+
+
+def critic_config(config, policy_cfg, reward_cfg=None):
+    """The critic's shape: the policy's trunk (critic.init=policy) or the reward model's
+    (critic.init=reward_model, which needs `reward_cfg`) with a value head, run with the policy's
+    dtype, remat, attention and unroll settings."""
     if config.critic.init == "policy":
-        base = m.policy
-        head = np.zeros(base.cfg.d_model, np.float32)
+        base = policy_cfg
     elif config.critic.init == "reward_model":
-        base = m.reward
-        if base.cfg.vocab_size != m.policy.cfg.vocab_size:
-            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.cfg.vocab_size}) is not "
-                             f"the policy's ({m.policy.cfg.vocab_size}); the critic reads policy tokens")
-        head = (np.asarray(base.params["reward_head"], np.float32) if config.critic.value_head_init == "reward_head"
-                else np.zeros(base.cfg.d_model, np.float32))
+        base = reward_cfg
+        if base.vocab_size != policy_cfg.vocab_size:
+            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
+                             f"the policy's ({policy_cfg.vocab_size}); the critic reads policy tokens")
     else:
         raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
+    return base.replace(heads=("value",), tie_embeddings=False, dtype=policy_cfg.dtype, remat=policy_cfg.remat,
+                        attention_impl=policy_cfg.attention_impl, scan_unroll=policy_cfg.scan_unroll)
+
+
+def critic_model(config, m: Models) -> Model:
+    """The critic's initial weights: the policy's or the reward model's trunk with a value head."""
+    cfg = critic_config(config, m.policy.cfg, m.reward.cfg)
+    base = m.policy if config.critic.init == "policy" else m.reward
+    head = np.zeros(base.cfg.d_model, np.float32)
+    if config.critic.init == "reward_model" and config.critic.value_head_init == "reward_head":
+        head = np.asarray(base.params["reward_head"], np.float32)
     params = {k: v for k, v in base.params.items() if k not in ("lm_head", "reward_head")}
     params["value_head"] = head
-    cfg = base.cfg.replace(heads=("value",), tie_embeddings=False, dtype=m.policy.cfg.dtype, remat=m.policy.cfg.remat,
-                           attention_impl=m.policy.cfg.attention_impl, scan_unroll=m.policy.cfg.scan_unroll)
     return Model(cfg, params, base.family, base.hf_config)
 
 
