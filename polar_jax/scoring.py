@@ -79,10 +79,12 @@ def reward_scores(cfg: ModelConfig, params, sequences: list[np.ndarray], batch_s
 
 def score_rows(model: Model, tokenizer, rows: list[dict], enc_cfg: encoding.EncodingConfig | None = None,
                batch_size: int = 8, progress: bool = True) -> np.ndarray:
-    """Rewards of `{prompt, reference, output}` rows under the official encoding."""
+    """Rewards of `{prompt, reference, output[, wrapper]}` rows under the official encoding
+    (a row's `wrapper` overrides `enc_cfg.wrapper`, as in the official client)."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()
     reward_id = reward_token_id_for(model, tokenizer, enc_cfg)
     sequences = [
-        encoding.encode(tokenizer, r["prompt"], r["reference"], r["output"], enc_cfg, reward_id).ids for r in rows
+        encoding.encode(tokenizer, r["prompt"], r["reference"], r["output"], enc_cfg, reward_id, r.get("wrapper")).ids
+        for r in rows
     ]
     return reward_scores(model.cfg, model.params, sequences, batch_size=batch_size, progress=progress)

@@ -6,7 +6,9 @@ Three row kinds share one shape of text field:
     score    {"prompt", "reference", "output"}              the official client's format
     rft      {"prompt", "reference"}                        RFT prompts with their references
 
-Each may carry `meta`, a JSON object (policy names, seeds, anything). A text field is a
+Each may carry `meta`, a JSON object (policy names, seeds, anything); triplet and score rows
+may carry `wrapper`, "sft" or "pretrain" (as xtuner and the official client read it), which
+overrides the encoding's default for that row. A text field is a
 non-empty string, or a non-empty list of messages `{"role": str, "content": str}` (optionally
 `"name": str`; any other key is an error, since a misspelt key would otherwise be dropped
 silently). A message's role and content must be non-empty.
@@ -23,12 +25,15 @@ import json
 import os
 from typing import Any, Iterator, NamedTuple
 
+from polar_jax.errors import UserError
+
 TEXT_FIELDS = {
     "triplet": ("prompt", "reference", "chosen", "rejected"),
     "score": ("prompt", "reference", "output"),
     "rft": ("prompt", "reference"),
 }
-OPTIONAL_FIELDS = ("meta",)
+OPTIONAL_FIELDS = {"triplet": ("meta", "wrapper"), "score": ("meta", "wrapper"), "rft": ("meta",)}
+WRAPPERS = ("sft", "pretrain")  # = data.encoding.WRAPPERS (kept here: schema imports nothing of ours)
 MESSAGE_KEYS = ("role", "content")
 MESSAGE_OPTIONAL_KEYS = ("name",)
 
@@ -40,6 +45,7 @@ REASONS = {
     "missing_field": "a required field is missing",
     "unknown_field": "a field the schema does not know",
     "wrong_type": "a field has the wrong type",
+    "bad_value": "a field's value is not one of those allowed",
     "empty": "an empty string, message list or message content",
     "blank_line": "a blank line (counted, never an error)",
 }
@@ -47,7 +53,7 @@ REASONS = {
 SKIP_HINT = "fix the row, or use --skip-invalid (skip_invalid=True) to skip such rows; they are counted and reported"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad input row: the message reads `FILE:LINE: field 'X': reason` and says what to do."""
 
     def __init__(self, source: str, reason: str, detail: str, field: str | None = None, hint: str = SKIP_HINT):
@@ -159,14 +165,15 @@ def validate_row(obj: Any, kind: str, source: str = "<row>") -> dict:
 def _validate(obj: Any, kind: str) -> dict:
     if not isinstance(obj, dict):
         raise _Invalid("not_object", f"expected a JSON object, got {_type_name(obj)}")
-    required = TEXT_FIELDS[kind]
-    unknown = sorted(set(obj) - set(required) - set(OPTIONAL_FIELDS))
+    required, optional = TEXT_FIELDS[kind], OPTIONAL_FIELDS[kind]
+    unknown = sorted(set(obj) - set(required) - set(optional))
     if unknown:
-        looks_like = [k for k, fields in TEXT_FIELDS.items() if k != kind and set(obj) - set(OPTIONAL_FIELDS) == set(fields)]
+        looks_like = [k for k, fields in TEXT_FIELDS.items()
+                      if k != kind and set(obj) - set(OPTIONAL_FIELDS[k]) == set(fields)]
         hint = f"; this looks like a {looks_like[0]} row" if looks_like else ""
         raise _Invalid(
             "unknown_field",
-            f"unknown field for a {kind} row (fields: {', '.join(required + OPTIONAL_FIELDS)}){hint}",
+            f"unknown field for a {kind} row (fields: {', '.join(required + optional)}){hint}",
             unknown[0],
         )
     for field in required:
@@ -176,6 +183,8 @@ def _validate(obj: Any, kind: str) -> dict:
         _check_text(field, obj[field])
     if "meta" in obj and not isinstance(obj["meta"], dict):
         raise _Invalid("wrong_type", f"expected a JSON object, got {_type_name(obj['meta'])}", "meta")
+    if "wrapper" in obj and obj["wrapper"] not in WRAPPERS:
+        raise _Invalid("bad_value", f"expected \"sft\" or \"pretrain\", got {json.dumps(obj['wrapper'])}", "wrapper")
     return obj
 
 

@@ -19,6 +19,7 @@ import re
 import threading
 from typing import Iterable, Iterator, Sequence, SupportsIndex
 
+import msgpack
 from array_record.python import array_record_module
 
 from polar_jax.data import records
@@ -105,6 +106,8 @@ class ArrayRecordTriplets:
             reader = array_record_module.ArrayRecordReader(path)
             sizes.append(reader.num_records())
             options = reader.writer_options_string()
+            if sizes[-1]:  # refuse stale data now, not at the first batch after compiling
+                records.check_version(msgpack.unpackb(reader.read([0])[0], raw=False).get("v"), path)
             reader.close()
             if options and "group_size:1," not in options + ",":
                 log.warning("%s was written with %s; random access is slow unless group_size:1", path, options)

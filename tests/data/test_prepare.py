@@ -268,3 +268,16 @@ def test_prepared_shards_through_the_grain_pipeline_give_encode_triplet_ids(smol
     for i, enc in enumerate(want):
         np.testing.assert_array_equal(seen[i]["chosen"], enc.chosen)
         np.testing.assert_array_equal(seen[i]["rejected"], enc.rejected)
+
+
+def test_records_of_an_older_prepare_are_refused_when_opened(tmp_path):
+    import msgpack
+
+    old = msgpack.packb({"v": 1, "chosen": np.arange(3, dtype=np.int32).tobytes(),
+                         "rejected": np.arange(2, dtype=np.int32).tobytes(), "meta": {}}, use_bin_type=True)
+    sources.write_array_record(tmp_path / sources.shard_name(0, 1), [old])
+    with pytest.raises(records.RecordVersionError, match=r"record version 1, this polar_jax reads version 2.*rerun `prepare`"):
+        sources.ArrayRecordTriplets(tmp_path)  # at open time, before any training step compiles
+    with pytest.raises(records.RecordVersionError, match="rerun `prepare`"):
+        records.decode_record(old)
+    assert records.decode_record(records.encode_record([5], [6]))["chosen"].tolist() == [5]

@@ -40,6 +40,8 @@ BAD_LINES = {
     "message_unknown_key": (_with(prompt=[{"role": "user", "content": "x", "tool_calls": []}]), "unknown_field", "prompt[0].tool_calls"),
     "message_content_not_string": (_with(prompt=[{"role": "user", "content": ["x"]}]), "wrong_type", "prompt[0].content"),
     "bad_utf8": (b'{"prompt": "caf\xe9", "reference": "r", "chosen": "c", "rejected": "d"}', "bad_utf8", None),
+    "bad_wrapper": (_with(wrapper="chat"), "bad_value", "wrapper"),
+    "wrapper_not_string": (_with(wrapper=1), "bad_value", "wrapper"),
 }
 
 
@@ -143,3 +145,10 @@ def test_validate_row_for_rows_from_elsewhere():
     assert schema.validate_row(GOOD, "triplet") is GOOD
     with pytest.raises(schema.DataError, match=r"^request 3: field 'output': empty string \[empty\]"):
         schema.validate_row({"prompt": "p", "reference": "r", "output": ""}, "score", source="request 3")
+
+
+def test_wrapper_is_allowed_on_triplet_and_score_rows_only():
+    assert schema.validate_row({**GOOD, "wrapper": "pretrain"}, "triplet")["wrapper"] == "pretrain"
+    assert schema.validate_row({"prompt": "p", "reference": "r", "output": "o", "wrapper": "sft"}, "score")["wrapper"] == "sft"
+    with pytest.raises(schema.DataError, match="unknown field for a rft row"):
+        schema.validate_row({"prompt": "p", "reference": "r", "wrapper": "sft"}, "rft")
