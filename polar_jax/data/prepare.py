@@ -30,6 +30,7 @@ import time
 from typing import Iterable, Iterator, Sequence
 
 from polar_jax.data import encoding, records, schema, sources
+from polar_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ ROWS_PER_TASK = 16  # rows per pool task: large enough to amortise IPC, small en
 TASKS_IN_FLIGHT_PER_WORKER = 4  # bounds memory: the reader never runs far ahead of the encoders
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """A `prepare` run that cannot go on (bad output directory, tokenizer, empty input...)."""
 
 

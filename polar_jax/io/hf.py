@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from polar_jax.errors import UserError
 from polar_jax.io import hf_names
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
@@ -30,7 +31,7 @@ _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match its config: missing, mis-shaped or unknown tensors."""
 
 
