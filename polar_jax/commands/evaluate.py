@@ -66,7 +66,7 @@ def _seen_policies(args: argparse.Namespace) -> set[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the triplets, score both candidates of each, print (and write) the accuracy table."""
-    enc_cfg = score.encoding_config_from_args(args)
+    enc_cfg = score.encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
     try:
         files = evaluate.expand_paths(args.data)

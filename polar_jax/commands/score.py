@@ -4,15 +4,19 @@ lists) with a POLAR reward model: each output row is the input row plus "reward"
     python -m polar_jax score --model DIR --input rows.jsonl --output scored.jsonl
 
 The tokenizer defaults to the model directory's; the reward token to the model config's
-`reward_token_id` (released checkpoints carry it). Bad rows stop the run at FILE:LINE unless
+`reward_token_id` (released checkpoints carry it, and so do models `train` writes); the
+encoding (lengths, cut side, wrapper) to the model directory's `encoding.json`, which `train`
+writes, else the official client's defaults. A row's "wrapper" field overrides --wrapper. Bad rows stop the run at FILE:LINE unless
 --skip-invalid is given (skipped rows are counted and reported, and not written).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 
 from polar_jax import scoring
@@ -35,23 +39,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The encoding and dtype flags shared by the commands that score with a reward model."""
-    parser.add_argument("--wrapper", choices=("sft", "pretrain"), default=_DEFAULTS.wrapper)
-    parser.add_argument("--max-length", type=int, default=_DEFAULTS.max_length)
-    parser.add_argument("--max-response-length", type=int, default=_DEFAULTS.max_response_length)
-    parser.add_argument("--response-cut-side", choices=("right", "left"), default=_DEFAULTS.response_cut_side)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    """The encoding and dtype flags shared by the commands that score with a reward model.
+
+    Each encoding flag defaults to the model directory's `encoding.json` (what `train` used),
+    else to the official client's value; a flag given on the command line wins."""
+    def default(name: str) -> str:
+        return f"default: the model's encoding.json, else {getattr(_DEFAULTS, name)}"
+
+    parser.add_argument("--wrapper", choices=("sft", "pretrain"), default=None,
+                        help=f"text template for rows without a \"wrapper\" field ({default('wrapper')})")
+    parser.add_argument("--max-length", type=int, default=None, help=f"tokens per sequence ({default('max_length')})")
+    parser.add_argument("--max-response-length", type=int, default=None,
+                        help=f"tokens kept of the reference and of the output ({default('max_response_length')})")
+    parser.add_argument("--response-cut-side", choices=("right", "left"), default=None,
+                        help=f"which end of a long response is kept ({default('response_cut_side')})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
 
 
-def encoding_config_from_args(args: argparse.Namespace) -> encoding.EncodingConfig:
-    """The EncodingConfig that `add_encoding_arguments` flags describe."""
-    return encoding.EncodingConfig(max_length=args.max_length, max_response_length=args.max_response_length,
-                                   response_cut_side=args.response_cut_side, wrapper=args.wrapper)
+ENCODING_FLAGS = ("max_length", "max_response_length", "response_cut_side", "wrapper")
+
+
+def encoding_config_from_args(args: argparse.Namespace, model_dir: str | None = None) -> encoding.EncodingConfig:
+    """The model directory's saved encoding (else the client's defaults) with the flags given on top."""
+    saved = encoding.read_encoding_file(model_dir) if model_dir and os.path.isdir(model_dir) else None
+    base = encoding.EncodingConfig.from_dict(saved["encoding"]) if saved else _DEFAULTS
+    given = {k: getattr(args, k) for k in ENCODING_FLAGS if getattr(args, k, None) is not None}
+    cfg = dataclasses.replace(base, **given)
+    log.info("encoding %s (%s%s)", cfg.to_dict(), f"{model_dir}/{encoding.ENCODING_FILE}" if saved else "the client's defaults",
+             ", flags: " + ", ".join(given) if given else "")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     """Read and validate rows, score them, write them with their rewards."""
-    enc_cfg = encoding_config_from_args(args)
+    enc_cfg = encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
     try:
         rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from polar_jax import parallel
 from polar_jax.data import pipeline as data_pipeline
-from polar_jax.data import sources, synthetic
+from polar_jax.data import encoding, prepare, sources, synthetic
 from polar_jax.io import checkpoint, models, polar_format
 from polar_jax.io.hf import Model
 from polar_jax.models import families
@@ -168,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         log.info("process %d: step %d, loss %.8f", jax.process_index(), step, logged["loss"])
     if step == config.steps and not stop.requested:
         # The finished model, loadable by `score`, `convert` and as the init of an SFT run.
-        polar_format.save_polar(Model(model_cfg, state.params, model.family, model.hf_config), workdir / "model")
+        save_model(Model(model_cfg, state.params, model.family, model.hf_config), workdir / "model", config)
         log.info("final model in %s", workdir / "model")
     if evaluated:
         log.info("held-out pairs at step %d: accuracy %.3f, loss %.4f (%d pairs)", step, evaluated["accuracy"],
@@ -176,6 +176,36 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     log.info("metrics in %s, TensorBoard events in %s", workdir / "metrics.jsonl", workdir / "tensorboard")
     return RunResult(step=step, stopped_by="signal" if stop.requested else "done", metrics=logged,
                      eval_metrics=evaluated)
+
+
+# encoding.json keys that describe a prepared directory's shards, not the model
+_DATA_ONLY_KEYS = ("tokenizer_dir", "records", "shards", "record_version")
+
+
+def save_model(model: Model, model_dir: pathlib.Path, config) -> None:
+    """Write the trained model as a self-contained directory: weights, and (data prepared by
+    `prepare`) the tokenizer as used, in the directory itself as HF keeps it, with the
+    encoding (`encoding.json`) and `reward_token_id` in its config; `score`, `evaluate`,
+    `rft` and `convert` read them, so the model needs no other flag."""
+    data_dir = prepared_data_dir(config)
+    info = encoding.read_encoding_file(data_dir) if data_dir else None
+    if info is not None:
+        model = dataclasses.replace(model, hf_config={**model.hf_config, "reward_token_id": info["reward_token_id"]})
+    polar_format.save_polar(model, model_dir)
+    if info is None or jax.process_index() != 0:
+        return
+    models.copy_tokenizer(data_dir / info.get("tokenizer_dir", prepare.TOKENIZER_DIR), model_dir)
+    saved = {k: v for k, v in info.items() if k not in _DATA_ONLY_KEYS}
+    (model_dir / encoding.ENCODING_FILE).write_text(json.dumps({**saved, "data": str(data_dir)}, indent=2) + "\n")
+
+
+def prepared_data_dir(config) -> pathlib.Path | None:
+    """The first `data.train` directory written by `prepare` (it holds encoding.json and the
+    tokenizer the ids came from); None for synthetic data or bare shard files."""
+    if config.data.kind != "array_record":
+        return None
+    first = pathlib.Path(config.data.train.split(",")[0])
+    return first if (first / encoding.ENCODING_FILE).is_file() else None
 
 
 def _global_batch(local: dict, shardings: dict) -> dict:
@@ -273,10 +303,8 @@ def _runtime(m) -> dict:
 
 
 def _data_vocab_size(config) -> int | None:
-    if config.data.kind != "array_record":
-        return None
-    encoding_file = pathlib.Path(config.data.train.split(",")[0]) / "encoding.json"
-    return json.loads(encoding_file.read_text()).get("vocab_size") if encoding_file.exists() else None
+    data_dir = prepared_data_dir(config)
+    return encoding.read_encoding_file(data_dir).get("vocab_size") if data_dir else None
 
 
 def build_sources(config):
