@@ -43,6 +43,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     # Which output heads have parameters: "lm" (logits), "reward" (scalar), "value" (per token).
     heads: tuple[str, ...] = ("lm",)
+    # A scalar bias on the "value" head (verl's critic, a token-classification head, has one).
+    value_head_bias: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay `param_dtype`
     param_dtype: str = "float32"
     remat: str = "none"
@@ -95,7 +97,7 @@ class ModelConfig:
         n = self.num_layers * per_layer + d
         if "lm" in self.heads and not self.tie_embeddings:
             n += d * self.vocab_size
-        n += d * (("reward" in self.heads) + ("value" in self.heads))
+        n += d * (("reward" in self.heads) + ("value" in self.heads)) + ("value" in self.heads and self.value_head_bias)
         if include_embedding:
             n += self.vocab_size * d
         return n

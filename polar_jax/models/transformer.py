@@ -296,6 +296,8 @@ class Transformer(nn.Module):
         if "value" in cfg.heads:
             w_d = _param(self, "value_head", (EMBED,), (cfg.d_model,), _normal(cfg))
             value_bt = jnp.einsum("btd,d->bt", hidden_btd, w_d.astype(dtype)).astype(jnp.float32)
+            if cfg.value_head_bias:
+                value_bt = value_bt + _param(self, "value_head_bias", (), (), nn.initializers.zeros).astype(jnp.float32)
 
         new_cache = None
         if cache is not None:

@@ -99,6 +99,42 @@ def read_examples(spec: str, kind: str, skip_invalid: bool = False) -> list[Exam
     return out
 
 
+TRUNCATIONS = ("error", "left")
+
+
+def filter_overlong(examples: list[Example], length, max_tokens: int, drop: bool = True, truncation: str = "error",
+                    what: str = "data.train") -> tuple[list[Example], int]:
+    """(kept examples, how many were dropped) as verl's `filter_overlong_prompts`: a prompt of
+    `length(prompt)` > `max_tokens` policy tokens is dropped when `drop`; else `truncation`
+    "error" stops at it (its FILE:LINE), "left" keeps it (its last tokens are used)."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"data.truncation={truncation!r}; choose one of {', '.join(TRUNCATIONS)}")
+    kept, longest = [], 0
+    for ex in examples:
+        n = length(ex.prompt)
+        if n <= max_tokens:
+            kept.append(ex)
+            continue
+        longest = max(longest, n)
+        if drop:
+            continue
+        if truncation == "error":
+            raise ValueError(f"{ex.source}: the prompt has {n} policy tokens > policy.max_prompt_tokens={max_tokens} "
+                             "(data.truncation=error, as verl's); filter such prompts "
+                             "(data.filter_overlong_prompts=True), keep their last tokens (data.truncation=left) or "
+                             "raise policy.max_prompt_tokens")
+        kept.append(ex)
+    dropped = len(examples) - len(kept)
+    if examples and not kept:
+        raise ValueError(f"all {len(examples)} prompts of {what} are longer than policy.max_prompt_tokens={max_tokens} "
+                         f"policy tokens (the longest has {longest}); nothing is left to train on: raise "
+                         "policy.max_prompt_tokens, or use shorter prompts")
+    if dropped:
+        log.warning("%s: dropped %d of %d prompts longer than policy.max_prompt_tokens=%d policy tokens (the longest "
+                    "has %d; data.filter_overlong_prompts)", what, dropped, len(examples), max_tokens, longest)
+    return kept, dropped
+
+
 def write_jsonl(examples: list[Example], path: str | pathlib.Path, meta: list[dict] | None = None) -> None:
     """Write `{prompt, reference[, meta]}` rows atomically (a temporary file, then a rename)."""
     path = pathlib.Path(path)

@@ -1,8 +1,11 @@
 """Every key the RFT loop reads, with its default: configs/rft_*.py start here and change what
 differs. Algorithm defaults are the released POLAR verl recipes (REFERENCE.md): GAE with
 gamma = lambda = 1, clip 0.2, no KL (neither in the reward nor as a loss), one rollout per
-prompt, a critic initialised from the policy, the raw POLAR score as the terminal reward,
-`<think>` spans stripped before scoring; actor LR 1e-6, critic LR 1e-5 (the paper's)."""
+prompt, a critic initialised from the policy (with a fresh biased value head), the raw POLAR
+score as the terminal reward, thinking stripped before scoring by the official rule; verl's
+details: "seq-mean-token-mean" loss aggregation, dual clip 3.0, message-list prompts through
+the policy's chat template, over-long prompts filtered (counted), not cut; actor LR 1e-6,
+critic LR 1e-5 (the paper's). configs/rft_qwen2_5_7b.py is the released Qwen2.5-7B recipe."""
 
 import ml_collections
 
@@ -22,8 +25,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.policy = ml_collections.ConfigDict()
     c.policy.init = ""  # the policy LM: HF directory, .gguf file or polar_jax directory
-    c.policy.template = "{prompt}"  # how the policy sees a prompt (flattened as the POLAR client does)
-    c.policy.max_prompt_tokens = 256  # longer prompts keep their last tokens; every prompt is padded to this
+    # How the policy sees a plain-string prompt ("{prompt}": as it is). Message-list prompts go through
+    # the policy tokenizer's chat template (add_generation_prompt, as verl's RLHFDataset) when
+    # chat_template is True and the tokenizer has one; otherwise they are flattened ("\n"-joined contents).
+    c.policy.template = "{prompt}"
+    c.policy.chat_template = True
+    # verl's data.max_prompt_length: every prompt is left-padded to this; longer ones are filtered out of
+    # the data (data.filter_overlong_prompts) or, if not filtered, handled by data.truncation.
+    c.policy.max_prompt_tokens = 256
     c.policy.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.policy.remat = "none"
     c.policy.attention_impl = "auto"
@@ -46,19 +55,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.model = ""  # a POLAR reward model: ours (polar_jax directory) or an imported official one
     c.reward.tokenizer = ""  # default: the reward model's own
     c.reward.batch_size = 16
-    c.reward.strip_think = True  # drop <think>...</think> from responses before scoring
+    # Thinking removed from responses before scoring: "official" (the released reward function: the text
+    # after the first <think>...</think>, stripped; unchanged without a match) | "all_spans" (every span,
+    # and an unmatched tag's side) | "none".
+    c.reward.strip_think = "official"
     c.reward.normalize = "none"  # "none" (the raw score, as released) | "batch" (whitened per batch)
     c.reward.dtype = "bfloat16"
+    # The official encoding's settings (data.encoding.EncodingConfig fields). None = from the reward model's
+    # directory (its encoding.json, written by `train`), else the official client's defaults (16384 / 4096,
+    # right cut, "sft"); a value set here overrides both.
     c.reward.encoding = ml_collections.ConfigDict(dict(
-        max_length=16384, max_response_length=4096, response_cut_side="right", wrapper="sft",
-        split_text="<|reward|>", reward_token="[UNUSED_TOKEN_130]", newline_before_empty_response=True))
+        max_length=None, max_response_length=None, response_cut_side=None, wrapper=None, split_text=None,
+        reward_token=None))
 
     c.algorithm = ml_collections.ConfigDict()
     c.algorithm.estimator = "gae"  # "gae" (PPO with a critic) | "group" (group baseline, no critic)
     c.algorithm.gamma = 1.0
     c.algorithm.lam = 1.0
     c.algorithm.clip_ratio = 0.2
+    c.algorithm.clip_ratio_c = 3.0  # dual clip (verl): for negative advantages the loss is at most -A x this
     c.algorithm.value_clip = 0.5
+    # How per-token losses (policy, value, entropy, KL loss) become one number (verl's loss_agg_mode):
+    # "seq-mean-token-mean" (each response's token mean, then the mean over responses: what the released
+    # recipes' micro-batches of 2 give in effect) | "token-mean" (one mean over all tokens of the mini-batch).
+    c.algorithm.loss_agg = "seq-mean-token-mean"
     c.algorithm.epochs = 1  # PPO epochs over each rollout batch
     c.algorithm.minibatches = 1  # optimiser steps per epoch (the batch split in this many parts)
     c.algorithm.whiten_advantages = True
@@ -71,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.critic = ml_collections.ConfigDict()
     c.critic.init = "policy"  # "policy" (as released) | "reward_model" (needs the policy's tokenizer)
     c.critic.value_head_init = "zeros"  # "zeros" | "reward_head" (copy the reward model's head)
+    # A bias on the value head: True as released (verl's critic is AutoModelForTokenClassification(num_labels=1),
+    # a fresh linear head with a bias); starts at 0.
+    c.critic.value_head_bias = True
 
     c.reference = ml_collections.ConfigDict()
     c.reference.keep = True  # a frozen copy of the initial policy: the KL terms need it; else it gives the KL metric
@@ -85,6 +108,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train = ""  # comma-separated files
     c.data.eval = ""  # held-out prompts with references (for the evaluation); "" = none
     c.data.skip_invalid = False  # strict (default): the first bad row stops the run with its FILE:LINE
+    # verl's filter_overlong_prompts: prompts longer than policy.max_prompt_tokens (in policy tokens, as the
+    # policy sees them) are dropped and counted (logged, metrics.jsonl `data_*` at step 0, rft_results.json).
+    c.data.filter_overlong_prompts = True
+    # An over-long prompt that is not filtered: "error" (verl's truncation='error': stop, naming its FILE:LINE)
+    # | "left" (keep its last tokens).
+    c.data.truncation = "error"
     c.data.shuffle = True
     c.data.eval_rows = 64  # held-out rows evaluated (the first ones)
     # data.kind = "policy_samples": prompts from a corpus, references sampled from the target policy,

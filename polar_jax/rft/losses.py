@@ -1,7 +1,10 @@
-"""The PPO losses, as verl computes them (REFERENCE.md: the released POLAR recipes): each is
-a token mean over the real response tokens of a mini-batch ("token-mean" aggregation).
+"""The PPO losses, as verl's `core_algos` computes them (REFERENCE.md: the released POLAR
+recipes). Each per-token loss [B, N] is reduced over the real response tokens by `agg_loss`:
+"seq-mean-token-mean" (each sequence's token mean, then the mean over sequences: what the
+recipes' micro-batches of 2 sequences give in effect) or "token-mean" (one mean over all tokens).
 
     policy loss  max(-A r, -A clip(r, 1 - eps, 1 + eps)),   r = exp(logp - old_logp)
+                 and, where A < 0, at most -A c (dual clip, c = clip_ratio_c = 3)
     value loss   0.5 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)
     entropy      -sum_v p log p of the (temperature-scaled) next-token distribution
     KL           estimators of KL(policy || reference) from log-probs of sampled tokens
@@ -15,29 +18,49 @@ import jax.numpy as jnp
 from polar_jax.rft.advantages import masked_mean
 
 KL_ESTIMATORS = ("k1", "abs", "k2", "low_var_kl")
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
 
 
-def ppo_policy_loss(logp_bn, old_logp_bn, advantages_bn, mask_bn, clip_ratio: float = 0.2):
-    """Clipped surrogate loss and its metrics {clip_frac, ppo_kl}. Outside [1 - eps, 1 + eps],
-    in the direction the advantage pushes, the clipped term wins and the gradient is zero."""
-    log_ratio_bn = logp_bn - old_logp_bn
+def agg_loss(loss_bn, mask_bn, mode: str = "token-mean"):
+    """A per-token loss reduced to a scalar over the masked tokens, as verl's `core_algos.agg_loss`:
+    "token-mean" = sum / tokens; "seq-mean-token-mean" = the mean over rows of each row's token
+    mean (a row without tokens counts as 0)."""
+    if mode == "token-mean":
+        return masked_mean(loss_bn, mask_bn)
+    if mode == "seq-mean-token-mean":
+        return jnp.mean(masked_mean(loss_bn, mask_bn, axis=1))
+    raise ValueError(f"algorithm.loss_agg={mode!r}; choose one of {', '.join(LOSS_AGGS)}")
+
+
+def ppo_policy_loss(logp_bn, old_logp_bn, advantages_bn, mask_bn, clip_ratio: float = 0.2, clip_ratio_c: float = 3.0,
+                    agg: str = "token-mean"):
+    """Dual-clip surrogate loss, as verl's `core_algos.compute_policy_loss`, and its metrics
+    {clip_frac, clip_frac_lower, ppo_kl}. Where a clip binds (the PPO range in the direction A
+    pushes, or the -A c bound for A < 0) the gradient is zero."""
+    log_ratio_bn = jnp.clip(logp_bn - old_logp_bn, -20.0, 20.0)  # as verl, so exp stays finite
     ratio_bn = jnp.exp(log_ratio_bn)
     unclipped_bn = -advantages_bn * ratio_bn
     clipped_bn = -advantages_bn * jnp.clip(ratio_bn, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    loss = masked_mean(jnp.maximum(unclipped_bn, clipped_bn), mask_bn)
+    ppo_bn = jnp.maximum(unclipped_bn, clipped_bn)
+    lower_bn = -advantages_bn * clip_ratio_c  # dual clip: for A < 0 the loss is at most |A| c
+    negative_bn = advantages_bn < 0
+    loss_bn = jnp.where(negative_bn, jnp.minimum(ppo_bn, lower_bn), ppo_bn)
     metrics = {
         "clip_frac": masked_mean((clipped_bn > unclipped_bn).astype(jnp.float32), mask_bn),
+        "clip_frac_lower": masked_mean((negative_bn & (ppo_bn > lower_bn)).astype(jnp.float32), mask_bn),
         "ppo_kl": masked_mean(-log_ratio_bn, mask_bn),  # KL(old || new), k1 estimate
     }
-    return loss, metrics
+    return agg_loss(loss_bn, mask_bn, agg), metrics
 
 
-def clipped_value_loss(values_bn, old_values_bn, returns_bn, mask_bn, clip_range: float = 0.5):
-    """0.5 x the larger of the plain and the clipped squared errors, and {vf_clip_frac}."""
+def clipped_value_loss(values_bn, old_values_bn, returns_bn, mask_bn, clip_range: float = 0.5,
+                       agg: str = "token-mean"):
+    """0.5 x the larger of the plain and the clipped squared errors, and {vf_clip_frac}, as
+    verl's `core_algos.compute_value_loss`."""
     clipped_values_bn = old_values_bn + jnp.clip(values_bn - old_values_bn, -clip_range, clip_range)
     plain_bn = jnp.square(values_bn - returns_bn)
     clipped_bn = jnp.square(clipped_values_bn - returns_bn)
-    loss = 0.5 * masked_mean(jnp.maximum(plain_bn, clipped_bn), mask_bn)
+    loss = 0.5 * agg_loss(jnp.maximum(plain_bn, clipped_bn), mask_bn, agg)
     return loss, {"vf_clip_frac": masked_mean((clipped_bn > plain_bn).astype(jnp.float32), mask_bn)}
 
 

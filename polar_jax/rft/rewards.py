@@ -2,7 +2,7 @@
 the official encoding (`data.encoding`), read at the reward token (`scoring.reward_scores`).
 
 The released RFT recipes strip `<think>...</think>` reasoning from a response before scoring,
-so the reward model compares answers, not thoughts (`strip_think`).
+so the reward model compares answers, not thoughts (`strip_think`, the official rule by default).
 """
 
 from __future__ import annotations
@@ -17,12 +17,28 @@ from polar_jax.data import encoding
 from polar_jax.data.encoding import Text
 
 _THINK_SPAN = re.compile(r"<think>.*?</think>", re.DOTALL)
+_OFFICIAL_THINK = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL)
+THINK_RULES = ("official", "all_spans", "none")
 
 
-def strip_think(text: str) -> str:
-    """The answer part of a response: `<think>...</think>` spans removed; a `</think>` with no
-    opening tag (the template opened it) drops everything before it; an unclosed `<think>`
-    (reasoning cut off) drops everything after it. Texts without tags are returned as is."""
+def strip_think(text: str, rule: str = "official") -> str:
+    """The answer part of a response. "official" (POLAR's `reward_func.extract_thinking_content`):
+    everything after the first `<think>` ... first `</think>`, stripped; no such pair leaves the
+    text unchanged. "all_spans": `strip_think_spans`. "none": the text as is."""
+    if rule == "official":
+        match = _OFFICIAL_THINK.search(text)
+        return match.group(2).strip() if match else text
+    if rule == "all_spans":
+        return strip_think_spans(text)
+    if rule == "none":
+        return text
+    raise ValueError(f"reward.strip_think={rule!r}; choose one of {', '.join(THINK_RULES)}")
+
+
+def strip_think_spans(text: str) -> str:
+    """The older, broader rule (an option): every `<think>...</think>` span removed; a `</think>`
+    with no opening tag drops everything before it; an unclosed `<think>` drops everything after
+    it; the result stripped. Texts without tags are returned as is."""
     if "<think>" not in text and "</think>" not in text:
         return text
     text = _THINK_SPAN.sub("", text)
@@ -43,12 +59,14 @@ class RewardModel:
     reward_token_id: int
     encoding: encoding.EncodingConfig
     batch_size: int = 16
-    strip_think: bool = True
+    strip_think: str = "official"  # THINK_RULES
+
+    def __post_init__(self):
+        strip_think("", self.strip_think)  # an unknown rule fails here, not at the first score
 
     def sequences(self, prompts: list[Text], references: list[Text], responses: list[str]) -> list[np.ndarray]:
         """The token ids the reward model reads, one per (prompt, reference, response)."""
-        if self.strip_think:
-            responses = [strip_think(r) for r in responses]
+        responses = [strip_think(r, self.strip_think) for r in responses]
         return [encoding.encode(self.tokenizer, p, ref, r, self.encoding, self.reward_token_id).ids
                 for p, ref, r in zip(prompts, references, responses)]
 

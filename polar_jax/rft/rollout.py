@@ -34,14 +34,30 @@ class Rollout(NamedTuple):
     response_lengths_b: jax.Array  # int32 [B]
 
 
-def prompt_ids(tokenizer, prompt: Text, template: str, max_tokens: int, system: str = "") -> list[int]:
-    """A policy's view of a prompt: flattened (messages joined by "\\n"), put into `template`
-    ("{prompt}", optionally "{system}"), tokenised with the tokenizer's special tokens; its
-    last `max_tokens` kept."""
-    ids = tokenizer(template.format(prompt=flatten(prompt), system=system))["input_ids"][-max_tokens:]
+def uses_chat_template(tokenizer, prompt: Text, chat_template: bool) -> bool:
+    """Whether `prompt_ids` applies the tokenizer's chat template to this prompt."""
+    return chat_template and isinstance(prompt, list) and getattr(tokenizer, "chat_template", None) is not None
+
+
+def full_prompt_ids(tokenizer, prompt: Text, template: str, system: str = "", chat_template: bool = False) -> list[int]:
+    """A policy's view of a prompt, uncut. A message list with `chat_template` (and a tokenizer
+    that has one): the chat template with the generation prompt, tokenised without adding special
+    tokens (verl's RLHFDataset). Otherwise flattened (contents joined by "\\n"), put into
+    `template` ("{prompt}", optionally "{system}") and tokenised with the special tokens."""
+    if uses_chat_template(tokenizer, prompt, chat_template):
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(template.format(prompt=flatten(prompt), system=system))["input_ids"]
     if not ids:
         raise ValueError(f"prompt {flatten(prompt)[:80]!r} tokenises to nothing")
     return ids
+
+
+def prompt_ids(tokenizer, prompt: Text, template: str, max_tokens: int, system: str = "",
+               chat_template: bool = False) -> list[int]:
+    """`full_prompt_ids` with its last `max_tokens` kept (the RFT data were filtered to fit before)."""
+    return full_prompt_ids(tokenizer, prompt, template, system, chat_template)[-max_tokens:]
 
 
 def pad_prompts(ids: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,15 +109,16 @@ class Samples(NamedTuple):
 
 
 def sample_texts(cfg: ModelConfig, params, tokenizer, prompts: list[Text], sampling: sampling_lib.SamplingConfig,
-                 key, *, template: str, prompt_width: int, batch_size: int, put=None, system: str = "") -> Samples:
+                 key, *, template: str, prompt_width: int, batch_size: int, put=None, system: str = "",
+                 chat_template: bool = False) -> Samples:
     """One sampled response per prompt, in batches of `batch_size` (the last one padded with
     copies of its first prompt); batch j draws with fold_in(key, j). `put` places each
-    batch's arrays on devices (default: as they are)."""
+    batch's arrays on devices (default: as they are); prompts as `prompt_ids` makes them."""
     put = put or (lambda x: x)
     texts, stopped, lengths = [], [], []
     for j, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
-        ids = [prompt_ids(tokenizer, p, template, prompt_width, system) for p in chunk]
+        ids = [prompt_ids(tokenizer, p, template, prompt_width, system, chat_template) for p in chunk]
         prompt_bt, lengths_b = pad_prompts(ids + [ids[0]] * (batch_size - len(ids)), prompt_width)
         batch = rollout(cfg, params, put(prompt_bt), put(lengths_b), sampling, jax.random.fold_in(key, j))
         response_bn, n_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)

@@ -37,7 +37,9 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     clip_ratio: float = 0.2
+    clip_ratio_c: float = 3.0  # dual clip: for A < 0 the policy loss is at most -A x this (verl)
     value_clip: float = 0.5
+    loss_agg: str = "seq-mean-token-mean"  # "seq-mean-token-mean" | "token-mean" (losses.agg_loss)
     epochs: int = 1
     minibatches: int = 1
     whiten_advantages: bool = True
@@ -57,6 +59,11 @@ class PPOConfig:
         if self.kl_loss_estimator not in losses.KL_ESTIMATORS:
             raise ValueError(f"algorithm.kl_loss_estimator={self.kl_loss_estimator!r}; choose one of "
                              f"{', '.join(losses.KL_ESTIMATORS)}")
+        if self.loss_agg not in losses.LOSS_AGGS:
+            raise ValueError(f"algorithm.loss_agg={self.loss_agg!r}; choose one of {', '.join(losses.LOSS_AGGS)}")
+        if self.clip_ratio_c <= 1.0:
+            raise ValueError(f"algorithm.clip_ratio_c={self.clip_ratio_c}: the dual-clip bound must be > 1 (verl "
+                             "asserts the same; 3.0 as released)")
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError("algorithm.epochs and algorithm.minibatches must be >= 1")
 
@@ -126,7 +133,7 @@ def make_experience(actor_params, critic_params, ref_params, batch: Rollout, sco
     mask_bn = batch.response_mask_bn
     logits_bnv = response_logits(actor_cfg, actor_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
     old_logp_bn = token_logprobs(logits_bnv, batch.response_bn)
-    metrics = {"entropy": masked_mean(losses.entropy(logits_bnv), mask_bn)}
+    metrics = {"entropy": losses.agg_loss(losses.entropy(logits_bnv), mask_bn, ppo.loss_agg)}
     ref_logp_bn = old_logp_bn
     if ref_params is not None:
         ref_logits_bnv = response_logits(actor_cfg, ref_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
@@ -167,17 +174,20 @@ def _apply(state: TrainState, loss, grads, opt: optax.GradientTransformation):
 
 
 def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
-    """Clipped policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference)."""
+    """Dual-clip policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference), each
+    aggregated by `ppo.loss_agg`, as verl's `dp_actor.update_policy`."""
     n = exp.response_mask_bn.shape[1]
     mask_bn = exp.response_mask_bn
     logits_bnv = response_logits(cfg, params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
     logp_bn = token_logprobs(logits_bnv, _response(exp.tokens_bt, n))
-    pg_loss, metrics = losses.ppo_policy_loss(logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio)
+    pg_loss, metrics = losses.ppo_policy_loss(logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio,
+                                              ppo.clip_ratio_c, ppo.loss_agg)
     loss = pg_loss
     if ppo.entropy_coef:
-        loss = loss - ppo.entropy_coef * masked_mean(losses.entropy(logits_bnv), mask_bn)
+        loss = loss - ppo.entropy_coef * losses.agg_loss(losses.entropy(logits_bnv), mask_bn, ppo.loss_agg)
     if ppo.kl_loss_coef:
-        kl_loss = masked_mean(losses.kl_penalty(logp_bn, exp.ref_logp_bn, ppo.kl_loss_estimator), mask_bn)
+        kl_loss = losses.agg_loss(losses.kl_penalty(logp_bn, exp.ref_logp_bn, ppo.kl_loss_estimator), mask_bn,
+                                  ppo.loss_agg)
         loss = loss + ppo.kl_loss_coef * kl_loss
         metrics["kl_loss"] = kl_loss
     metrics["policy_loss"] = pg_loss
@@ -185,11 +195,11 @@ def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
 
 
 def critic_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
-    """Clipped value loss against the GAE returns."""
+    """Clipped value loss against the GAE returns, aggregated by `ppo.loss_agg` (verl's `dp_critic`)."""
     n = exp.response_mask_bn.shape[1]
     values_bn = response_values(cfg, params, exp.tokens_bt, exp.mask_bt, n)
     loss, metrics = losses.clipped_value_loss(values_bn, exp.old_values_bn, exp.returns_bn, exp.response_mask_bn,
-                                              ppo.value_clip)
+                                              ppo.value_clip, ppo.loss_agg)
     metrics["value_loss"] = loss
     return loss, metrics
 

@@ -46,6 +46,7 @@ from polar_jax.train.trainer import TrainingDiverged, StopOnSignal
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "rft_results.json"
+ENCODING_FILE = "encoding.json"  # in a reward model's directory: {"encoding": EncodingConfig fields, ...}
 EVAL_BEFORE_FILE = "eval_before.json"
 
 
@@ -70,6 +71,7 @@ class RunResult:
     stopped_by: str  # "done" | "signal"
     metrics: dict
     results: dict  # rft_results.json's contents (a finished run with held-out data), else {}
+    data: dict = dataclasses.field(default_factory=dict)  # prompts kept / dropped as over-long, train and eval
 
 
 def _existing(path: str, what: str, hint: str) -> str:
@@ -117,12 +119,14 @@ def critic_config(config, policy_cfg, reward_cfg=None):
                              f"the policy's ({policy_cfg.vocab_size}); the critic reads policy tokens")
     else:
         raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
-    return base.replace(heads=("value",), tie_embeddings=False, dtype=policy_cfg.dtype, remat=policy_cfg.remat,
-                        attention_impl=policy_cfg.attention_impl, scan_unroll=policy_cfg.scan_unroll)
+    return base.replace(heads=("value",), tie_embeddings=False, value_head_bias=bool(config.critic.value_head_bias),
+                        dtype=policy_cfg.dtype, remat=policy_cfg.remat, attention_impl=policy_cfg.attention_impl,
+                        scan_unroll=policy_cfg.scan_unroll)
 
 
 def critic_model(config, m: Models) -> Model:
-    """The critic's initial weights: the policy's or the reward model's trunk with a value head."""
+    """The critic's initial weights: the policy's or the reward model's trunk with a value head
+    (and, with critic.value_head_bias, a bias starting at 0)."""
     cfg = critic_config(config, m.policy.cfg, m.reward.cfg)
     base = m.policy if config.critic.init == "policy" else m.reward
     head = np.zeros(base.cfg.d_model, np.float32)
@@ -130,14 +134,41 @@ def critic_model(config, m: Models) -> Model:
         head = np.asarray(base.params["reward_head"], np.float32)
     params = {k: v for k, v in base.params.items() if k not in ("lm_head", "reward_head")}
     params["value_head"] = head
+    if cfg.value_head_bias:
+        params["value_head_bias"] = np.zeros((), np.float32)
     return Model(cfg, params, base.family, base.hf_config)
+
+
+def reward_encoding(config) -> encoding.EncodingConfig:
+    """The official encoding the reward model is read with: config.reward.encoding's set (non-None)
+    fields, over the reward model directory's `encoding.json` ("encoding", as `prepare` / `train`
+    write it), over the client's defaults. Keys EncodingConfig does not have are ignored in the file."""
+    fields = {f.name for f in dataclasses.fields(encoding.EncodingConfig)}
+    explicit = {k: v for k, v in config.reward.encoding.items() if v is not None}
+    unknown = sorted(set(explicit) - fields)
+    if unknown:
+        raise ValueError(f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: {', '.join(sorted(fields))}")
+    saved = {}
+    path = pathlib.Path(config.reward.model or ".") / ENCODING_FILE
+    if config.reward.model and path.is_file():
+        try:
+            saved = json.loads(path.read_text())["encoding"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not an encoding file with an \"encoding\" object ({e}); rewrite it with "
+                             "`prepare` / `train`, or remove it to use config.reward.encoding") from e
+        saved = {k: v for k, v in saved.items() if k in fields}
+    merged = {**saved, **explicit}
+    log.info("reward encoding %s (from %s)", merged or "the client's defaults",
+             ", ".join(w for w, d in (("config.reward.encoding", explicit), (str(path), saved)) if d) or "defaults")
+    return encoding.EncodingConfig(**merged)
 
 
 def ppo_config(config) -> step.PPOConfig:
     """The algorithm section as the compiled steps' static settings."""
     a = config.algorithm
     return step.PPOConfig(
-        estimator=a.estimator, gamma=a.gamma, lam=a.lam, clip_ratio=a.clip_ratio, value_clip=a.value_clip,
+        estimator=a.estimator, gamma=a.gamma, lam=a.lam, clip_ratio=a.clip_ratio, clip_ratio_c=a.clip_ratio_c,
+        value_clip=a.value_clip, loss_agg=a.loss_agg,
         epochs=a.epochs, minibatches=a.minibatches, whiten_advantages=a.whiten_advantages,
         group_size=config.rollout.samples_per_prompt, group_normalize_std=a.group_normalize_std,
         entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_loss_coef=a.kl_loss_coef,
@@ -191,7 +222,7 @@ class Runner:
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
         rm = m.reward
-        enc_cfg = encoding.EncodingConfig(**config.reward.encoding)
+        enc_cfg = reward_encoding(config)
         self.reward = rewards.RewardModel(rm.cfg, place(rm.cfg, rm.params, mesh), m.reward_tokenizer,
                                           reward_token_id_for(rm, m.reward_tokenizer, enc_cfg), enc_cfg,
                                           config.reward.batch_size, config.reward.strip_think)
@@ -247,7 +278,8 @@ class Runner:
         sample_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
         rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
         ids = [rollout.prompt_ids(self.models.policy_tokenizer, ex.prompt, config.policy.template,
-                                  config.policy.max_prompt_tokens) for ex in rows]
+                                  config.policy.max_prompt_tokens, chat_template=config.policy.chat_template)
+               for ex in rows]
         prompt_bt, prompt_lengths_b = rollout.pad_prompts(ids, config.policy.max_prompt_tokens)
 
         start = time.perf_counter()
@@ -296,6 +328,7 @@ class Runner:
         samples = rollout.sample_texts(
             self.actor_cfg, params, self.models.policy_tokenizer, [ex.prompt for ex in examples], self.eval_sampling,
             jax.random.key(0), template=config.policy.template, prompt_width=config.policy.max_prompt_tokens,
+            chat_template=config.policy.chat_template,
             batch_size=config.eval.batch_size, put=self.put)
         scores = self.reward.score([ex.prompt for ex in examples], [ex.reference for ex in examples], samples.texts)
         out = {"reward": float(np.mean(scores)), "response_length": float(np.mean(samples.lengths))}
@@ -304,8 +337,11 @@ class Runner:
         return out
 
 
-def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | None, counting_tokenizer):
-    """(training examples, held-out examples or []); `policy_samples` has `target` write them."""
+def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | None, counting_tokenizer,
+              counts: dict | None = None):
+    """(training examples, held-out examples or []); `policy_samples` has `target` write them.
+    Prompts longer than policy.max_prompt_tokens in `counting_tokenizer` (the policy's) tokens
+    are filtered (`data_lib.filter_overlong`); `counts` receives the kept / dropped numbers."""
     d = config.data
     if d.kind == "policy_samples":
         files = references.ensure_reference_data(config, workdir, target, counting_tokenizer)
@@ -314,8 +350,24 @@ def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | N
         train_spec, eval_spec, kind = d.train, d.eval, d.kind
     if not train_spec:
         raise ValueError("data.train is empty: name the {prompt, reference} JSONL or verl parquet files")
-    train = data_lib.read_examples(train_spec, kind, d.skip_invalid)
-    heldout = data_lib.read_examples(eval_spec, kind, d.skip_invalid)[: d.eval_rows] if eval_spec else []
+    p = config.policy
+    if p.chat_template and getattr(counting_tokenizer, "chat_template", None) is None:
+        log.info("the policy's tokenizer has no chat template: message-list prompts are flattened into "
+                 "policy.template (%r)", p.template)
+
+    def length(prompt) -> int:
+        return len(rollout.full_prompt_ids(counting_tokenizer, prompt, p.template, chat_template=p.chat_template))
+
+    def load(spec: str, what: str) -> list:
+        rows = data_lib.read_examples(spec, kind, d.skip_invalid)
+        kept, dropped = data_lib.filter_overlong(rows, length, p.max_prompt_tokens, d.filter_overlong_prompts,
+                                                 d.truncation, what)
+        if counts is not None:
+            counts.update({f"{what.split('.')[-1]}_prompts": len(kept), f"{what.split('.')[-1]}_overlong": dropped})
+        return kept
+
+    train = load(train_spec, "data.train")
+    heldout = load(eval_spec, "data.eval")[: d.eval_rows] if eval_spec else []
     return train, heldout
 
 
@@ -359,7 +411,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         runner = Runner(config, m, mesh)
 
         # -------------------------------------------------------------------------- data
-        train_examples, heldout = read_data(config, workdir, runner.target, m.policy_tokenizer)
+        data_counts = {}
+        train_examples, heldout = read_data(config, workdir, runner.target, m.policy_tokenizer, data_counts)
         prompts = data_lib.PromptIterator(train_examples, config.rollout.prompts, seed=config.seed,
                                           shuffle=config.data.shuffle)
         log.info("%d training prompts, %d held-out", len(train_examples), len(heldout))
@@ -374,6 +427,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
         # -------------------------------------------------------------------------- loop
         writer = MetricsWriter(workdir, resume_step=start)
+        if start == 0:
+            writer.write(0, data_counts, "data_")  # prompts kept and dropped as over-long (train / eval)
         if start == 0 and heldout:
             before = runner.evaluate(state["actor"].params, heldout)  # the initial policy
             (workdir / EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
@@ -415,17 +470,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 if heldout:
                     after = runner.evaluate(state["actor"].params, heldout)
                     writer.write(it, after, "eval_")
-                    results = _results(workdir, runner, heldout, after, config)
+                    results = _results(workdir, runner, heldout, after, config, data_counts)
         finally:
             bar.close()
             ckpt.close()
             writer.close()
             stop.restore()
     log.info("metrics in %s, TensorBoard events in %s", workdir / "metrics.jsonl", workdir / "tensorboard")
-    return RunResult(step=it, stopped_by="signal" if stop.requested else "done", metrics=logged, results=results)
+    return RunResult(step=it, stopped_by="signal" if stop.requested else "done", metrics=logged, results=results,
+                     data=data_counts)
 
 
-def _results(workdir: pathlib.Path, runner: Runner, heldout, after: dict, config) -> dict:
+def _results(workdir: pathlib.Path, runner: Runner, heldout, after: dict, config, data_counts: dict) -> dict:
     """rft_results.json: the held-out measures before and after, and the training reward curve's ends."""
     before_file = workdir / EVAL_BEFORE_FILE
     before = (json.loads(before_file.read_text()) if before_file.exists()
@@ -439,6 +495,7 @@ def _results(workdir: pathlib.Path, runner: Runner, heldout, after: dict, config
         train_reward_first=float(np.mean(curve[:window])) if curve else None,
         train_reward_last=float(np.mean(curve[-window:])) if curve else None,
         train_reward_window=window, policy=str(workdir / "policy"),
+        **{f"data_{k}": v for k, v in data_counts.items()},
     )
     (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -131,3 +131,72 @@ def test_entropy_and_kl_estimators():
     np.testing.assert_allclose(L.kl_penalty(logp, ref, "low_var_kl"), np.exp(-d) + d - 1, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown KL estimator"):
         L.kl_penalty(logp, ref, "k9")
+
+
+# ------------------------------------------------------------------------------ verl's aggregation and dual clip
+
+# Rows of 6, 4 and 1 real tokens: the two aggregations weigh them differently.
+LOSS_BN = RNG.normal(size=(3, 6)).astype(np.float32)
+
+
+def test_the_two_loss_aggregations_equal_numpy():
+    token_mean = (LOSS_BN * MASK).sum() / MASK.sum()
+    seq_mean = np.mean([(LOSS_BN[b] * MASK[b]).sum() / MASK[b].sum() for b in range(3)])
+    assert float(L.agg_loss(LOSS_BN, MASK, "token-mean")) == pytest.approx(token_mean, rel=1e-6)
+    assert float(L.agg_loss(LOSS_BN, MASK, "seq-mean-token-mean")) == pytest.approx(seq_mean, rel=1e-6)
+    assert abs(token_mean - seq_mean) > 0.05  # the inputs tell them apart
+    # The one-token row weighs 1/3 under seq-mean-token-mean, 1/11 under token-mean.
+    one_hot = np.zeros_like(LOSS_BN)
+    one_hot[2, 0] = 1.0
+    assert float(L.agg_loss(one_hot, MASK, "seq-mean-token-mean")) == pytest.approx(1 / 3)
+    assert float(L.agg_loss(one_hot, MASK, "token-mean")) == pytest.approx(1 / 11)
+    with pytest.raises(ValueError, match="algorithm.loss_agg='sum'; choose one of seq-mean-token-mean, token-mean"):
+        L.agg_loss(LOSS_BN, MASK, "sum")
+
+
+def dual_clip_numpy(logp, old, adv, mask, eps, c, agg):
+    ratio = np.exp(logp - old)
+    ppo = np.maximum(-adv * ratio, -adv * np.clip(ratio, 1 - eps, 1 + eps))
+    loss_tok = np.where(adv < 0, np.minimum(ppo, -adv * c), ppo)
+    lower = ((adv < 0) & (ppo > -adv * c)) * mask
+    if agg == "token-mean":
+        loss = (loss_tok * mask).sum() / mask.sum()
+    else:
+        loss = np.mean((loss_tok * mask).sum(1) / mask.sum(1))
+    return loss, lower.sum() / mask.sum()
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_dual_clip_policy_loss_equals_numpy(agg):
+    # log-ratios up to 1.5 (ratio 4.5 > c = 3) on tokens with negative advantages: the lower bound binds there.
+    shift = np.array([[1.5, 1.5, 1.2, -0.3, 0.0, 1.3]] * 3, np.float32)
+    adv = np.array([[-1.0, 2.0, -0.5, -1.0, 1.0, -2.0], [-1.0, -1.0, 1.0, -0.5, 0.0, 0.0], [-3.0] + [0.0] * 5],
+                   np.float32)
+    loss, metrics = L.ppo_policy_loss(OLD + shift, OLD, adv, MASK, 0.2, 3.0, agg)
+    want_loss, want_lower = dual_clip_numpy(OLD + shift, OLD, adv, MASK, 0.2, 3.0, agg)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    # binding (A < 0, ratio > 3): row 0 tokens 0, 2, 5 (ratios 4.48, 3.32, 3.67); row 1 tokens 0, 1; row 2
+    # token 0: 6 of the 11 real tokens
+    assert float(metrics["clip_frac_lower"]) == pytest.approx(want_lower) == pytest.approx(6 / 11)
+    # without the dual clip (c huge) the loss is larger: the bound only ever lowers it
+    plain, _ = L.ppo_policy_loss(OLD + shift, OLD, adv, MASK, 0.2, 1e9, agg)
+    assert float(plain) > float(loss) + 0.5
+
+
+def test_dual_clip_gradient_is_zero_where_the_lower_bound_binds():
+    mask = np.ones((1, 4), np.float32)
+    log_ratio = np.array([[1.5, 0.9, 1.5, 0.5]], np.float32)  # ratios 4.48, 2.46, 4.48, 1.65
+    adv = np.array([[-1.0, -1.0, 1.0, -1.0]], np.float32)
+    old = np.zeros((1, 4), np.float32)
+    grad = np.asarray(jax.grad(lambda lp: L.ppo_policy_loss(lp, old, adv, mask, 0.2, 3.0)[0])(jnp.asarray(log_ratio)))
+    assert grad[0, 0] == 0.0  # A < 0, ratio > c: the loss is the constant -A c
+    assert grad[0, 2] == 0.0  # A > 0, ratio > 1 + eps: the ordinary clip
+    # A < 0 with ratio below c: the unclipped term, d/dlogp = -A ratio / n
+    np.testing.assert_allclose(grad[0, [1, 3]], np.exp(log_ratio[0, [1, 3]]) / 4, rtol=1e-6)
+
+
+def test_value_loss_follows_the_aggregation():
+    values, returns = VALUES + 0.3, RNG.normal(size=(3, 6)).astype(np.float32)
+    sq = np.maximum((values - returns) ** 2, (VALUES + 0.3 - returns) ** 2)  # within the clip: plain error
+    loss, _ = L.clipped_value_loss(values, VALUES, returns, MASK, 0.5, "seq-mean-token-mean")
+    assert float(loss) == pytest.approx(0.5 * np.mean((sq * MASK).sum(1) / MASK.sum(1)), rel=1e-5)

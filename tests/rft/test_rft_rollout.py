@@ -1,9 +1,12 @@
 """Rollouts and their rewards: the [left-padded prompt | response] layout, log-probs that
 match the sampler's, `<think>` stripping, and POLAR scores equal to the `score` path's."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from polar_jax import sampling
 from polar_jax.data import encoding
@@ -41,12 +44,35 @@ def test_update_log_probs_equal_the_samplers(tiny):
     assert float(jnp.min(gen.logprobs_bn)) < -1.0  # real, non-trivial log-probs were compared
 
 
-def test_strip_think():
-    assert rewards.strip_think("plain answer ") == "plain answer "
-    assert rewards.strip_think("<think>hmm\nlet me see</think>\n\nBeijing.") == "Beijing."
-    assert rewards.strip_think("a <think>x</think> b <think>y</think> c") == "a  b  c"
-    assert rewards.strip_think("reasoning the template opened</think> Beijing.") == "Beijing."
-    assert rewards.strip_think("Beijing. <think>cut off mid-thought") == "Beijing."
+def official_strip(text: str) -> str:
+    """POLAR's reward_func.extract_thinking_content, as its README states it (the remainder)."""
+    match = re.search(r"<think>(.*?)</think>(.*)", text, re.DOTALL)
+    return match.group(2).strip() if match else text
+
+
+@pytest.mark.parametrize("text,want", [
+    ("plain answer ", "plain answer "),  # no tags: unchanged, not even stripped
+    ("  spaced  ", "  spaced  "),
+    ("<think>hmm\nlet me see</think>\n\nBeijing.  ", "Beijing."),  # the remainder, whitespace stripped
+    ("Beijing. <think>cut off mid-thought", "Beijing. <think>cut off mid-thought"),  # unclosed: unchanged
+    ("reasoning the template opened</think> Beijing.", "reasoning the template opened</think> Beijing."),
+    ("a <think>x</think> b <think>y</think> c", "b <think>y</think> c"),  # first pair; later spans remain
+    ("<think>x</think>y</think>z", "y</think>z"),  # the first </think> closes the span
+    ("<think>only thoughts</think>  \n", ""),  # empty remainder
+    ("pre <think>\nmulti\nline\n</think>\tans\n", "ans"),  # text before the span is dropped too
+])
+def test_strip_think_is_the_official_rule(text, want):
+    assert rewards.strip_think(text) == want == official_strip(text)
+    assert rewards.strip_think(text, "none") == text
+
+
+def test_strip_think_all_spans_is_a_named_option():
+    assert rewards.strip_think("plain answer ", "all_spans") == "plain answer "
+    assert rewards.strip_think("a <think>x</think> b <think>y</think> c", "all_spans") == "a  b  c"
+    assert rewards.strip_think("reasoning the template opened</think> Beijing.", "all_spans") == "Beijing."
+    assert rewards.strip_think("Beijing. <think>cut off mid-thought", "all_spans") == "Beijing."
+    with pytest.raises(ValueError, match="reward.strip_think='yes'; choose one of official, all_spans, none"):
+        rewards.strip_think("x", "yes")
 
 
 def test_rollout_scores_equal_the_score_command_path(tiny):
