@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib
+import json
 import logging
 import os
 import shutil
 import sys
+import traceback
+
+from polar_jax import errors
 
 # command name -> (module under polar_jax.commands, one-line help)
 COMMANDS = {
@@ -26,6 +30,84 @@ COMMANDS = {
 }
 
 CONFIG_COMMANDS = {"train", "synth", "scaling", "compile", "rft"}
+CONFIG_USAGE = "[--config.KEY=VALUE ...]"
+CONFIG_EXAMPLES = {"train": "--config.steps=200 --config.optim.lr=3e-4", "rft": "--config.iterations=50",
+                   "synth": "--config.num_triplets=128", "scaling": "--config.train.optim.lr=1e-3",
+                   "compile": "--config.mesh.fsdp=-1"}
+CONFIG_EPILOG = """config overrides:
+  --config.KEY=VALUE, or --config.KEY VALUE (repeatable), e.g. {example}
+  KEY is a dotted path into the config; VALUE is parsed like Python. Every key's type and
+  range is checked before any work starts."""
+# User errors print one line and exit 2 (the traceback only with -v); anything else is a bug and keeps it.
+USER_OS_ERRORS = (OSError,)  # a missing, unreadable or misplaced file (or a full disk): the message names it
+USER_VALUE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)  # bad input files, wherever they are read
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their examples as written; every flag's help ends with its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if ("%(default)" in help_text or "(default" in help_text or default is None or default is False
+                or default is argparse.SUPPRESS or default in ("", [], ()) or action.required):
+            return help_text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{help_text} (default: {str(shown).replace('%', '%%')})".lstrip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`polar-jax CMD: error: ...`, exit 2) and our help format."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """One line on stderr, exit status 2 (argparse's own prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether `e` is a mistake the user can fix from its message (UserError, a missing or unreadable
+    file, a bad input file, or a ValueError raised by polar_jax's own code or a config file)."""
+    if isinstance(e, (errors.UserError, USER_OS_ERRORS, USER_VALUE_ERRORS)):
+        return True
+    if isinstance(e, ValueError):  # raised on purpose by our code (its messages say what to change)
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename) if tb is not None else ""
+        if filename.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep):
+            return True
+        installed = any(filename.startswith(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+        return not installed and os.path.exists(filename)  # a config file's get_config()
+    return False
+
+
+def error_line(e: BaseException) -> str:
+    """The exception's message as one line."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    elif isinstance(e, KeyError) and len(e.args) == 1:
+        text = str(e.args[0])
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def join_config_values(argv: list[str]) -> list[str]:
+    """`--config.KEY VALUE` (a space, as other flags take) becomes `--config.KEY=VALUE`."""
+    out, i = [], 0
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--config.") and "=" not in item and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{item}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(item)
+            i += 1
+    return out
 
 
 def _quiet_cpu_only_host() -> None:
@@ -41,27 +123,41 @@ def _quiet_cpu_only_host() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run one command; returns the exit code."""
+    """Parse the command line and run one command; returns the exit code (2: a user error)."""
     _quiet_cpu_only_host()
-    parser = argparse.ArgumentParser(prog="polar-jax", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # transformers prints "PyTorch was not found..." at import (an advisory warning): we need only its tokenizers.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    argv = join_config_values(sys.argv[1:] if argv is None else list(argv))
+    parser = ArgumentParser(prog="polar-jax", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    argv = sys.argv[1:] if argv is None else list(argv)
     # Only the chosen command's module is imported (they pull in different libraries).
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    module = None
+    module = command_parser = None
     for name, (module_name, help_text) in COMMANDS.items():
-        if name == chosen:
-            module = importlib.import_module(f"polar_jax.commands.{module_name}")
-            module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
-        else:
+        if name != chosen:
             sub.add_parser(name, help=help_text)
-    args, extra = parser.parse_known_args(argv)
-    # Commands that read a config file take --config.KEY=VALUE overrides; anything else unknown is an error.
-    args.overrides = [a for a in extra if a.startswith("--config.")]
-    unknown = [a for a in extra if a not in args.overrides]
-    if unknown or (args.overrides and args.command not in CONFIG_COMMANDS):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+            continue
+        module = importlib.import_module(f"polar_jax.commands.{module_name}")
+        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                        epilog=CONFIG_EPILOG.format(example=CONFIG_EXAMPLES[name])
+                                        if name in CONFIG_COMMANDS else None)
+        module.add_arguments(command_parser)
+        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                    help="debug logging; tracebacks of errors")
+        if name in CONFIG_COMMANDS:
+            usage = command_parser.format_usage().removeprefix("usage: ").rstrip("\n")
+            command_parser.usage = f"{usage} {CONFIG_USAGE}".replace(command_parser.prog, "%(prog)s", 1)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # Commands that read a config file take --config.KEY=VALUE overrides; anything else unknown is an error.
+        args.overrides = [a for a in extra if a.startswith("--config.")]
+        unknown = [a for a in extra if a not in args.overrides]
+        if unknown or (args.overrides and args.command not in CONFIG_COMMANDS):
+            command_parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}"
+                                 + ("" if unknown else f" ({args.command} reads no config)"))
+    except SystemExit as e:  # --help (0) or a one-line argparse error (2)
+        return e.code if isinstance(e.code, int) else 2
     # Our messages at INFO, other libraries' (orbax, absl, grain) at WARNING; -v shows all.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -69,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         force=True,  # imported libraries may have configured the root logger already
     )
     logging.getLogger("polar_jax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    return module.run(args)
+    try:
+        return module.run(args)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"polar-jax {args.command}: error: {error_line(e)}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

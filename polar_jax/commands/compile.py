@@ -23,38 +23,42 @@ import logging
 import pathlib
 
 from polar_jax import aot
+from polar_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `compile` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG)")
+    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
     parser.add_argument("--topology", required=True, help="v5p:4x4x4, v5e:16x16, v6e:8x8, v5p-128, v5litepod-256, ...")
     parser.add_argument("--stage", choices=aot.STAGES, default="train",
-                        help="train: the trainer's update step (default); sample: the KV-cache sampler of the "
+                        help="train: the trainer's update step; sample: the KV-cache sampler of the "
                              "config's model as a causal LM; rft: the PPO update of an RFT config (configs/rft_*.py), "
                              "actor and critic, shapes from the policy's config.json")
-    parser.add_argument("--sample-batch", type=int, default=None, help="sample: prompts per call (default data.batch_size)")
+    parser.add_argument("--sample-batch", type=int, default=None, help="sample: prompts per call (default: the config's data.batch_size)")
     parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")
-    parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    parser.add_argument("--hlo", default=None, help="also write the compiled HLO text to this file")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON to this file")
+    parser.add_argument("--hlo", default=None, metavar="FILE", help="also write the compiled HLO text to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Compile and print the report; 0 fits, 1 does not, 2 nothing compiled."""
     aot.prepare_environment()  # before anything initialises a JAX backend
+    from polar_jax import config_checks
     from polar_jax.config_loading import load_config
 
+    config = load_config(args.config, args.overrides)
+    kind = "rft" if args.stage == "rft" else "train"
+    if (kind == "rft") == ("iterations" in config):  # else the wrong kind: compile_step says so
+        config_checks.check(config, kind, source=args.config, overrides=args.overrides)
     try:
-        config = load_config(args.config, args.overrides)
         report = aot.compile_step(config, args.topology, args.stage, config_name=args.config,
                                   sample_batch=args.sample_batch, prompt_len=args.prompt_len,
                                   max_new_tokens=args.max_new_tokens, hlo_path=args.hlo)
-    except (aot.LibtpuMissing, aot.StageUnavailable, ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 2
+    except (aot.LibtpuMissing, aot.StageUnavailable) as e:
+        raise UserError(str(e)) from e
     print(report.format(), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")

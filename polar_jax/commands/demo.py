@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import json
 
+from polar_jax.errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `demo`."""
-    parser.add_argument("--workdir", default="runs/demo", help="where every stage writes (default runs/demo)")
+    parser.add_argument("--workdir", default="runs/demo", help="where every stage writes (a rerun resumes)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a DemoConfig field (JSON value), e.g. --set rm_steps=100 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -29,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
     for item in args.set:
         name, sep, raw = item.partition("=")
         if not sep or name not in fields:
-            raise SystemExit(f"demo: --set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        value = json.loads(raw)
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--set {item!r}: VALUE must be JSON (a number, true/false, \"a string\", [a, list]): {e}") from e
         changes[name] = tuple(value) if isinstance(value, list) else value
     results = demo.run_demo(args.workdir, demo.DemoConfig(**changes), progress=not args.no_progress)
     print(demo.format_results(results))

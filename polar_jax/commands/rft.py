@@ -20,14 +20,14 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `rft` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG)")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard, policy/, results")
+    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
+    parser.add_argument("--workdir", required=True, help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, policy/, rft_results.json (a rerun resumes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config and train (or resume)."""
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check="rft")
     from polar_jax.rft import trainer  # after parsing: importing touches JAX
 
     try:
@@ -35,9 +35,6 @@ def run(args: argparse.Namespace) -> int:
     except trainer.TrainingDiverged as e:
         log.error("%s", e)
         return 3
-    except FileNotFoundError as e:
-        log.error("%s", e)
-        return 2
     log.info("stopped at iteration %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)
     if result.results:
         print(json.dumps(result.results, indent=1))

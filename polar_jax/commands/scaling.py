@@ -18,19 +18,20 @@ import logging
 import pathlib
 
 from polar_jax.config_loading import load_config
+from polar_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `scaling` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/scaling/NAME.py")
+    parser.add_argument("--config", required=True, help="configs/scaling/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
     parser.add_argument("--workdir", required=True, help="the sweep's directory: runs/, scaling.csv, fit.json, *.png")
     parser.add_argument("--launch", choices=("local", "pod"), default="local",
                         help="local: train the runs here, one after another; pod: print a launch/tpu_pod.sh "
                              "command per unfinished run (and DIR/launch_pod.sh), then fit what has finished")
-    parser.add_argument("--tpu", default="TPU_NAME", help="pod: the TPU VM name")
-    parser.add_argument("--zone", default="ZONE", help="pod: its zone")
+    parser.add_argument("--tpu", default="TPU_NAME", help="pod: the TPU VM name written into the launch lines")
+    parser.add_argument("--zone", default="ZONE", help="pod: the TPU VM's zone written into the launch lines")
     parser.add_argument("--only", default="",
                         help="comma-separated run or size names to train (a size: all its seeds; the fit uses every "
                              "finished run)")
@@ -44,21 +45,16 @@ def run(args: argparse.Namespace) -> int:
     from polar_jax.scaling import sweep
 
     workdir = pathlib.Path(args.workdir)
-    try:
-        config = load_config(args.config, args.overrides)
-        plans = sweep.plan(config, workdir, check=args.launch == "local" and not (args.collect_only or args.list))
-    except (sweep.SweepError, KeyError, TypeError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 2
+    config = load_config(args.config, args.overrides, check="scaling")
+    plans = sweep.plan(config, workdir, check=args.launch == "local" and not (args.collect_only or args.list))
     if args.list:
         print(sweep.describe_plans(plans))
         return 0
     only = {n for n in args.only.split(",") if n}
     unknown = only - {p.name for p in plans} - {p.size for p in plans}
     if unknown:
-        log.error("--only %s: no such run or size; the runs are %s", ",".join(sorted(unknown)),
-                  ", ".join(p.name for p in plans))
-        return 2
+        raise UserError(f"--only {','.join(sorted(unknown))}: no such run or size; the runs are "
+                        f"{', '.join(p.name for p in plans)}")
     chosen = [p for p in plans if not only or p.name in only or p.size in only]
     if args.collect_only:
         pass

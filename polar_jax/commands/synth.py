@@ -1,6 +1,6 @@
 """Sample policy-discrimination triplets from a policy pool into JSONL shards; rerun to resume.
 
-    python -m polar_jax synth --config configs/synth_smollm2.py --out DIR [--config.KEY=VALUE ...]
+    python -m polar_jax synth --config configs/synth_smollm2.py --output DIR [--config.KEY=VALUE ...]
 
 For each prompt, policies A != B are drawn; A writes the reference and the chosen, B the
 rejected. Rows are the official {prompt, reference, chosen, rejected} format, with the
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `synth` (config overrides come as extra --config.KEY=VALUE arguments)."""
     parser.add_argument("--config", required=True, help="configs/synth_NAME.py")
-    parser.add_argument("--out", required=True, help="directory for triplets-*.jsonl (a rerun resumes)")
+    parser.add_argument("--output", "--out", dest="output", required=True, metavar="DIR",
+                        help="directory for triplets-*.jsonl (a rerun resumes); --out is the old spelling")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -28,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     """Build the pool, prompts and plan from the config; synthesise."""
     from polar_jax.synth import from_config, synthesize
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check="synth")
     pool, prompts, plan = from_config.build(config)
-    summary = synthesize.synthesize(pool, prompts, plan, args.out, progress=not args.no_progress)
+    summary = synthesize.synthesize(pool, prompts, plan, args.output, progress=not args.no_progress)
     log.info("%d triplets in %s (%d dropped for an empty response, %d responses cut at a repetition loop); "
-             "%d new tokens in %.1fs this run", summary["triplets"], args.out, summary["empty_response"],
+             "%d new tokens in %.1fs this run", summary["triplets"], args.output, summary["empty_response"],
              summary["loop_truncated"], summary["new_tokens"], summary["seconds_this_run"])
     return 0

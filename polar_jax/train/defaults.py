@@ -10,10 +10,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.steps = 1000
-    c.log_every = 10
+    c.log_every = 10  # 0 = never (the last step is always logged)
     c.eval_every = 500  # 0 = no evaluation
     c.eval_batches = 8
-    c.checkpoint_every = 500
+    c.checkpoint_every = 500  # 0 = never (the last step and checkpoint_minutes still save)
     c.checkpoint_minutes = 30.0  # also save when this long has passed since the last save
     c.keep_checkpoints = 3
     c.max_bad_steps = 10  # this many non-finite steps in a row stop the run

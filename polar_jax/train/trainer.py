@@ -122,8 +122,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 step += 1
                 bar.update(1)
                 window_tokens = window_tokens + metrics["tokens"]  # stays on device: no sync per step
-                at_log = step % config.log_every == 0 or step == config.steps
-                at_save = step % config.checkpoint_every == 0 or step == config.steps
+                # 0 = never (config_checks): the last step is still logged and saved
+                at_log = step == config.steps or bool(config.log_every) and step % config.log_every == 0
+                at_save = step == config.steps or bool(config.checkpoint_every) and step % config.checkpoint_every == 0
                 # Reading the guard's counter waits for the step, so only where we stop anyway; skipped
                 # steps leave the parameters untouched, so a late stop loses no good work.
                 diverged = (at_log or at_save) and int(metrics["bad_streak"]) >= config.max_bad_steps

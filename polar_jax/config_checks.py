@@ -1,0 +1,285 @@
+"""Config validation before any work starts: one table per config kind (train, rft, synth,
+scaling) of each key's type and range, checked by `check`. A bad value fails with one
+ConfigError naming the key, the value, the rule and where the value came from.
+
+Cadences (`log_every`, `checkpoint_every`, `eval_every`) accept 0 = never; the last step of a
+run is still logged and saved. A key in neither the table nor the kind's defaults (where it has
+a defaults module) is refused with the nearest known names: a misspelt key would otherwise be
+ignored. A default without a rule is held to its default's type."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Mapping
+
+from polar_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One key's type and range; `describe()` is the rule as an error message states it."""
+
+    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "seq" | "records" | "any"
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself excluded
+    open_high: bool = False
+    also: tuple = ()  # further allowed values (e.g. -1 = "the rest" for a mesh axis)
+    choices: tuple = ()
+    none: bool = False  # None also allowed
+    item: "Rule | None" = None  # seq: the rule of each element
+    fields: Mapping[str, "Rule"] | None = None  # records: the table of each element (a dict)
+    note: str = ""  # what a special value means, e.g. "0 = never"
+
+    def describe(self) -> str:
+        """E.g. 'an integer >= 1', 'a number in (0, 1]', "one of 'packed', 'padded'"."""
+        if self.kind == "any":
+            return "anything"
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind in ("seq", "records"):
+            text = "a list" + (f" of {self.item.describe()}" if self.item else "")
+        else:
+            text = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}[self.kind]
+            if self.low is not None and self.high is not None:
+                text += (f" in {'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}"
+                         f"{')' if self.open_high else ']'}")
+            elif self.low is not None:
+                text += f" {'>' if self.open_low else '>='} {_num(self.low)}"
+            elif self.high is not None:
+                text += f" {'<' if self.open_high else '<='} {_num(self.high)}"
+        for value in self.also:
+            text += f" or {value!r}"
+        if self.none:
+            text += " or None"
+        return text + (f" ({self.note})" if self.note else "")
+
+    def accepts(self, value: Any) -> bool:
+        """Whether `value` is of this rule's type and within its range."""
+        if self.kind == "any":
+            return True
+        if value is None:
+            return self.none
+        if value in self.also and not isinstance(value, bool):
+            return True
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str)
+        if self.kind in ("seq", "records"):
+            return isinstance(value, (list, tuple)) and (self.item is None or all(self.item.accepts(v) for v in value))
+        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else (int, float)):
+            return False
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def Int(ge=None, le=None, *, also=(), none=False, note="") -> Rule:
+    """An integer within [ge, le] (either side optional)."""
+    return Rule("int", low=ge, high=le, also=also, none=none, note=note)
+
+
+def Float(*, gt=None, ge=None, lt=None, le=None, none=False, note="") -> Rule:
+    """A number (ints widen) with optional bounds; gt/lt exclude the bound."""
+    return Rule("float", low=gt if gt is not None else ge, high=lt if lt is not None else le,
+                open_low=gt is not None, open_high=lt is not None, none=none, note=note)
+
+
+def OneOf(*choices: str, none: bool = False) -> Rule:
+    """One of these strings (or None)."""
+    return Rule("choice", choices=choices, none=none)
+
+
+def Seq(item: Rule | None = None) -> Rule:
+    """A list or tuple (each element checked by `item` when given)."""
+    return Rule("seq", item=item)
+
+
+def Records(fields: Mapping[str, Rule]) -> Rule:
+    """A list of dicts, each checked against its own table."""
+    return Rule("records", fields=fields)
+
+
+BOOL, STR = Rule("bool"), Rule("str")
+NEVER = "0 = never"
+DTYPES = OneOf("float32", "bfloat16", "float16")
+MESH_AXIS = Int(ge=1, also=(-1,), note="-1 takes the rest")
+PROBABILITY = Float(ge=0, le=1)
+
+
+def _optim() -> dict[str, Rule]:
+    return {"lr": Float(gt=0), "b1": Float(ge=0, lt=1), "b2": Float(ge=0, lt=1), "weight_decay": Float(ge=0),
+            "clip_norm": Float(gt=0), "warmup_fraction": PROBABILITY, "final_lr_fraction": PROBABILITY}
+
+
+def _prefixed(prefix: str, table: Mapping[str, Rule]) -> dict[str, Rule]:
+    return {f"{prefix}.{key}": rule for key, rule in table.items()}
+
+
+_RUNTIME = {"remat": OneOf("none", "full", "dots", "dots_no_batch"), "attention_impl": OneOf("auto", "xla", "cudnn", "pallas"),
+            "scan_unroll": Int(ge=1)}
+
+TRAIN: dict[str, Rule] = {
+    "seed": Int(ge=0), "steps": Int(ge=1), "log_every": Int(ge=0, note=NEVER),
+    "eval_every": Int(ge=0, note=NEVER), "eval_batches": Int(ge=1), "checkpoint_every": Int(ge=0, note=NEVER),
+    "checkpoint_minutes": Float(gt=0), "keep_checkpoints": Int(ge=1), "max_bad_steps": Int(ge=1),
+    "accum_steps": Int(ge=1), "margin": Float(), "peak_tflops": Float(ge=0, note="0 = look it up"),
+    "model.init": STR, "model.reward_head_init": OneOf("zeros", "normal"),
+    **{f"model.{size}": Int(ge=1, none=True) for size in
+       ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")},
+    "model.dtype": DTYPES, **_prefixed("model", _RUNTIME),
+    "data.kind": OneOf("array_record", "synthetic"), "data.train": STR, "data.eval": STR,
+    "data.synthetic_train_examples": Int(ge=1), "data.synthetic_eval_examples": Int(ge=1),
+    "data.synthetic_concentration": Float(gt=0), "data.synthetic_vocab_size": Int(ge=2),
+    "data.batch_size": Int(ge=1), "data.seq_len": Int(ge=8), "data.max_pairs_per_row": Int(ge=1),
+    "data.mode": OneOf("packed", "padded"), "data.num_workers": Int(ge=0),
+    "mesh.data": MESH_AXIS, "mesh.fsdp": MESH_AXIS, "mesh.tensor": MESH_AXIS,
+    **_prefixed("optim", _optim()),
+}
+
+_SAMPLING = {"temperature": Float(ge=0), "top_k": Int(ge=0, note="0 = off"), "top_p": Float(gt=0, le=1)}
+
+RFT: dict[str, Rule] = {
+    "seed": Int(ge=0), "iterations": Int(ge=1), "log_every": Int(ge=0, note=NEVER),
+    "eval_every": Int(ge=0, note="0 = at the start and end only"), "checkpoint_every": Int(ge=0, note=NEVER),
+    "checkpoint_minutes": Float(gt=0), "keep_checkpoints": Int(ge=1), "max_bad_steps": Int(ge=1), "setup_hint": STR,
+    "policy.init": STR, "policy.template": STR, "policy.chat_template": BOOL, "policy.max_prompt_tokens": Int(ge=1), "policy.dtype": DTYPES,
+    **_prefixed("policy", _RUNTIME),
+    "rollout.prompts": Int(ge=1), "rollout.samples_per_prompt": Int(ge=1), "rollout.max_new_tokens": Int(ge=1),
+    **_prefixed("rollout", _SAMPLING), "rollout.stop": Seq(STR),
+    "rollout.loop_max_ngram": Int(ge=0, note="0 = off"), "rollout.loop_repeats": Int(ge=2),
+    "reward.model": STR, "reward.tokenizer": STR, "reward.batch_size": Int(ge=1), "reward.strip_think": OneOf("official", "all_spans", "none"),
+    "reward.normalize": OneOf("none", "batch"), "reward.dtype": DTYPES,
+    # None = from the reward model's directory, else the official client's defaults
+    "reward.encoding.max_length": Int(ge=8, none=True), "reward.encoding.max_response_length": Int(ge=1, none=True),
+    "reward.encoding.response_cut_side": OneOf("right", "left", none=True),
+    "reward.encoding.wrapper": OneOf("sft", "pretrain", none=True),
+    "reward.encoding.split_text": Rule("str", none=True), "reward.encoding.reward_token": Rule("str", none=True),
+    "algorithm.estimator": OneOf("gae", "group"), "algorithm.gamma": PROBABILITY, "algorithm.lam": PROBABILITY,
+    "algorithm.clip_ratio": Float(gt=0), "algorithm.clip_ratio_c": Float(gt=1), "algorithm.value_clip": Float(gt=0),
+    "algorithm.loss_agg": OneOf("seq-mean-token-mean", "token-mean"), "algorithm.epochs": Int(ge=1),
+    "algorithm.minibatches": Int(ge=1), "algorithm.whiten_advantages": BOOL, "algorithm.group_normalize_std": BOOL,
+    "algorithm.entropy_coef": Float(ge=0), "algorithm.kl_coef": Float(ge=0), "algorithm.kl_loss_coef": Float(ge=0),
+    "algorithm.kl_loss_estimator": OneOf("k1", "abs", "k2", "low_var_kl"),
+    "critic.init": OneOf("policy", "reward_model"), "critic.value_head_init": OneOf("zeros", "reward_head"),
+    "critic.value_head_bias": BOOL,
+    "reference.keep": BOOL,
+    **_prefixed("actor_optim", _optim()), **_prefixed("critic_optim", _optim()),
+    "data.kind": OneOf("jsonl", "parquet", "policy_samples"), "data.train": STR, "data.eval": STR,
+    "data.skip_invalid": BOOL, "data.filter_overlong_prompts": BOOL, "data.truncation": OneOf("error", "left"),
+    "data.shuffle": BOOL, "data.eval_rows": Int(ge=1), "data.prompts": STR,
+    "data.prompt_tokens": Seq(Int(ge=1)), "data.heldout_every": Int(ge=2), "data.train_prompts": Int(ge=1),
+    "data.eval_prompts": Int(ge=1),
+    "target.checkpoint": STR, "target.template": STR, "target.system": STR, "target.stop": Seq(STR),
+    **_prefixed("target", _SAMPLING), "target.max_new_tokens": Int(ge=1), "target.max_prompt_tokens": Int(ge=1),
+    "target.loop_max_ngram": Int(ge=0, note="0 = off"),
+    "eval.batch_size": Int(ge=1), **_prefixed("eval", _SAMPLING),
+    "mesh.data": MESH_AXIS, "mesh.fsdp": MESH_AXIS, "mesh.tensor": MESH_AXIS,
+}
+
+POLICY: dict[str, Rule] = {  # a synth pool entry (synth.pool.PolicySpec)
+    "name": STR, "checkpoint": STR, **_SAMPLING, "max_new_tokens": Int(ge=1), "system": STR, "template": STR,
+    "stop": Seq(STR), "max_prompt_tokens": Int(ge=1), "weight": Float(gt=0),
+}
+
+SYNTH: dict[str, Rule] = {
+    "seed": Int(ge=0), "num_triplets": Int(ge=1), "shard_size": Int(ge=1), "batch_size": Int(ge=1),
+    "prompt_bucket": Int(ge=1), "policies": Records(POLICY), "draw_from": Seq(STR), "must_include": Seq(STR),
+    "prompts.corpus": STR, "prompts.split": OneOf("train", "heldout", "all"), "prompts.heldout_every": Int(ge=2),
+    "prompts.min_tokens": Int(ge=1), "prompts.max_tokens": Int(ge=1), "prompts.tokenizer": STR,
+    "prompts.instructions": STR, "prompts.instruction_fraction": PROBABILITY,
+}
+
+SCALING: dict[str, Rule] = {
+    **_prefixed("train", TRAIN),
+    "family.aspect_ratio": Int(ge=1), "family.head_dim": Int(ge=1), "family.kv_group": Int(ge=1),
+    "family.mlp_multiple": Int(ge=1), "layers": Seq(Int(ge=1)), "base_models": STR,
+    "budget.kind": OneOf("steps", "tokens", "tokens_per_param"), "budget.value": Float(gt=0),
+    "budget.fill": Float(gt=0, le=1), "lr.rule": OneOf("fixed", "paper"), "lr.base_tokens_m": Float(ge=0),
+    "batch.rule": OneOf("fixed", "paper"), "batch.pairs_per_row": Float(gt=0), "batch.multiple": Int(ge=1),
+    "evals_per_run": Int(ge=1), "logs_per_run": Int(ge=1), "checkpoints_per_run": Int(ge=1),
+    "fit_params": OneOf("non_embedding", "total"), "seeds": Seq(Int(ge=0)), "data_dir": STR, "eval_split": STR,
+    "data_hint": STR,
+}
+
+TABLES = {"train": TRAIN, "rft": RFT, "synth": SYNTH, "scaling": SCALING}
+# Where a kind's defaults live: keys there are known even without a rule (their type is the default's).
+DEFAULTS = {"train": "polar_jax.train.defaults", "rft": "polar_jax.rft.defaults"}
+
+
+def defaults(kind: str) -> dict[str, Any]:
+    """The flattened defaults of a config kind ({} where there is no defaults module)."""
+    if kind == "scaling":
+        return {f"train.{k}": v for k, v in defaults("train").items()}
+    if kind not in DEFAULTS:
+        return {}
+    return flatten(importlib.import_module(DEFAULTS[kind]).base_config())
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf values of a (nested) ConfigDict / dict by dotted key."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items") and not isinstance(value, (str, bytes)):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def check(config: Any, kind: str, source: str = "the config", overrides=()) -> None:
+    """Raise ConfigError on the first key of `config` that its kind's table refuses, or that neither
+    the table nor the defaults know. `source` (the config file) and `overrides` (--config.KEY=VALUE)
+    say where a value came from."""
+    known = defaults(kind)
+    table = {**{k: _type_rule(v) for k, v in known.items() if k not in TABLES[kind]}, **TABLES[kind]}
+    _check_table(flatten(config), table, "config.", source, overrides)
+
+
+def _type_rule(default: Any) -> Rule:
+    """The rule of a key with a default but no entry in its table: the default's type."""
+    if default is None:
+        return Rule("any")
+    if isinstance(default, bool):
+        return BOOL
+    if isinstance(default, (list, tuple)):
+        return Seq()
+    return {int: Int(), float: Float(), str: STR}.get(type(default), Rule("any"))
+
+
+def _check_table(values: Mapping[str, Any], table: Mapping[str, Rule], prefix: str, source: str, overrides) -> None:
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        rule = table.get(key)
+        if rule is None:
+            nearest = difflib.get_close_matches(key, list(table), n=3, cutoff=0.6)
+            hint = (f"; did you mean {', '.join(prefix + n for n in nearest)}?" if nearest else
+                    "; remove it, or check the key against the defaults")
+            raise ConfigError(f"{name} ({_where(name, source, overrides)}) is not a known key{hint}")
+        if not rule.accepts(value):
+            raise ConfigError(f"{name}={value!r} ({_where(name, source, overrides)}): must be {rule.describe()}")
+        if rule.kind == "records":
+            for i, item in enumerate(value):
+                if not hasattr(item, "items"):
+                    raise ConfigError(f"{name}[{i}]={item!r} ({source}): must be a dict of {', '.join(rule.fields)}")
+                _check_table(flatten(item), rule.fields, f"{name}[{i}].", source, overrides)
+
+
+def _where(name: str, source: str, overrides) -> str:
+    """Where a key's value came from: the override that set it, or the config file."""
+    for item in reversed(list(overrides)):
+        if item.removeprefix("--").partition("=")[0] == name:
+            return f"set by {item}"
+    return f"in {source}"
