@@ -45,7 +45,12 @@ def full_prompt_ids(tokenizer, prompt: Text, template: str, system: str = "", ch
     tokens (verl's RLHFDataset). Otherwise flattened (contents joined by "\\n"), put into
     `template` ("{prompt}", optionally "{system}") and tokenised with the special tokens."""
     if uses_chat_template(tokenizer, prompt, chat_template):
-        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        except ImportError as e:  # transformers renders templates with jinja2, an optional dependency
+            raise ImportError(f"policy.chat_template=True puts message-list prompts through the policy tokenizer's "
+                              f"chat template, which needs jinja2 ({e}); install it (pip install jinja2) or set "
+                              "--config.policy.chat_template=False to flatten them") from e
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(template.format(prompt=flatten(prompt), system=system))["input_ids"]

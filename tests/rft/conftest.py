@@ -56,10 +56,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def rft_jsonl(tmp_path_factory):
-    """(train.jsonl, eval.jsonl) of {prompt, reference} rows; one prompt is a message list."""
+    """(train.jsonl, eval.jsonl) of {prompt, reference} rows; one prompt is a message list, one training
+    prompt (line 6) is over-long for the loop test."""
     root = tmp_path_factory.mktemp("rft_data")
     rows = [{"prompt": p, "reference": f"{p} is described in the manual."} for p in PROMPTS]
     rows[1]["prompt"] = [{"role": "user", "content": "Lists"}, {"role": "user", "content": "and"}]
-    for name, subset in (("train", rows), ("eval", rows[:4])):
+    # Longer than the loop test's policy.max_prompt_tokens (16): filtered out and counted, as verl does.
+    overlong = {"prompt": " ".join(TEXTS), "reference": "Too long to be a prompt here."}
+    for name, subset in (("train", rows[:5] + [overlong] + rows[5:]), ("eval", rows[:4])):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in subset))
     return str(root / "train.jsonl"), str(root / "eval.jsonl")

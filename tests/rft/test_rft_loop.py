@@ -67,7 +67,7 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     train_rows = [r for r in rows if "reward" in r]
     assert [r["step"] for r in train_rows] == list(range(1, ITERATIONS + 1))
     for key in ("reward", "kl", "entropy", "clip_frac", "value_loss", "response_length", "tokens_per_s",
-                "policy_loss", "ppo_kl", "vf_clip_frac", *TIMED):
+                "policy_loss", "ppo_kl", "vf_clip_frac", "clip_frac_lower", *TIMED):
         assert all(np.isfinite(r[key]) for r in train_rows), key
     assert train_rows[0]["kl"] == 0.0 and train_rows[-1]["kl"] != 0.0  # the policy moved away from the reference
     assert all(r["skipped"] == 0 for r in train_rows)
@@ -82,6 +82,11 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     assert results["target_loglik_before"] == evals[0]["eval_target_loglik"] < 0
     assert results["target_loglik_after"] == evals[ITERATIONS]["eval_target_loglik"]
     assert results["heldout_prompts"] == 4
+    # The over-long training prompt (line 6) was filtered out and counted, not cut.
+    data_row = next(r for r in rows if "data_train_prompts" in r)
+    assert data_row == {"step": 0, "data_train_prompts": 8, "data_train_overlong": 1, "data_eval_prompts": 4,
+                        "data_eval_overlong": 0}
+    assert (results["data_train_prompts"], results["data_train_overlong"]) == (8, 1)
 
     # The saved policy is an HF directory with its tokenizer, and it is not the initial policy.
     trained = models.load_model(reference_run / "policy")
