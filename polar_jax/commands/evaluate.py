@@ -2,9 +2,9 @@
 rejected[, meta]}: how often r(prompt, reference, chosen) > r(prompt, reference, rejected)
 (ties count 0.5, chance is 0.5), overall, by seen / unseen policies and by meta.category.
 
-    python -m polar_jax evaluate --model DIR --data test.jsonl [--train-data train_dir] [--output results.json]
+    python -m polar_jax evaluate --model DIR --input test.jsonl [--train-data train_dir] [--output results.json]
 
---data and --train-data take files or directories (all their *.jsonl files, sorted). The seen
+--input and --train-data take files or directories (all their *.jsonl files, sorted). The seen
 policies come from --seen-policies a,b,c or from the policy names in the --train-data files'
 meta. The paper's preference accuracy is the same computation on a file whose reference is
 the top-ranked response, chosen rank 2 and rejected rank 3. Bad rows stop the run at
@@ -17,11 +17,11 @@ import argparse
 import json
 import logging
 import pathlib
-import sys
 
 from polar_jax import evaluate
 from polar_jax.data import schema
 from polar_jax.commands import score
+from polar_jax.errors import UserError
 from polar_jax.io import models
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `evaluate`."""
-    parser.add_argument("--model", required=True, help="reward model: HF directory, polar_jax directory")
-    parser.add_argument("--data", required=True, nargs="+", metavar="FILE_OR_DIR",
-                        help="triplet JSONL files, or directories of *.jsonl shards")
+    parser.add_argument("--model", required=True, metavar="DIR", help="reward model: HF directory, polar_jax directory")
+    parser.add_argument("--input", "--data", dest="data", required=True, nargs="+", metavar="FILE_OR_DIR",
+                        help="triplet JSONL files, or directories of *.jsonl shards (--data: the old spelling)")
     seen = parser.add_mutually_exclusive_group()
     seen.add_argument("--seen-policies", default=None, metavar="A,B,C",
                       help="comma-separated policy names seen in training (splits seen / unseen)")
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="training triplets: the policy names in their meta are the seen set")
     parser.add_argument("--output", default=None, metavar="FILE.json", help="write the results as JSON")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows scored per forward pass")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_encoding_arguments(parser)
@@ -68,19 +69,15 @@ def run(args: argparse.Namespace) -> int:
     """Read the triplets, score both candidates of each, print (and write) the accuracy table."""
     enc_cfg = score.encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
-    try:
-        files = evaluate.expand_paths(args.data)
-        rows = evaluate.read_triplets(files, args.skip_invalid, report)
-        seen = _seen_policies(args)
-        if not rows:
-            raise ValueError(f"no valid triplets in {' '.join(args.data)}")
-    except (schema.DataError, FileNotFoundError, ValueError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 1
+    files = evaluate.expand_paths(args.data)  # a missing file, a bad row or a bad flag: one line, exit 2
+    rows = evaluate.read_triplets(files, args.skip_invalid, report)
+    seen = _seen_policies(args)
+    if not rows:
+        raise UserError(f"no valid triplets in {' '.join(args.data)}")
     if report.invalid:
         log.warning("skipped %d invalid rows:\n%s", report.invalid, report.summary())
+    tokenizer = models.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
-    tokenizer = models.load_tokenizer(args.tokenizer or args.model)
     results = evaluate.evaluate_triplets(model, tokenizer, rows, enc_cfg, seen_policies=seen,
                                          batch_size=args.batch_size, progress=not args.no_progress)
     print(evaluate.format_table(results))

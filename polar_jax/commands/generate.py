@@ -19,13 +19,14 @@ DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `generate`."""
-    parser.add_argument("--model", default=None, help="HF directory, .gguf file or polar_jax directory (default: SmolLM2)")
-    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--model", default=None, metavar="SRC", help="HF directory, .gguf file or polar_jax directory (default: SmolLM2-135M-Instruct, packaged)")
+    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: two built-in prompts)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     src = args.model or gguf.smollm2_gguf_path()
     start = time.perf_counter()
     model = models.load_model(src)
-    tokenizer = models.load_tokenizer(src)
+    tokenizer = models.load_tokenizer(src, args.trust_remote_code)
     print(f"loaded {src} ({model.family}, {model.cfg.num_params() / 1e6:.1f}M parameters) "
           f"in {time.perf_counter() - start:.1f}s")
     prompts = args.prompt or list(DEFAULT_PROMPTS)

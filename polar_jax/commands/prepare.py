@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from polar_jax.data import encoding, prepare
 
@@ -21,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory (must not exist or be empty)")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted by reason in stats.json) instead of stopping")
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: all CPU cores)")
-    parser.add_argument("--shards", type=int, default=1, help="number of ArrayRecord files (default 1)")
+    parser.add_argument("--shards", type=int, default=1, help="number of ArrayRecord files")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
     parser.add_argument("--add-special-tokens", action="store_true",
                         help="add the split and reward tokens to the tokenizer if it lacks them (the vocab grows; "
                              "encoding.json records the new size so training grows the embedding)")
@@ -36,28 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run prepare; bad data or settings print one error line (no traceback) and return 1."""
-    try:
-        cfg = encoding.EncodingConfig(
-            max_length=args.max_length,
-            max_response_length=args.max_response_length,
-            response_cut_side=args.response_cut_side,
-            wrapper=args.wrapper,
-            split_text=args.split_text,
-            reward_token=args.reward_token,
-        )
-        stats = prepare.prepare(
-            args.input, args.tokenizer, args.output, cfg,
-            skip_invalid=args.skip_invalid, workers=args.workers, shards=args.shards,
-            add_special_tokens=args.add_special_tokens,
-        )
-    except (ValueError, OSError) as e:
-        # DataError / PrepareError / a bad EncodingConfig / a missing file: the message says
-        # where and what to do, a traceback would only bury it (-v shows it).
-        if getattr(args, "verbose", False):
-            raise
-        print(f"prepare: error: {e}", file=sys.stderr)
-        return 1
+    """Run prepare and print what it wrote; bad data or settings are user errors (one line, exit 2)."""
+    # DataError / PrepareError / a bad EncodingConfig / a missing file: one line, exit 2 (-v: traceback)
+    cfg = encoding.EncodingConfig(
+        max_length=args.max_length,
+        max_response_length=args.max_response_length,
+        response_cut_side=args.response_cut_side,
+        wrapper=args.wrapper,
+        split_text=args.split_text,
+        reward_token=args.reward_token,
+    )
+    stats = prepare.prepare(
+        args.input, args.tokenizer, args.output, cfg,
+        skip_invalid=args.skip_invalid, workers=args.workers, shards=args.shards,
+        add_special_tokens=args.add_special_tokens,
+        **({"trust_remote_code": True} if args.trust_remote_code else {}),  # prepare.prepare takes it (#13)
+    )
     lengths = stats["sequence_length"]
     print(f"wrote {stats['rows_written']} triplets to {args.output} in {len(stats['shards'])} shard(s): "
           f"{stats['examples_per_s']} rows/s, sequence length min {lengths['min']} median {lengths['median']} max {lengths['max']}")

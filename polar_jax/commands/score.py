@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 
 from polar_jax import scoring
 from polar_jax.data import encoding, schema
@@ -29,11 +28,12 @@ _DEFAULTS = encoding.EncodingConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `score`."""
-    parser.add_argument("--model", required=True, help="reward model: HF directory, polar_jax directory")
-    parser.add_argument("--input", required=True, help="JSONL rows {prompt, reference, output[, meta]}")
-    parser.add_argument("--output", required=True, help="JSONL written: each row with its \"reward\"")
+    parser.add_argument("--model", required=True, metavar="DIR", help="reward model: HF directory, polar_jax directory")
+    parser.add_argument("--input", required=True, metavar="FILE", help="JSONL rows {prompt, reference, output[, meta]}")
+    parser.add_argument("--output", required=True, metavar="FILE", help="JSONL written: each row with its \"reward\"")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows scored per forward pass")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     add_encoding_arguments(parser)
 
@@ -74,13 +74,9 @@ def run(args: argparse.Namespace) -> int:
     """Read and validate rows, score them, write them with their rewards."""
     enc_cfg = encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
-    try:
-        rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]
-    except schema.DataError as e:
-        print(f"score: error: {e}", file=sys.stderr)
-        return 1
+    rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]  # bad rows: exit 2
+    tokenizer = models.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
-    tokenizer = models.load_tokenizer(args.tokenizer or args.model)
     rewards = scoring.score_rows(model, tokenizer, rows, enc_cfg, batch_size=args.batch_size)
     with open(args.output, "w") as f:
         for row, reward in zip(rows, rewards):

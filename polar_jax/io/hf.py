@@ -12,13 +12,14 @@ import json
 import logging
 import pathlib
 import re
+import shutil
 
 import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from polar_jax.errors import UserError
-from polar_jax.io import hf_names
+from polar_jax.io import hf_names, remote_code
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 
@@ -153,11 +154,13 @@ def save_hf(
     head: str | None = None,
     dtype: str = "float32",
     max_shard_bytes: int = 4 << 30,
+    code_from: str | pathlib.Path | None = None,
 ) -> pathlib.Path:
     """Write `config.json` and safetensors (sharded past `max_shard_bytes`) that transformers loads.
 
     `head` picks the architecture: "lm" (…ForCausalLM) or "reward" (Llama/Qwen2
     ForSequenceClassification, or the official InternLM2ForRewardModel with `v_head`).
+    `code_from`: a directory whose remote-code `*.py` files are copied next to the weights.
     """
     head = head or ("reward" if "reward" in model.cfg.heads else "lm")
     if head not in model.cfg.heads:
@@ -170,7 +173,25 @@ def save_hf(
     hf_config["torch_dtype"] = hf_config["dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     _write_sharded(tensors, out_dir, max_shard_bytes)
+    for f in remote_code.code_files(code_from) if code_from is not None else []:
+        shutil.copy2(f, out_dir / f.name)
+    _check_loadable(out_dir, hf_config, head)
     return out_dir
+
+
+def _check_loadable(out_dir: pathlib.Path, hf_config: dict, head: str) -> None:
+    """Warn where an export lacks what the released loaders need (nothing is invented for them)."""
+    if head == "reward" and hf_config.get("reward_token_id") is None:
+        log.warning("%s: config.json has no reward_token_id (the released POLAR loaders read the reward there); "
+                    "export from a model whose config or encoding.json carries it", out_dir)
+    target = (hf_config.get("auto_map") or {}).get("AutoModel")
+    if hf_config.get("model_type") != "internlm2" or not target:
+        return
+    module, class_name = target.rsplit(".", 1)
+    if not remote_code.defines_class([f for f in [out_dir / f"{module}.py"] if f.exists()], class_name):
+        log.warning("%s: auto_map.AutoModel is %s, but no %s.py here defines it (the base's code was not found or "
+                    "is a causal LM's): put the modeling file of a released POLAR checkpoint next to the weights "
+                    "to load it with transformers' AutoModel", out_dir, target, module)
 
 
 def _write_sharded(tensors: dict[str, np.ndarray], out_dir: pathlib.Path, max_shard_bytes: int):

@@ -3,10 +3,12 @@ directory; save as HF safetensors or polar_jax; the tokenizer travels with the w
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
 import shutil
 
-from polar_jax.io import gguf, hf, polar_format
+from polar_jax.io import gguf, hf, polar_format, remote_code
 from polar_jax.io.hf import Model
 from polar_jax.models import families
 
@@ -15,6 +17,7 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
 )
+ENCODING_FILE = "encoding.json"  # the POLAR encoding a model was trained with (`train`, `prepare` write it)
 
 
 def source_format(src: str | pathlib.Path) -> str:
@@ -53,8 +56,6 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
     """The `ModelConfig` of any supported source without reading its weights (`load_model(src,
     heads, **runtime).cfg`): a polar_jax directory's metadata, an HF `config.json` (heads as
     `load_hf` picks them, from the safetensors' tensor names only), a GGUF file's metadata."""
-    import json
-
     fmt = source_format(src)
     src = pathlib.Path(src)
     if fmt == "polar":
@@ -79,15 +80,21 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
     return families.config_from_hf(gguf.read_gguf_config(src), heads=heads or ("lm",), **runtime)
 
 
-def load_tokenizer(src: str | pathlib.Path):
-    """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own."""
+def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, flag: str = remote_code.FLAG):
+    """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own.
+
+    A tokenizer that needs the directory's own code (InternLM2's) loads only with
+    `trust_remote_code`; without it `RemoteCodeError` names the directory, the class and `flag`.
+    """
     src = pathlib.Path(src)
     tokenizer_only = src.is_dir() and any((src / n).exists() for n in TOKENIZER_FILES)
     if not tokenizer_only and source_format(src) == "gguf":
         return gguf.load_gguf_tokenizer(src)
+    remote_code.check_tokenizer(src, trust_remote_code, flag)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    # False, not None: transformers would otherwise ask on a terminal and wait.
+    return AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=bool(trust_remote_code))
 
 
 def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
@@ -102,14 +109,54 @@ def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str
     return [f.name for f in found]
 
 
-def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32") -> Model:
-    """Read `src` (any format) and write it to `dst` as `fmt` ("hf" | "polar"), tokenizer included."""
-    model = load_model(src)
-    if fmt == "hf":
-        hf.save_hf(model, dst, head=head, dtype=dtype)
-    elif fmt == "polar":
-        polar_format.save_polar(model, dst)
-    else:
+def copy_model_files(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
+    """Everything that travels with a model's weights, from `src` into `dst`: the tokenizer files,
+    the remote-code `*.py` files and `encoding.json`; returns the names written, sorted."""
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    names = copy_tokenizer(src, dst)
+    extra = remote_code.code_files(src) + ([src / ENCODING_FILE] if (src / ENCODING_FILE).is_file() else [])
+    for f in extra:
+        shutil.copy2(f, dst / f.name)
+    return sorted(set(names) | {f.name for f in extra})
+
+
+def read_encoding_info(src: str | pathlib.Path) -> dict:
+    """The `encoding.json` a model directory keeps (written by `train` and `prepare`), or {}."""
+    path = pathlib.Path(src) / ENCODING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_token_ids(model: Model, src, trust_remote_code: bool = False) -> dict:
+    """`reward_token_id` and `pad_token_id` for an export's config.json: the model config's, else
+    (reward) the source's `encoding.json`, else (pad) its tokenizer's; only the ids found."""
+    ids = {k: model.hf_config[k] for k in ("reward_token_id", "pad_token_id") if model.hf_config.get(k) is not None}
+    info = read_encoding_info(src) if pathlib.Path(src).is_dir() else {}
+    if "reward_token_id" not in ids and info.get("reward_token_id") is not None:
+        ids["reward_token_id"] = int(info["reward_token_id"])
+    if "pad_token_id" not in ids and _has_tokenizer(src):
+        pad = load_tokenizer(src, trust_remote_code).pad_token_id
+        if pad is not None:
+            ids["pad_token_id"] = int(pad)
+    return ids
+
+
+def _has_tokenizer(src) -> bool:
+    src = pathlib.Path(src)
+    return (src.is_file() and src.suffix == ".gguf") or any((src / n).exists() for n in TOKENIZER_FILES)
+
+
+def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32",
+            trust_remote_code: bool = False) -> Model:
+    """Read `src` (any format) and write it to `dst` as `fmt` ("hf" | "polar"), with the tokenizer,
+    remote code and `encoding.json`; the export's config carries `reward_token_id` and `pad_token_id`."""
+    if fmt not in ("hf", "polar"):
         raise ValueError(f"unknown format {fmt!r}; choose hf or polar")
-    copy_tokenizer(src, dst)
+    model = load_model(src)
+    ids = export_token_ids(model, src, trust_remote_code)
+    model = dataclasses.replace(model, hf_config={**model.hf_config, **ids})
+    if fmt == "hf":
+        hf.save_hf(model, dst, head=head, dtype=dtype, code_from=src)
+    else:
+        polar_format.save_polar(model, dst, code_from=src)
+    copy_model_files(src, dst)
     return model

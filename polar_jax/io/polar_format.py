@@ -3,17 +3,20 @@
     DIR/polar_model.json   {"format": "polar_jax.model", "version": 1, "family", "model_config", "hf_config"}
     DIR/params/            Orbax checkpoint of the parameter tree (restorable onto any sharding)
     DIR/tokenizer*.json    the tokenizer files that travel with the weights
+    DIR/*.py               the base checkpoint's remote code (InternLM2), for an HF export
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from polar_jax.io import remote_code
 from polar_jax.io.hf import Model
 from polar_jax.models.config import ModelConfig
 
@@ -27,10 +30,15 @@ def is_polar_dir(path: str | pathlib.Path) -> bool:
     return (pathlib.Path(path) / META_FILE).exists()
 
 
-def save_polar(model: Model, out_dir: str | pathlib.Path) -> pathlib.Path:
-    """Write `model` (config, metadata, parameters) to `out_dir`."""
+def save_polar(model: Model, out_dir: str | pathlib.Path, code_from: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write `model` (config, metadata, parameters) to `out_dir`; `code_from` (the base HF or
+    polar_jax directory) gives the remote-code `*.py` files copied beside it for later HF exports."""
     out_dir = pathlib.Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
+    code = remote_code.code_files(code_from) if code_from is not None else []
+    for f in code:
+        if f.resolve() != (out_dir / f.name).resolve():
+            shutil.copy2(f, out_dir / f.name)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -38,6 +46,8 @@ def save_polar(model: Model, out_dir: str | pathlib.Path) -> pathlib.Path:
         "model_config": model.cfg.to_dict(),
         "hf_config": model.hf_config,
     }
+    if code:
+        meta["remote_code"] = {"files": [f.name for f in code], "from": str(pathlib.Path(code_from).absolute())}
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(out_dir / "params", model.params, force=True)
         ckptr.wait_until_finished()

@@ -23,6 +23,24 @@ ARCHITECTURES = {
     ("internlm2", "reward"): "InternLM2ForRewardModel",
 }
 
+# InternLM2 exports point transformers' Auto classes at the checkpoint's own code (InternLM2 is
+# not built into transformers 5). A reward model loads as the released POLAR ones do (xtuner's
+# `to_hf`): AutoModel is the reward class, with no causal-LM entry. None removes an entry;
+# AutoConfig keeps the base's when it has one.
+AUTO_MAP = {
+    ("internlm2", "lm"): {
+        "AutoConfig": "configuration_internlm2.InternLM2Config",
+        "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+        "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+    },
+    ("internlm2", "reward"): {
+        "AutoConfig": "configuration_internlm2.InternLM2Config",
+        "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+        "AutoModelForCausalLM": None,
+        "AutoModelForSequenceClassification": None,
+    },
+}
+
 
 class UnsupportedModelError(ValueError):
     """A checkpoint whose architecture this library cannot run exactly."""
@@ -98,10 +116,15 @@ def config_from_hf(hf_config: dict, heads: tuple[str, ...] = ("lm",), **runtime)
 def hf_config_for(cfg: ModelConfig, family: str, head: str, base: dict | None = None) -> dict:
     """An HF `config.json` dict for exporting `cfg` as `family` with `head` ("lm" | "reward").
 
-    Keys of `base` (the imported checkpoint's config: token ids, auto_map, ...) are kept
-    unless the architecture overrides them.
+    Keys of `base` (the imported checkpoint's config: token ids, reward_token_id, rope_scaling,
+    ...) are kept unless the architecture overrides them; InternLM2's `auto_map` follows `AUTO_MAP`.
     """
     out = copy.deepcopy(base or {})
+    # The base's own rope keys survive when they mean what `cfg` runs (InternLM2.5's dynamic
+    # scaling reads as plain RoPE here, and must reach the remote code unchanged).
+    keep_rope = (family == "internlm2" and "rope_scaling" in out and "rope_theta" in out
+                 and _rope(out) == (cfg.rope_theta, cfg.rope_scaling))
+    kept_rope = {k: out[k] for k in ("rope_scaling", "rope_theta")} if keep_rope else None
     for stale in ("rope_scaling", "rope_theta", "rope_parameters", "num_labels", "id2label", "label2id"):
         out.pop(stale, None)
     out.update(
@@ -112,13 +135,14 @@ def hf_config_for(cfg: ModelConfig, family: str, head: str, base: dict | None = 
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
         intermediate_size=cfg.mlp_dim,
         rms_norm_eps=cfg.rms_eps,
         hidden_act="silu",
         tie_word_embeddings=cfg.tie_embeddings,
         torch_dtype="float32",
     )
+    if family != "internlm2" or cfg.head_dim != cfg.d_model // cfg.num_heads:
+        out["head_dim"] = cfg.head_dim  # InternLM2's code derives it from hidden_size / heads
     rope: dict = {"rope_type": "default"}
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "llama3":
         s = cfg.rope_scaling
@@ -132,11 +156,22 @@ def hf_config_for(cfg: ModelConfig, family: str, head: str, base: dict | None = 
         # InternLM2's remote code reads the pre-v5 keys.
         out["rope_theta"] = cfg.rope_theta
         out["rope_scaling"] = None if rope["rope_type"] == "default" else {"type": rope["rope_type"], **rope}
+        out.update(kept_rope or {})
         out["bias"] = cfg.qkv_bias
     else:
         out["rope_parameters"] = {"rope_theta": cfg.rope_theta, **rope}
     if family == "llama":
         out.update(attention_bias=False, mlp_bias=False)
+    if (family, head) in AUTO_MAP:
+        auto_map = dict(out.get("auto_map") or {})
+        for key, ref in AUTO_MAP[family, head].items():
+            if ref is None:
+                auto_map.pop(key, None)
+            elif key == "AutoConfig":
+                auto_map.setdefault(key, ref)
+            else:
+                auto_map[key] = ref
+        out["auto_map"] = auto_map
     if head == "reward" and family != "internlm2":
         out["num_labels"] = 1
         out["id2label"] = {"0": "LABEL_0"}
