@@ -179,14 +179,14 @@ def test_cli_bad_row_stops_with_file_line_or_is_skipped(setup, tmp_path, capsys)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "rejected": ""}) + "\n")
     args = ["evaluate", "--model", str(model_dir), "--data", str(bad), "--no-progress", "--output", str(tmp_path / "o.json")]
-    assert cli(args) == 1
+    assert cli(args) == 2  # a user error
     assert f"{bad}:2: field 'rejected'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
     assert cli(args + ["--skip-invalid"]) == 0
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["groups"]["all"]["n"] == 1 and out["skipped"]["empty"]["count"] == 1
     # Training files that name no policy cannot give a seen set.
-    assert cli(args + ["--skip-invalid", "--train-data", str(_write(tmp_path / "t.jsonl", [_triplet(1)]))]) == 1
+    assert cli(args + ["--skip-invalid", "--train-data", str(_write(tmp_path / "t.jsonl", [_triplet(1)]))]) == 2
     assert "no row names a policy" in capsys.readouterr().err
 
 

@@ -147,7 +147,7 @@ def test_cli_strict_mode_stops_at_the_first_bad_row(smollm2, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["prepare", "--input", str(src), "--tokenizer", str(gguf_path), "--output", str(out)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a user error: one line, exit 2
     assert f"{src}:3: field 'chosen': expected a string or a list of messages, got number [wrong_type]" in err
     assert "--skip-invalid" in err and "Traceback" not in err
     assert not out.exists() and os.listdir(tmp_path) == ["rows.jsonl"]
@@ -158,7 +158,7 @@ def test_cli_without_add_special_tokens_names_the_flag(smollm2, tmp_path, capsys
     src = write_jsonl(tmp_path / "rows.jsonl", make_rows(2))
     code = main(["prepare", "--input", str(src), "--tokenizer", str(tok_dir), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a user error: one line, exit 2
     assert "[UNUSED_TOKEN_130]" in err and "--add-special-tokens" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 

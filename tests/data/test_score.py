@@ -52,7 +52,7 @@ def test_bad_row_stops_with_file_line_or_is_skipped(model_dir, tmp_path, capsys)
     path, _ = model_dir
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "reference": "r", "output": "o"}\n{"prompt": "p", "reference": "", "output": "o"}\n')
-    assert cli(["score", "--model", str(path), "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 1
+    assert cli(["score", "--model", str(path), "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2  # a user error
     assert f"{bad}:2" in capsys.readouterr().err
     assert cli(["score", "--model", str(path), "--input", str(bad), "--output", str(tmp_path / "o.jsonl"),
                 "--skip-invalid"]) == 0
