@@ -443,7 +443,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 bar.update(1)
                 if on_iteration is not None:
                     on_iteration(it, metrics)
-                if it % config.log_every == 0 or it == config.iterations:
+                if it == config.iterations or bool(config.log_every) and it % config.log_every == 0:  # 0 = never
                     logged = metrics
                     writer.write(it, metrics)
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['response_length']:.1f}")
@@ -455,7 +455,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                 if heldout and config.eval_every and it % config.eval_every == 0 and it < config.iterations:
                     writer.write(it, runner.evaluate(state["actor"].params, heldout), "eval_")
                 minutes = (time.monotonic() - last_save) / 60
-                at_save = it % config.checkpoint_every == 0 or it == config.iterations
+                at_save = it == config.iterations or bool(config.checkpoint_every) and it % config.checkpoint_every == 0
                 if at_save or minutes >= config.checkpoint_minutes or stop.requested:
                     ckpt.save(it, state, prompts, resolved, force=True)
                     last_save = time.monotonic()
