@@ -1,6 +1,7 @@
 """Official InternLM2 checkpoints in and out: the remote-code gate on their tokenizers, and
 exports that carry what the released POLAR loaders read (reward_token_id, auto_map, the
-original rope_scaling, the remote-code and tokenizer files).
+original rope_scaling, the remote-code and tokenizer files); `convert` carrying a trained
+model's tokenizer, encoding.json and token ids.
 
 Every directory is built here: tiny random InternLM2 weights, a character-level tokenizer made
 with `tokenizers`, and stand-in remote-code files. The stand-in `InternLM2TokenizerFast`
@@ -21,8 +22,9 @@ from polar_jax import scoring
 from polar_jax.__main__ import main as cli
 from polar_jax.data import encoding
 from polar_jax.io import hf, models, polar_format, remote_code
+from polar_jax.models import families
 from polar_jax.models import transformer as T
-from polar_jax.models.config import ModelConfig
+from polar_jax.models.config import ModelConfig, RopeScaling
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,?!\n "
 SPECIAL = ["<unk>", "<s>", "</s>", "<|reward|>", "[UNUSED_TOKEN_130]"]
@@ -278,11 +280,45 @@ def test_reward_model_trained_from_an_internlm2_base_exports_as_the_released_one
     assert "modeling_internlm2.InternLM2ForRewardModel, but no modeling_internlm2.py here defines it" in log_text
 
 
+def test_convert_carries_the_tokenizer_and_the_token_ids_of_a_trained_model_dir(tmp_path):
+    """A polar_jax model dir as `train` writes it (tokenizer files beside the weights, encoding.json
+    with reward_token_id, no ids in the config) -> convert --format hf: config.json has both ids,
+    the tokenizer loads from the export, and `score` gives the same rewards on either."""
+    tok = plain_tokenizer()
+    reward_id = tok.convert_tokens_to_ids("[UNUSED_TOKEN_130]")
+    cfg = ModelConfig(vocab_size=len(tok), d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+                        mlp_dim=32, heads=("reward",), init_std=0.5)
+    model_dir = tmp_path / "model"
+    polar_format.save_polar(hf.Model(cfg, T.init_params(cfg, jax.random.key(3)), "llama", {}), model_dir)
+    tok.save_pretrained(str(model_dir))
+    info = {"encoding": encoding.EncodingConfig().to_dict(), "reward_token_id": reward_id, "split_token_id": 3,
+            "vocab_size": len(tok)}
+    (model_dir / "encoding.json").write_text(json.dumps(info))
+
+    export = tmp_path / "export"
+    assert cli(["convert", "--from", str(model_dir), "--to", str(export), "--format", "hf"]) == 0
+    written = json.loads((export / "config.json").read_text())
+    assert written["reward_token_id"] == reward_id == 4 and written["pad_token_id"] == tok.pad_token_id == 2
+    assert json.loads((export / "encoding.json").read_text()) == info
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "encoding.json", "model.safetensors",
+                                                        "tokenizer.json", "tokenizer_config.json"]
+    loaded = AutoTokenizer.from_pretrained(str(export))
+    assert loaded("what is 42?")["input_ids"] == tok("what is 42?")["input_ids"]
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}?", "reference": "yes.", "output": o}) + "\n"
+                            for i, o in enumerate(["yes.", "no idea", "blue sky"])))
+    rewards = {}
+    for name, src in (("source", model_dir), ("export", export)):
+        out = tmp_path / f"{name}.jsonl"
+        assert cli(["score", "--model", str(src), "--input", str(rows), "--output", str(out)]) == 0
+        rewards[name] = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+    np.testing.assert_allclose(rewards["export"], rewards["source"], rtol=0, atol=1e-6)
+    assert len(set(rewards["source"])) == 3  # distinct rows, distinct rewards: the comparison means something
+
+
 def test_rope_scaling_changed_by_the_model_is_written_from_the_model(official):
     model = hf.load_hf(official)
-    from polar_jax.models import families
-    from polar_jax.models.config import RopeScaling
-
     same = families.hf_config_for(model.cfg, "internlm2", "reward", base=model.hf_config)
     assert same["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
     linear = model.cfg.replace(rope_scaling=RopeScaling(kind="linear", factor=4.0))
