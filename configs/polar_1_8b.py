@@ -34,6 +34,7 @@ def get_config(stage: str = "pretrain"):
     c.model.update(INTERNLM2_5_1_8B)
     c.model.init = "/path/to/internlm2_5-1_8b"  # HF directory of the base LM (no network at run time)
     c.model.remat = "dots_no_batch"
+    c.model.reward_head_init = "zeros"  # xtuner zero-initialises v_head on the base LM
     c.data.batch_size = 128  # rows of seq_len tokens per step (~1940 pairs)
     c.data.seq_len = 32768  # a pair of two 16k sequences always fits one row
     c.data.max_pairs_per_row = 32

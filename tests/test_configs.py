@@ -49,3 +49,9 @@ def test_overrides_are_typed_and_named():
         load_config(CONFIGS / "pretrain_tiny.py", ["--config.optim.lrr=1"])
     with pytest.raises(ConfigError, match="config.steps expects an integer, got a string 'many'"):
         load_config(CONFIGS / "pretrain_tiny.py", ["--config.steps=many"])
+
+
+@pytest.mark.parametrize("name", ["polar_1_8b.py", "polar_1_8b.py:sft", "polar_7b.py", "polar_7b.py:sft"])
+def test_replicas_start_the_reward_head_at_zeros_as_xtuner_does(name):
+    assert load_config(f"{CONFIGS / name}").model.reward_head_init == "zeros"
+    assert load_config(CONFIGS / "base.py").model.reward_head_init == "normal"  # the replicas chose it
