@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.policy.remat = "none"
     c.policy.attention_impl = "auto"
     c.policy.scan_unroll = 1
+    c.policy.trust_remote_code = False  # run the checkpoint's own tokenizer code (InternLM2); read it first
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.prompts = 64  # prompts per iteration
@@ -61,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.strip_think = "official"
     c.reward.normalize = "none"  # "none" (the raw score, as released) | "batch" (whitened per batch)
     c.reward.dtype = "bfloat16"
+    c.reward.trust_remote_code = False  # run the reward model's own tokenizer code (official POLAR checkpoints)
     # The official encoding's settings (data.encoding.EncodingConfig fields). None = from the reward model's
     # directory (its encoding.json, written by `train`), else the official client's defaults (16384 / 4096,
     # right cut, "sft"); a value set here overrides both.
@@ -129,7 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Fields as a synth pool's PolicySpec; checkpoint "smollm2" is the packaged SmolLM2-135M-Instruct.
     c.target = ml_collections.ConfigDict(dict(
         checkpoint="", template="{prompt}", system="", stop=(), temperature=1.0, top_k=50, top_p=0.9,
-        max_new_tokens=24, max_prompt_tokens=256, loop_max_ngram=32))
+        max_new_tokens=24, max_prompt_tokens=256, loop_max_ngram=32, trust_remote_code=False))
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64  # evaluation (and reference sampling) batch

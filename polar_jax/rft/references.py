@@ -107,7 +107,8 @@ def load_target(config):
         raise FileNotFoundError(f"target.checkpoint {checkpoint!r} not found"
                                 + (f"; {config.setup_hint}" if config.setup_hint else ""))
     dtype = config.policy.dtype if jax.default_backend() != "cpu" else "float32"
-    return models.load_model(path, dtype=dtype), models.load_tokenizer(path)
+    return models.load_model(path, dtype=dtype), models.load_tokenizer(
+        path, config.target.get("trust_remote_code", False), "--config.target.trust_remote_code=true")
 
 
 # ------------------------------------------------------------------------------ policy_samples

@@ -88,8 +88,10 @@ def load_models(config) -> Models:
     reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
     require_heads(config, policy.cfg, reward.cfg)
     target, target_tokenizer = references.load_target(config) or (None, None)
-    return Models(policy, models.load_tokenizer(p.init), reward, models.load_tokenizer(r.tokenizer or r.model),
-                  target, target_tokenizer, policy_source=p.init)
+    policy_tok = models.load_tokenizer(p.init, p.get("trust_remote_code", False), "--config.policy.trust_remote_code=true")
+    reward_tok = models.load_tokenizer(r.tokenizer or r.model, r.get("trust_remote_code", False),
+                                       "--config.reward.trust_remote_code=true")
+    return Models(policy, policy_tok, reward, reward_tok, target, target_tokenizer, policy_source=p.init)
 
 
 def policy_runtime(config) -> dict:
