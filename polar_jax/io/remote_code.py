@@ -81,7 +81,7 @@ def check_tokenizer(src: str | pathlib.Path, trust_remote_code: bool, flag: str 
     if not trust_remote_code:
         where = f"its own code ({ref})" if ref else "no code that transformers has or that the directory names"
         raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which needs {where}; loading it runs that "
-                              f"code: read it, then pass {flag}")
+                              f"code: read it, then allow it with {flag}")
     if ref is None:
         log.warning("%s: tokenizer class %s is not in transformers and the directory names no code for it; "
                     "loading transformers' generic fast tokenizer from its files", src, class_name)

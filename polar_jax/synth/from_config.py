@@ -2,6 +2,7 @@
 
 Config keys (see configs/synth_smollm2.py):
     seed, num_triplets, shard_size, batch_size, prompt_bucket
+    trust_remote_code       (optional, default False) let checkpoints run their own tokenizer code
     policies        list of dicts, the fields of `pool.PolicySpec`
     draw_from       names A and B are drawn from (empty: all policies)
     must_include    names every triplet involves as A or B (empty: no constraint)
@@ -20,7 +21,7 @@ import pathlib
 
 from polar_jax.io import models
 from polar_jax.synth import prompts as prompts_lib
-from polar_jax.synth.pool import PolicyPool, PolicySpec
+from polar_jax.synth.pool import TRUST_REMOTE_CODE, PolicyPool, PolicySpec
 from polar_jax.synth.synthesize import SynthPlan
 
 PYDOC_TOPICS = "pydoc_topics"
@@ -51,14 +52,16 @@ def read_corpus(spec: str) -> list[str]:
 def build(config) -> tuple[PolicyPool, prompts_lib.PromptSource, SynthPlan]:
     """The three pieces `synthesize` needs, from a config."""
     specs = [PolicySpec.from_dict(p) for p in config.policies]
-    pool = PolicyPool(specs, batch_size=config.batch_size, prompt_bucket=config.prompt_bucket)
+    trust = config.get("trust_remote_code", False)  # the checkpoints' own tokenizer code (InternLM2) may run
+    pool = PolicyPool(specs, batch_size=config.batch_size, prompt_bucket=config.prompt_bucket, trust_remote_code=trust)
     p = config.prompts
     documents = read_corpus(p.corpus) if p.corpus else []
     train_docs, heldout_docs = prompts_lib.split_documents(documents, p.heldout_every)
     doc_indices = {"train": train_docs, "heldout": heldout_docs, "all": list(range(len(documents)))}
     if p.split not in doc_indices:
         raise ValueError(f"config.prompts.split={p.split!r}; choose train, heldout or all")
-    tokenizer = models.load_tokenizer(p.tokenizer) if p.tokenizer else pool.tokenizer(specs[0].name)
+    tokenizer = (models.load_tokenizer(p.tokenizer, trust, TRUST_REMOTE_CODE) if p.tokenizer
+                 else pool.tokenizer(specs[0].name))
     instructions = prompts_lib.read_instructions(p.instructions) if p.instructions else []
     source = prompts_lib.PromptSource(
         documents, tokenizer, doc_indices=doc_indices[p.split], min_tokens=p.min_tokens, max_tokens=p.max_tokens,

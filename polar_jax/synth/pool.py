@@ -31,6 +31,7 @@ from polar_jax.io import gguf, models
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"  # the checkpoint name of the packaged SmolLM2-135M-Instruct
+TRUST_REMOTE_CODE = "c.trust_remote_code = True in the synth config"  # how a synth run allows checkpoint code
 
 # SmolLM2's chat format (ChatML), for `PolicySpec.template`.
 CHATML = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
@@ -113,7 +114,8 @@ class _Loaded(NamedTuple):
 class PolicyPool:
     """Named policies over shared, lazily loaded checkpoints."""
 
-    def __init__(self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32):
+    def __init__(self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32,
+                 trust_remote_code: bool = False):
         names = [s.name for s in specs]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -124,6 +126,7 @@ class PolicyPool:
         self.batch_size = batch_size
         self.prompt_bucket = prompt_bucket
         self._loaded: dict[str, _Loaded] = {}
+        self.trust_remote_code = trust_remote_code  # checkpoints' own tokenizer code (InternLM2) may run
 
     @property
     def names(self) -> list[str]:
@@ -145,7 +148,8 @@ class PolicyPool:
                                  "a policy must be a causal LM")
             model_cfg = model.cfg.replace(dtype="float32") if jax.default_backend() == "cpu" else model.cfg
             params = jax.tree.map(jnp.asarray, model.params)
-            self._loaded[key] = _Loaded(model_cfg, params, models.load_tokenizer(path))
+            tokenizer = models.load_tokenizer(path, self.trust_remote_code, TRUST_REMOTE_CODE)
+            self._loaded[key] = _Loaded(model_cfg, params, tokenizer)
             log.info("loaded policy checkpoint %s (%.1fM parameters)", path, model.cfg.num_params() / 1e6)
         return self._loaded[key]
 

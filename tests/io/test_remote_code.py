@@ -160,7 +160,7 @@ def test_remote_code_tokenizer_is_refused_without_the_flag(official):
     assert "\n" not in message
     assert str(official) in message and "InternLM2Tokenizer" in message
     assert "tokenization_internlm2_fast.InternLM2TokenizerFast" in message and "--trust-remote-code" in message
-    with pytest.raises(remote_code.RemoteCodeError, match=r"pass --config\.reward\.trust_remote_code=true$"):
+    with pytest.raises(remote_code.RemoteCodeError, match=r"then allow it with --config\.reward\.trust_remote_code=true$"):
         models.load_tokenizer(official, flag="--config.reward.trust_remote_code=true")
 
 
@@ -324,3 +324,15 @@ def test_rope_scaling_changed_by_the_model_is_written_from_the_model(official):
     linear = model.cfg.replace(rope_scaling=RopeScaling(kind="linear", factor=4.0))
     changed = families.hf_config_for(linear, "internlm2", "reward", base=model.hf_config)
     assert changed["rope_scaling"] == {"type": "linear", "rope_type": "linear", "factor": 4.0}
+
+
+def test_config_driven_loaders_name_their_key(tmp_path):
+    """A synth pool (and RFT, with config.reward / policy / target.trust_remote_code) takes the
+    permission from its config and names that key when it is missing."""
+    from polar_jax.synth.pool import PolicyPool, PolicySpec
+
+    base = internlm2_dir(tmp_path / "internlm2_lm", reward=False)
+    specs = [PolicySpec("a", str(base)), PolicySpec("b", str(base), temperature=0.5)]
+    with pytest.raises(remote_code.RemoteCodeError, match=r"allow it with c\.trust_remote_code = True in the synth config"):
+        PolicyPool(specs).tokenizer("a")
+    assert type(PolicyPool(specs, trust_remote_code=True).tokenizer("b")).__name__ == "InternLM2TokenizerFast"
