@@ -12,7 +12,6 @@ import json
 import logging
 import pathlib
 import re
-import shutil
 
 import ml_dtypes
 import numpy as np
@@ -173,8 +172,7 @@ def save_hf(
     hf_config["torch_dtype"] = hf_config["dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     _write_sharded(tensors, out_dir, max_shard_bytes)
-    for f in remote_code.code_files(code_from) if code_from is not None else []:
-        shutil.copy2(f, out_dir / f.name)
+    remote_code.copy_code(code_from, out_dir)
     _check_loadable(out_dir, hf_config, head)
     return out_dir
 

@@ -114,10 +114,11 @@ def copy_model_files(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[s
     the remote-code `*.py` files and `encoding.json`; returns the names written, sorted."""
     src, dst = pathlib.Path(src), pathlib.Path(dst)
     names = copy_tokenizer(src, dst)
-    extra = remote_code.code_files(src) + ([src / ENCODING_FILE] if (src / ENCODING_FILE).is_file() else [])
-    for f in extra:
-        shutil.copy2(f, dst / f.name)
-    return sorted(set(names) | {f.name for f in extra})
+    code = remote_code.copy_code(src, dst)
+    if (src / ENCODING_FILE).is_file():
+        shutil.copy2(src / ENCODING_FILE, dst / ENCODING_FILE)
+        names.append(ENCODING_FILE)
+    return sorted(set(names) | {f.name for f in code})
 
 
 def read_encoding_info(src: str | pathlib.Path) -> dict:

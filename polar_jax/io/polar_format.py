@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import jax
 import numpy as np
@@ -35,10 +34,7 @@ def save_polar(model: Model, out_dir: str | pathlib.Path, code_from: str | pathl
     polar_jax directory) gives the remote-code `*.py` files copied beside it for later HF exports."""
     out_dir = pathlib.Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
-    code = remote_code.code_files(code_from) if code_from is not None else []
-    for f in code:
-        if f.resolve() != (out_dir / f.name).resolve():
-            shutil.copy2(f, out_dir / f.name)
+    code = remote_code.copy_code(code_from, out_dir)
     meta = {
         "format": FORMAT,
         "version": VERSION,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,22 @@ def check_tokenizer(src: str | pathlib.Path, trust_remote_code: bool, flag: str 
     return ref is not None
 
 
-def code_files(src: str | pathlib.Path) -> list[pathlib.Path]:
-    """The Python files (remote code) of a model directory, sorted; [] for a file or a missing path."""
-    src = pathlib.Path(src)
-    return sorted(p for p in src.glob(CODE_GLOB) if p.is_file()) if src.is_dir() else []
+def code_files(src: str | pathlib.Path | None) -> list[pathlib.Path]:
+    """The Python files (remote code) of a model directory, sorted; [] for None, "", a file or a
+    missing path (a training run without an HF base)."""
+    if not src or not pathlib.Path(src).is_dir():
+        return []
+    return sorted(p for p in pathlib.Path(src).glob(CODE_GLOB) if p.is_file())
+
+
+def copy_code(src: str | pathlib.Path | None, dst: str | pathlib.Path) -> list[pathlib.Path]:
+    """Copy the remote-code files of `src` (see `code_files`) into directory `dst`; returns the sources."""
+    files = code_files(src)
+    for f in files:
+        target = pathlib.Path(dst) / f.name
+        if not (target.exists() and target.samefile(f)):
+            shutil.copy2(f, target)
+    return files
 
 
 def defines_class(files, class_name: str) -> bool:
