@@ -184,15 +184,16 @@ _DATA_ONLY_KEYS = ("tokenizer_dir", "records", "shards", "record_version")
 
 
 def save_model(model: Model, model_dir: pathlib.Path, config) -> None:
-    """Write the trained model as a self-contained directory: weights, and (data prepared by
-    `prepare`) the tokenizer as used, in the directory itself as HF keeps it, with the
-    encoding (`encoding.json`) and `reward_token_id` in its config; `score`, `evaluate`,
-    `rft` and `convert` read them, so the model needs no other flag."""
+    """Write the trained model as a self-contained directory: weights, the base's remote-code
+    files if it has any, and (data prepared by `prepare`) the tokenizer as used, in the
+    directory itself as HF keeps it, with the encoding (`encoding.json`) and `reward_token_id`
+    in its config; `score`, `evaluate`, `rft` and `convert` read them, so no other flag is needed."""
     data_dir = prepared_data_dir(config)
     info = encoding.read_encoding_file(data_dir) if data_dir else None
     if info is not None:
         model = dataclasses.replace(model, hf_config={**model.hf_config, "reward_token_id": info["reward_token_id"]})
-    polar_format.save_polar(model, model_dir)
+    # The base's remote code (InternLM2's *.py files) travels too, so an HF export loads where the released ones do.
+    polar_format.save_polar(model, model_dir, code_from=None if config.model.init == "scratch" else config.model.init)
     if info is None or jax.process_index() != 0:
         return
     models.copy_tokenizer(data_dir / info.get("tokenizer_dir", prepare.TOKENIZER_DIR), model_dir)

@@ -189,3 +189,20 @@ def test_several_eval_sets_are_logged_pooled_and_each_on_its_own(tmp_path):
     np.testing.assert_allclose(final["eval_loss"], pooled, rtol=1e-5)
     assert final[f"eval_{a}_loss"] != final[f"eval_{b}_loss"]
     assert trainer.eval_split_sources(config()) == {}  # one set (or synthetic data): nothing extra
+
+
+def test_a_base_with_remote_code_passes_its_code_to_the_trained_model(tmp_path):
+    """A base that ships its own modeling code (as InternLM2 and POLAR do): the trained model
+    dir keeps those files, so its HF export carries them where the released models have them."""
+    base = tmp_path / "base"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "llama_untied", base)
+    (base / "modeling_custom.py").write_text("# the base's own modeling code\n")
+    cfg = load_config(CONFIG, SMALL + ["--config.steps=1", f"--config.model.init={base}"])
+    for size in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+        cfg.model[size] = None  # from the checkpoint
+    trainer.train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "model" / "modeling_custom.py").read_text() == "# the base's own modeling code\n"
+    from polar_jax.io import models
+
+    models.convert(tmp_path / "run" / "model", tmp_path / "export", "hf")
+    assert (tmp_path / "export" / "modeling_custom.py").exists()
