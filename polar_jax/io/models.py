@@ -98,12 +98,13 @@ def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, fla
 
 
 def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
-    """Put the source's tokenizer files into `dst`; returns the names written."""
+    """Put the source's tokenizer files into `dst`, with the code modules its tokenizer_config.json
+    names (a remote-code tokenizer's); returns the names written."""
     dst, src = pathlib.Path(dst), pathlib.Path(src)
     dst.mkdir(parents=True, exist_ok=True)
     if src.is_file() and source_format(src) == "gguf":
         return list(load_tokenizer(src).save_pretrained(str(dst)))
-    found = [src / n for n in TOKENIZER_FILES if (src / n).exists()]
+    found = [src / n for n in TOKENIZER_FILES if (src / n).exists()] + remote_code.tokenizer_code_files(src)
     for f in found:
         shutil.copy2(f, dst / f.name)
     return [f.name for f in found]

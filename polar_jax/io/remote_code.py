@@ -89,6 +89,16 @@ def check_tokenizer(src: str | pathlib.Path, trust_remote_code: bool, flag: str 
     return ref is not None
 
 
+def tokenizer_code_files(src: str | pathlib.Path) -> list[pathlib.Path]:
+    """The module files tokenizer_config.json's `auto_map.AutoTokenizer` names that directory `src` has."""
+    src = pathlib.Path(src)
+    auto_map = _read_json(src / "tokenizer_config.json").get("auto_map") if src.is_dir() else None
+    refs = auto_map if isinstance(auto_map, (list, tuple)) else (auto_map or {}).get("AutoTokenizer")
+    refs = [refs] if isinstance(refs, str) else list(refs or [])
+    files = {src / (r.rsplit(".", 1)[0].replace(".", "/") + ".py") for r in refs if r and "--" not in r}
+    return sorted(f for f in files if f.is_file())
+
+
 def code_files(src: str | pathlib.Path | None) -> list[pathlib.Path]:
     """The Python files (remote code) of a model directory, sorted; [] for None, "", a file or a
     missing path (a training run without an HF base)."""

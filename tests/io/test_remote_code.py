@@ -336,3 +336,13 @@ def test_config_driven_loaders_name_their_key(tmp_path):
     with pytest.raises(remote_code.RemoteCodeError, match=r"allow it with c\.trust_remote_code = True in the synth config"):
         PolicyPool(specs).tokenizer("a")
     assert type(PolicyPool(specs, trust_remote_code=True).tokenizer("b")).__name__ == "InternLM2TokenizerFast"
+
+
+def test_copy_tokenizer_carries_the_code_its_config_names(official, tmp_path):
+    """A tokenizer copied on its own (train's model/ from prepare's tokenizer/, RFT's policy export)
+    keeps the modules tokenizer_config.json's auto_map names, so it still loads with the flag."""
+    names = models.copy_tokenizer(official, tmp_path / "tok")
+    assert sorted(names) == ["tokenization_internlm2.py", "tokenization_internlm2_fast.py", "tokenizer.json",
+                             "tokenizer_config.json"]
+    tok = models.load_tokenizer(tmp_path / "tok", trust_remote_code=True)
+    assert type(tok).__name__ == "InternLM2TokenizerFast" and tok("Ab")["input_ids"] == [1, 5, 6]
