@@ -79,10 +79,13 @@ def check_tokenizer(src: str | pathlib.Path, trust_remote_code: bool, flag: str 
         if not module_file.exists():
             raise RemoteCodeError(f"{src}: tokenizer_config.json names {ref} for its tokenizer {class_name}, but "
                                   f"{module_file.name} is not in the directory: copy it from the checkpoint's release")
+    if not trust_remote_code and ref is not None:
+        raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which needs its own code ({ref}); loading it "
+                              f"runs that code: read it, then allow it with {flag}")
     if not trust_remote_code:
-        where = f"its own code ({ref})" if ref else "no code that transformers has or that the directory names"
-        raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which needs {where}; loading it runs that "
-                              f"code: read it, then allow it with {flag}")
+        raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which transformers does not have, and the "
+                              f"directory names no code for it (tokenizer_config.json auto_map); transformers' generic "
+                              f"fast tokenizer may give other ids: check them, then allow it with {flag}")
     if ref is None:
         log.warning("%s: tokenizer class %s is not in transformers and the directory names no code for it; "
                     "loading transformers' generic fast tokenizer from its files", src, class_name)

@@ -346,3 +346,13 @@ def test_copy_tokenizer_carries_the_code_its_config_names(official, tmp_path):
                              "tokenizer_config.json"]
     tok = models.load_tokenizer(tmp_path / "tok", trust_remote_code=True)
     assert type(tok).__name__ == "InternLM2TokenizerFast" and tok("Ab")["input_ids"] == [1, 5, 6]
+
+
+def test_an_unknown_tokenizer_class_without_code_is_refused_then_loaded_generically(tmp_path):
+    plain_tokenizer().save_pretrained(str(tmp_path))
+    tok_cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "tokenizer_class": "InternLM2Tokenizer"}))
+    with pytest.raises(remote_code.RemoteCodeError, match=r"InternLM2Tokenizer, which transformers does not have.*"
+                                                          r"allow it with --trust-remote-code$"):
+        models.load_tokenizer(tmp_path)
+    assert models.load_tokenizer(tmp_path, trust_remote_code=True)("ab")["input_ids"] == [1, 5, 6]
