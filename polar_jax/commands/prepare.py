@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.tokenizer, args.output, cfg,
         skip_invalid=args.skip_invalid, workers=args.workers, shards=args.shards,
         add_special_tokens=args.add_special_tokens,
-        **({"trust_remote_code": True} if args.trust_remote_code else {}),  # prepare.prepare takes it (#13)
+        trust_remote_code=args.trust_remote_code,
     )
     lengths = stats["sequence_length"]
     print(f"wrote {stats['rows_written']} triplets to {args.output} in {len(stats['shards'])} shard(s): "

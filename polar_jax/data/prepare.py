@@ -70,18 +70,19 @@ class Encoder:
         }
 
 
-def load_tokenizer(src: str | os.PathLike):
+def load_tokenizer(src: str | os.PathLike, trust_remote_code: bool = False):
     """A tokenizer from a model source or a tokenizer-only HF directory (`io.models.load_tokenizer`)."""
     from polar_jax.io import models  # here, not at the top: keeps pool workers free of the model code
 
     if not os.path.exists(src):
         raise FileNotFoundError(f"tokenizer {src} does not exist (give an HF tokenizer directory or a .gguf file)")
-    return models.load_tokenizer(src)
+    return models.load_tokenizer(src, trust_remote_code)
 
 
-def load_encoder(tokenizer_src: str | os.PathLike, cfg: encoding.EncodingConfig, add_special_tokens: bool = False) -> Encoder:
+def load_encoder(tokenizer_src: str | os.PathLike, cfg: encoding.EncodingConfig, add_special_tokens: bool = False,
+                 trust_remote_code: bool = False) -> Encoder:
     """Load a tokenizer (HF directory or .gguf) and resolve the reward token, adding tokens if asked."""
-    tokenizer = load_tokenizer(tokenizer_src)
+    tokenizer = load_tokenizer(tokenizer_src, trust_remote_code)
     base = len(tokenizer)
     try:
         reward_id = encoding.resolve_reward_token_id(tokenizer, cfg, add_missing=add_special_tokens)
@@ -231,11 +232,13 @@ def prepare(
     add_special_tokens: bool = False,
     progress: bool | None = None,
     encoder: Encoder | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Validate, encode and write triplet JSONL `inputs` to ArrayRecord shards in `output`; returns the stats.
 
     Strict mode raises `schema.DataError` at the first bad row (nothing is written); with
-    `skip_invalid` bad rows are skipped and counted by reason. `encoder` reuses a loaded tokenizer.
+    `skip_invalid` bad rows are skipped and counted by reason. `encoder` reuses a loaded tokenizer;
+    `trust_remote_code` lets a tokenizer that ships its own code (InternLM2's) run it.
     """
     from tqdm import tqdm
 
@@ -261,7 +264,7 @@ def prepare(
     if n_rows == 0:
         raise PrepareError(f"no valid triplet rows in {', '.join(inputs)}" + (f"; skipped:\n{report.summary()}" if report.counts else ""))
     if encoder is None:
-        encoder = load_encoder(tokenizer, cfg, add_special_tokens)
+        encoder = load_encoder(tokenizer, cfg, add_special_tokens, trust_remote_code)
     elif encoder.cfg != cfg:
         raise PrepareError("the given encoder was made for another EncodingConfig")
     workers = min(workers, n_rows)

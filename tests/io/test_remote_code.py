@@ -356,3 +356,20 @@ def test_an_unknown_tokenizer_class_without_code_is_refused_then_loaded_generica
                                                           r"allow it with --trust-remote-code$"):
         models.load_tokenizer(tmp_path)
     assert models.load_tokenizer(tmp_path, trust_remote_code=True)("ab")["input_ids"] == [1, 5, 6]
+
+
+def test_prepare_tokenises_with_the_checkpoints_own_class_only_with_the_flag(official, tmp_path, capsys):
+    from polar_jax.__main__ import main
+    from polar_jax.data import encoding, prepare, sources
+
+    rows = [{"prompt": "What is the capital of China?", "reference": "Beijing.", "chosen": "BEIJING.", "rejected": "Shanghai."}]
+    src = _write_rows(tmp_path / "triplets.jsonl", rows)
+    args = ["prepare", "--input", str(src), "--tokenizer", str(official), "--workers", "1"]
+    assert main([*args, "--output", str(tmp_path / "refused")]) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*args, "--output", str(tmp_path / "out"), "--trust-remote-code"]) == 0
+    record = sources.ArrayRecordTriplets(tmp_path / "out")[0]
+    theirs = AutoTokenizer.from_pretrained(str(official), trust_remote_code=True)
+    want = encoding.encode_triplet(theirs, rows[0], encoding.EncodingConfig(), theirs.convert_tokens_to_ids("[UNUSED_TOKEN_130]"))
+    assert record["chosen"].tolist() == want.chosen.tolist() and record["rejected"].tolist() == want.rejected.tolist()
+    assert type(prepare.load_tokenizer(tmp_path / "out" / prepare.TOKENIZER_DIR, True)).__name__ == "InternLM2TokenizerFast"
