@@ -469,8 +469,9 @@ def rft_model_configs(config):
         return actor, None
     reward = None
     if config.critic.init == "reward_model":
+        # heads given: a directory of config.json alone has no tensor names to tell a reward head from an LM's
         reward = models.read_model_config(_model_path(config.reward.model, "reward.model", config),
-                                          dtype=config.reward.dtype)
+                                          heads=("reward",), dtype=config.reward.dtype)
     rft_trainer.require_heads(config, actor, reward)
     return actor, rft_trainer.critic_config(config, actor, reward)
 
@@ -571,7 +572,7 @@ def _lower_rft(config, mesh, actor_cfg, critic_cfg):
     if reward_path and pathlib.Path(reward_path).exists():
         from polar_jax.io import models
 
-        params = abstract_params(models.read_model_config(reward_path), mesh)
+        params = abstract_params(models.read_model_config(reward_path, heads=("reward",)), mesh)
         report.resident_bytes += shard_bytes(params)
         resident.append(f"reward model {_gib(shard_bytes(params))}")
     if resident:

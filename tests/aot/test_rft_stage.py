@@ -85,7 +85,7 @@ def test_ppo_update_compiles_and_fits(reports):
     assert 0 < report.total_bytes < report.hbm_bytes
     assert report.attention.startswith("pallas") and report.pallas_calls >= 3  # forward, dq and dkv kernels
     assert report.tokens_per_step == BATCH * (PROMPT + RESPONSE) * EPOCHS
-    critic = POLICY.replace(heads=("value",), tie_embeddings=False)
+    critic = POLICY.replace(heads=("value",), tie_embeddings=False, value_head_bias=True)
     assert report.num_params == POLICY.num_params() + critic.num_params()
     # actor and critic states, replicated; the scalars (step, counters, key) add a few bytes
     assert report.state_bytes == pytest.approx(_state_bytes(POLICY) + _state_bytes(critic), abs=1024)
@@ -122,7 +122,7 @@ def test_group_estimator_has_no_critic_state(rft_config, reports, tmp_path, caps
     assert code == 0 and "stage rft" in printed and "FITS" in printed
     group, gae = json.loads(out.read_text()), reports["data"]
     assert group["num_params"] == POLICY.num_params()
-    critic = _state_bytes(POLICY.replace(heads=("value",), tie_embeddings=False))
+    critic = _state_bytes(POLICY.replace(heads=("value",), tie_embeddings=False, value_head_bias=True))
     assert gae.state_bytes - group["state_bytes"] == pytest.approx(critic, abs=1024)
     assert gae.argument_bytes - group["argument_bytes"] == pytest.approx(critic, rel=0.05)
     assert group["model_flops"] < gae.model_flops
@@ -132,10 +132,13 @@ def test_critic_shapes_follow_critic_init(rft_config):
     config = load_config(rft_config, ["--config.policy.dtype=float32", "--config.policy.remat=full"])
     actor, critic = aot.rft_model_configs(config)
     assert actor == POLICY.replace(dtype="float32", remat="full")
-    assert critic == POLICY.replace(heads=("value",), tie_embeddings=False, dtype="float32", remat="full")
+    assert critic == POLICY.replace(heads=("value",), tie_embeddings=False, value_head_bias=True, dtype="float32",
+                                    remat="full")
     config.critic.init = "reward_model"
     _, critic = aot.rft_model_configs(config)
-    assert critic == REWARD.replace(heads=("value",), dtype="float32", remat="full")
+    assert critic == REWARD.replace(heads=("value",), value_head_bias=True, dtype="float32", remat="full")
+    config.critic.value_head_bias = False  # the option off: verl's critic head has a bias, ours then has none
+    assert not aot.rft_model_configs(config)[1].value_head_bias
     config.algorithm.estimator = "group"
     assert aot.rft_model_configs(config)[1] is None
 
@@ -157,3 +160,55 @@ def test_rft_stage_needs_an_rft_config_and_its_policy(rft_config, capsys):
     assert main(["compile", "--config", rft_config, "--topology", TOPOLOGY, "--stage", "rft",
                  "--config.policy.init=/nonexistent/policy"]) == 2
     assert "policy.init '/nonexistent/policy' not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the released Qwen2.5-7B recipe
+
+# config.json of Qwen/Qwen2.5-7B-Instruct and of internlm/POLAR-7B (InternLM2-7B with a reward head), the
+# real sizes; the directories hold nothing else (no weights, no tokenizer).
+QWEN2_5_7B_INSTRUCT = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
+    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+    "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": False, "bos_token_id": 151643,
+    "eos_token_id": 151645}
+POLAR_7B = {
+    "architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", "vocab_size": 92544, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 5e7,
+    "rope_scaling": {"type": "dynamic", "factor": 2.0}, "bias": False, "tie_word_embeddings": False,
+    "reward_token_id": 92527}
+RECIPE_TOPOLOGY, RECIPE_CHIPS = "v5p-128", 64  # 64 chips: 40.3 of 95.7 GiB per chip measured (libtpu 0.0.48)
+
+
+@needs_libtpu
+def test_the_released_qwen2_5_7b_recipe_compiles_for_a_v5p_slice(tmp_path, capsys):
+    for name, cfg in (("qwen", QWEN2_5_7B_INSTRUCT), ("polar", POLAR_7B)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "report.json"
+    code = main(["compile", "--config", "configs/rft_qwen2_5_7b.py", "--topology", RECIPE_TOPOLOGY, "--stage", "rft",
+                 f"--config.policy.init={tmp_path / 'qwen'}", f"--config.reward.model={tmp_path / 'polar'}",
+                 "--json", str(out)])
+    printed = capsys.readouterr().out
+    print(printed)
+    report = json.loads(out.read_text())
+    assert code == 0 and report["fits"] and "FITS" in printed
+    assert report["mesh"] == {"data": 1, "fsdp": RECIPE_CHIPS, "tensor": 1}  # every chip in FSDP
+    assert report["tokens_per_step"] == 1024 * (1024 + 1024)  # 1024 rollouts of 1024 prompt + 1024 response tokens
+    actor = families.config_from_hf(QWEN2_5_7B_INSTRUCT)
+    critic = actor.replace(heads=("value",), value_head_bias=True)  # the policy's trunk, a biased value head
+    assert actor.num_params() == pytest.approx(7.62e9, rel=1e-3)  # Qwen2.5-7B's 7.62B
+    assert report["num_params"] == actor.num_params() + critic.num_params()
+    # float32 parameters and two AdamW moments of both, split over the 64 chips
+    assert report["state_bytes"] == pytest.approx(12 * report["num_params"] / RECIPE_CHIPS, rel=0.01)
+    # POLAR-7B (float32) stays on the chips beside the step; no reference policy (no KL term reads one)
+    reward = families.config_from_hf(POLAR_7B, heads=("reward",))
+    assert reward.rope_theta == 5e7 and reward.num_params() == pytest.approx(7.36e9, rel=1e-3)  # no LM head
+    assert report["resident_bytes"] == pytest.approx(4 * reward.num_params() / RECIPE_CHIPS, rel=0.01)
+    notes = " ".join(report["notes"])
+    assert "1 epoch(s) x 1 mini-batch(es) of 1024 rollouts x 2048 tokens (1024 prompt + 1024 response)" in notes
+    resident = next(n for n in report["notes"] if n.startswith("also held on the devices"))
+    assert "reward model" in resident and "reference policy" not in resident
+    assert report["attention"].startswith("pallas")
+    assert 0.3 * report["hbm_bytes"] < report["total_bytes"] < report["hbm_bytes"]
