@@ -20,10 +20,15 @@ the recipe make each sequence weigh about the same). The data are verl's POLAR p
 (`prompt` messages, `reward_model.ground_truth`); the recipe runs one epoch over them:
 set `iterations` to rows / 1024 (the default, 1220, is the paper's 1.25M prompts).
 
-Where it fits (`compile --stage rft`: the PPO update, actor and critic states, the POLAR-7B
-reward model resident; all chips in FSDP), libtpu 0.0.48, compiled from the two models'
-config.json files: see README "Reinforcement fine-tuning" for the table. Rollout and scoring
-are separate programs (the sampler: `compile --stage sample`).
+Where it fits, measured by `compile --stage rft` (libtpu 0.0.48, from the two models' config.json
+files; the PPO update with the actor's and critic's float32 states and AdamW moments, the POLAR-7B
+reward model counted as resident; all chips in FSDP, no other change):
+
+    v5p-128 (64 chips)   40.3 of 95.7 GiB per chip   fits   (compiled in 75 s on 2 CPU cores)
+    v5p-64  (32 chips)   83.5 of 95.7 GiB per chip   fits   (110 s)
+    v5p-32  (16 chips)   needs 118.7 GiB of temporaries alone: does not fit
+
+Rollout (the KV-cache sampler, `compile --stage sample`) and scoring are separate programs.
 """
 
 from polar_jax.rft.defaults import base_config

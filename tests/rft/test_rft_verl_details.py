@@ -141,3 +141,20 @@ def test_reward_encoding_comes_from_the_model_directory_unless_set(tmp_path):
     config.reward.encoding.newline_before_empty_response = False
     with pytest.raises(ValueError, match="config.reward.encoding.newline_before_empty_response is not an encoding"):
         trainer.reward_encoding(config)
+
+
+def test_the_qwen2_5_7b_recipe_carries_the_released_settings():
+    from polar_jax.config_loading import load_config
+
+    c = load_config("configs/rft_qwen2_5_7b.py")
+    ppo = trainer.ppo_config(c)
+    assert (ppo.estimator, ppo.gamma, ppo.lam, ppo.clip_ratio, ppo.clip_ratio_c) == ("gae", 1.0, 1.0, 0.2, 3.0)
+    assert (ppo.loss_agg, ppo.epochs, ppo.minibatches, ppo.kl_coef, ppo.kl_loss_coef) == (
+        "seq-mean-token-mean", 1, 1, 0.0, 0.0)
+    assert not ppo.needs_reference and not c.reference.keep
+    assert (c.rollout.prompts, c.rollout.samples_per_prompt, c.policy.max_prompt_tokens, c.rollout.max_new_tokens) == (
+        1024, 1, 1024, 1024)
+    assert (c.actor_optim.lr, c.actor_optim.warmup_fraction, c.critic_optim.lr) == (1e-6, 0.03, 1e-5)
+    assert c.critic.init == "policy" and c.critic.value_head_bias and c.reward.normalize == "none"
+    assert c.reward.strip_think == "official" and c.policy.chat_template and c.data.filter_overlong_prompts
+    assert dict(c.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
