@@ -149,7 +149,8 @@ def reward_encoding(config) -> encoding.EncodingConfig:
     explicit = {k: v for k, v in config.reward.encoding.items() if v is not None}
     unknown = sorted(set(explicit) - fields)
     if unknown:
-        raise ValueError(f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: {', '.join(sorted(fields))}")
+        raise ValueError(f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: "
+                         f"{', '.join(sorted(fields))}")
     saved = {}
     path = pathlib.Path(config.reward.model or ".") / ENCODING_FILE
     if config.reward.model and path.is_file():
