@@ -113,6 +113,7 @@ def Records(fields: Mapping[str, Rule]) -> Rule:
 
 BOOL, STR = Rule("bool"), Rule("str")
 NEVER = "0 = never"
+HELDOUT = "every N-th document held out; 0 = none"
 DTYPES = OneOf("float32", "bfloat16", "float16")
 MESH_AXIS = Int(ge=1, also=(-1,), note="-1 takes the rest")
 PROBABILITY = Float(ge=0, le=1)
@@ -179,7 +180,7 @@ RFT: dict[str, Rule] = {
     "data.kind": OneOf("jsonl", "parquet", "policy_samples"), "data.train": STR, "data.eval": STR,
     "data.skip_invalid": BOOL, "data.filter_overlong_prompts": BOOL, "data.truncation": OneOf("error", "left"),
     "data.shuffle": BOOL, "data.eval_rows": Int(ge=1), "data.prompts": STR,
-    "data.prompt_tokens": Seq(Int(ge=1)), "data.heldout_every": Int(ge=2), "data.train_prompts": Int(ge=1),
+    "data.prompt_tokens": Seq(Int(ge=1)), "data.heldout_every": Int(ge=0, note=HELDOUT), "data.train_prompts": Int(ge=1),
     "data.eval_prompts": Int(ge=1),
     "target.checkpoint": STR, "target.trust_remote_code": BOOL, "target.template": STR, "target.system": STR, "target.stop": Seq(STR),
     **_prefixed("target", _SAMPLING), "target.max_new_tokens": Int(ge=1), "target.max_prompt_tokens": Int(ge=1),
@@ -196,7 +197,7 @@ POLICY: dict[str, Rule] = {  # a synth pool entry (synth.pool.PolicySpec)
 SYNTH: dict[str, Rule] = {
     "seed": Int(ge=0), "num_triplets": Int(ge=1), "shard_size": Int(ge=1), "batch_size": Int(ge=1),
     "prompt_bucket": Int(ge=1), "policies": Records(POLICY), "draw_from": Seq(STR), "must_include": Seq(STR),
-    "prompts.corpus": STR, "prompts.split": OneOf("train", "heldout", "all"), "prompts.heldout_every": Int(ge=2),
+    "prompts.corpus": STR, "prompts.split": OneOf("train", "heldout", "all"), "prompts.heldout_every": Int(ge=0, note=HELDOUT),
     "prompts.min_tokens": Int(ge=1), "prompts.max_tokens": Int(ge=1), "prompts.tokenizer": STR,
     "prompts.instructions": STR, "prompts.instruction_fraction": PROBABILITY,
 }
