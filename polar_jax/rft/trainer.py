@@ -375,10 +375,11 @@ def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | N
 
 
 def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
-    """The trained policy as an HF causal-LM directory with its tokenizer."""
+    """The trained policy as an HF causal-LM directory with its tokenizer (and the base's remote code)."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     policy = m.policy
-    hf.save_hf(Model(policy.cfg, jax.tree.map(np.asarray, params), policy.family, policy.hf_config), tmp, head="lm")
+    hf.save_hf(Model(policy.cfg, jax.tree.map(np.asarray, params), policy.family, policy.hf_config), tmp, head="lm",
+               code_from=m.policy_source or None)
     if m.policy_source:
         models.copy_tokenizer(m.policy_source, tmp)
     else:
