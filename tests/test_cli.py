@@ -337,3 +337,13 @@ def test_every_flag_has_help(command):
     importlib.import_module(f"polar_jax.commands.{cli_module.COMMANDS[command][0]}").add_arguments(parser)
     missing = [a.option_strings for a in parser._actions if not a.help]
     assert missing == []
+
+
+def test_score_a_model_without_a_tokenizer_is_one_line_and_convert_still_works(capsys, tmp_path):
+    rows = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "reference": "r", "output": "o"}])
+    assert main(["score", "--model", str(SCORE_MODEL), "--input", str(rows), "--output", str(tmp_path / "o")]) == 2
+    assert f"{SCORE_MODEL} holds no tokenizer" in error_line(capsys, "score") and not (tmp_path / "o").exists()
+    # generation_config.json alone is not a tokenizer: the export simply has none
+    lm = ROOT / "tests/fixtures/hf/llama_untied"
+    assert main(["convert", "--model", str(lm), "--output", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]

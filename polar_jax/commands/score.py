@@ -65,8 +65,9 @@ def encoding_config_from_args(args: argparse.Namespace, model_dir: str | None = 
     base = encoding.EncodingConfig.from_dict(saved["encoding"]) if saved else _DEFAULTS
     given = {k: getattr(args, k) for k in ENCODING_FLAGS if getattr(args, k, None) is not None}
     cfg = dataclasses.replace(base, **given)
-    log.info("encoding %s (%s%s)", cfg.to_dict(), f"{model_dir}/{encoding.ENCODING_FILE}" if saved else "the client's defaults",
-             ", flags: " + ", ".join(given) if given else "")
+    log.debug("encoding %s", cfg.to_dict())
+    log.info("encoding: %s%s", f"{model_dir}/{encoding.ENCODING_FILE}" if saved else "the official client's defaults",
+             " with --" + ", --".join(k.replace("_", "-") for k in given) if given else "")
     return cfg
 
 

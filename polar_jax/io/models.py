@@ -9,6 +9,8 @@ import pathlib
 import shutil
 
 from polar_jax.io import gguf, hf, polar_format, remote_code
+from polar_jax.data import encoding
+from polar_jax.errors import UserError
 from polar_jax.io.hf import Model
 from polar_jax.models import families
 
@@ -17,7 +19,8 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
 )
-ENCODING_FILE = "encoding.json"  # the POLAR encoding a model was trained with (`train`, `prepare` write it)
+# Any one of these defines a tokenizer (the others only accompany it).
+TOKENIZER_DEFINING_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def source_format(src: str | pathlib.Path) -> str:
@@ -80,6 +83,10 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
     return families.config_from_hf(gguf.read_gguf_config(src), heads=heads or ("lm",), **runtime)
 
 
+class NoTokenizerError(UserError, FileNotFoundError):
+    """A model directory without tokenizer files, asked for its tokenizer."""
+
+
 def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, flag: str = remote_code.FLAG):
     """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own.
 
@@ -87,9 +94,13 @@ def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, fla
     `trust_remote_code`; without it `RemoteCodeError` names the directory, the class and `flag`.
     """
     src = pathlib.Path(src)
-    tokenizer_only = src.is_dir() and any((src / n).exists() for n in TOKENIZER_FILES)
-    if not tokenizer_only and source_format(src) == "gguf":
+    if not src.is_dir() and source_format(src) == "gguf":  # (a missing path or another file: its error)
         return gguf.load_gguf_tokenizer(src)
+    if not _has_tokenizer(src):
+        raise NoTokenizerError(
+            f"{src} holds no tokenizer ({', '.join(TOKENIZER_DEFINING_FILES)}); give the tokenizer's "
+            "directory or .gguf (--tokenizer), or copy its files next to the weights"
+        )
     remote_code.check_tokenizer(src, trust_remote_code, flag)
     from transformers import AutoTokenizer
 
@@ -116,23 +127,17 @@ def copy_model_files(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[s
     src, dst = pathlib.Path(src), pathlib.Path(dst)
     names = copy_tokenizer(src, dst)
     code = remote_code.copy_code(src, dst)
-    if (src / ENCODING_FILE).is_file():
-        shutil.copy2(src / ENCODING_FILE, dst / ENCODING_FILE)
-        names.append(ENCODING_FILE)
+    if (src / encoding.ENCODING_FILE).is_file():
+        shutil.copy2(src / encoding.ENCODING_FILE, dst / encoding.ENCODING_FILE)
+        names.append(encoding.ENCODING_FILE)
     return sorted(set(names) | {f.name for f in code})
-
-
-def read_encoding_info(src: str | pathlib.Path) -> dict:
-    """The `encoding.json` a model directory keeps (written by `train` and `prepare`), or {}."""
-    path = pathlib.Path(src) / ENCODING_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def export_token_ids(model: Model, src, trust_remote_code: bool = False) -> dict:
     """`reward_token_id` and `pad_token_id` for an export's config.json: the model config's, else
     (reward) the source's `encoding.json`, else (pad) its tokenizer's; only the ids found."""
     ids = {k: model.hf_config[k] for k in ("reward_token_id", "pad_token_id") if model.hf_config.get(k) is not None}
-    info = read_encoding_info(src) if pathlib.Path(src).is_dir() else {}
+    info = (encoding.read_encoding_file(src) or {}) if pathlib.Path(src).is_dir() else {}
     if "reward_token_id" not in ids and info.get("reward_token_id") is not None:
         ids["reward_token_id"] = int(info["reward_token_id"])
     if "pad_token_id" not in ids and _has_tokenizer(src):
@@ -144,7 +149,7 @@ def export_token_ids(model: Model, src, trust_remote_code: bool = False) -> dict
 
 def _has_tokenizer(src) -> bool:
     src = pathlib.Path(src)
-    return (src.is_file() and src.suffix == ".gguf") or any((src / n).exists() for n in TOKENIZER_FILES)
+    return (src.is_file() and src.suffix == ".gguf") or any((src / n).exists() for n in TOKENIZER_DEFINING_FILES)
 
 
 def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32",
