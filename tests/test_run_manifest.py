@@ -1,0 +1,128 @@
+"""run.json: the fields hold real values, fingerprints follow the bytes, a resume warns on changed inputs."""
+
+import importlib.metadata
+import json
+import logging
+import pathlib
+import platform
+import subprocess
+
+import jax
+import ml_collections
+import pytest
+
+from polar_jax import run_manifest as M
+
+REPO = pathlib.Path(M.__file__).resolve().parent.parent
+
+
+def _config():
+    c = ml_collections.ConfigDict()
+    c.seed = 7
+    c.data = ml_collections.ConfigDict({"train": "x", "shuffle_seed": 3})
+    c.rft = ml_collections.ConfigDict({"rollout": {"seed": 11}, "lr": 1e-3})
+    return c
+
+
+def _shards(root: pathlib.Path) -> pathlib.Path:
+    root.mkdir()
+    for i in range(3):
+        (root / f"train-{i:05d}.array_record").write_bytes(bytes(range(256)) * (i + 1))
+    (root / ".train-00003.tmp").write_bytes(b"half-written")
+    return root
+
+
+def test_fields_hold_the_real_values(tmp_path):
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    m = M.write(tmp_path, _config(), {"data.train": str(_shards(tmp_path / "d")), "model.init": "scratch"},
+                argv=["polar-jax", "train", "--workdir", str(tmp_path)], mesh=mesh)
+    on_disk = json.loads((tmp_path / "run.json").read_text())
+    assert on_disk == json.loads(json.dumps(m)) and on_disk["previous"] == []
+    assert m["argv"] == ["polar-jax", "train", "--workdir", str(tmp_path)]
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers"):
+        assert m["versions"][name] == importlib.metadata.version(name)
+    assert m["versions"]["python"] == platform.python_version() and "libtpu" in m["versions"]
+    assert m["platform"] == jax.default_backend() == "cpu"
+    assert m["devices"] == {"kind": jax.devices()[0].device_kind, "count": jax.device_count(), "processes": 1}
+    assert m["devices"]["count"] == 8
+    assert m["mesh"] == {"data": 2, "fsdp": 4}
+    assert "--xla_force_host_platform_device_count=8" in m["xla_flags"]
+    assert m["seeds"] == {"seed": 7, "data.shuffle_seed": 3, "rft.rollout.seed": 11}
+    assert m["inputs"]["model.init"] == "scratch"
+    data = m["inputs"]["data.train"]
+    assert data["files"] == 3 and data["bytes"] == 256 * 6  # the hidden temporary file is skipped
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert m["code"]["git_commit"] == head.stdout.strip() and isinstance(m["code"]["git_dirty"], bool)
+    else:
+        assert set(m["code"]) == {"package_version"}
+
+
+def test_code_version_falls_back_to_the_package_version_without_git(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git executable
+    assert set(M.code_version()) == {"package_version"}
+
+
+def test_fingerprint_follows_one_byte_of_a_shard(tmp_path):
+    root = _shards(tmp_path / "d")
+    shard = root / "train-00001.array_record"
+    before_dir, before_file = M.fingerprint(str(root)), M.fingerprint(str(shard))
+    assert before_file["size"] == 512 and len(before_file["sha256"]) == 64
+    assert M.fingerprint(str(root)) == before_dir and M.fingerprint(str(shard)) == before_file
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 1
+    shard.write_bytes(bytes(data))
+    assert M.fingerprint(str(shard))["sha256"] != before_file["sha256"]
+    assert M.fingerprint(str(shard))["size"] == before_file["size"]
+    assert M.fingerprint(str(root))["sha256"] != before_dir["sha256"]
+    assert M.fingerprint([str(shard), "smollm2"])[1] == "smollm2"
+    assert M.fingerprint(str(tmp_path / "missing")) == str(tmp_path / "missing") and M.fingerprint(None) is None
+
+
+def test_large_files_hash_head_and_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(M, "LARGE_FILE", 1000)
+    monkeypatch.setattr(M, "EDGE", 100)
+    f = tmp_path / "big.bin"
+    f.write_bytes(bytes(2000))
+    before = M.fingerprint(str(f))
+    assert before["partial"] is True and before["size"] == 2000 and "mtime_ns" in before
+    data = bytearray(2000)
+    data[1950] = 1  # in the tail
+    f.write_bytes(bytes(data))
+    assert M.fingerprint(str(f))["sha256"] != before["sha256"]
+
+
+def test_resume_after_a_changed_shard_warns_and_keeps_the_earlier_manifest(tmp_path, caplog):
+    root = _shards(tmp_path / "d")
+    inputs = {"data.train": str(root), "model.init": "scratch"}
+    first = M.write(tmp_path / "w", _config(), inputs, argv=["first"])
+    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+        M.write(tmp_path / "w", _config(), inputs, argv=["second"])
+    assert caplog.records == []  # nothing changed: nothing said
+    shard = root / "train-00002.array_record"
+    shard.write_bytes(b"\x01" + shard.read_bytes()[1:])
+    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+        third = M.write(tmp_path / "w", _config(), inputs, argv=["third"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"input data.train changed since the run started: {root}"]
+    on_disk = json.loads((tmp_path / "w" / "run.json").read_text())
+    assert on_disk["argv"] == ["third"] and [p["argv"] for p in on_disk["previous"]] == [["first"], ["second"]]
+    assert on_disk["previous"][0]["inputs"] == json.loads(json.dumps(first["inputs"]))
+    assert third["inputs"]["data.train"] != first["inputs"]["data.train"]
+    assert not list((tmp_path / "w").glob(".*tmp"))  # the temporary file was renamed
+
+
+def test_resume_with_another_code_version_warns(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(M, "code_version", lambda: {"git_commit": "a" * 40, "git_dirty": False})
+    M.write(tmp_path, None, {})
+    monkeypatch.setattr(M, "code_version", lambda: {"git_commit": "b" * 40, "git_dirty": True})
+    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+        M.write(tmp_path, None, {})
+    assert [r.getMessage() for r in caplog.records] == [
+        "resuming with another code version: aaaaaaaaaaaa -> bbbbbbbbbbbb (dirty)"]
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    m = M.write(tmp_path, _config(), {})
+    assert m["seeds"]["seed"] == 7 and not (tmp_path / "run.json").exists()
