@@ -126,3 +126,50 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     m = M.write(tmp_path, _config(), {})
     assert m["seeds"]["seed"] == 7 and not (tmp_path / "run.json").exists()
+
+
+class _Pool:
+    """Two scripted policies; policy "a" reads its checkpoint from a real file."""
+
+    batch_size, prompt_bucket = 4, 16
+
+    def __init__(self, checkpoint: str):
+        from polar_jax.synth.pool import PolicySpec
+
+        self.names = ["a", "b"]
+        self.specs = {"a": PolicySpec("a", checkpoint), "b": PolicySpec("b", "smollm2")}
+
+    def sample(self, name, prompts, key):
+        from polar_jax.synth.pool import Sample
+
+        return [Sample(f"{name}:{p}", 3, False) for p in prompts]
+
+
+def test_synth_writes_run_json_and_warns_when_a_checkpoint_changed(tmp_path, caplog):
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from polar_jax.synth import synthesize as S
+    from polar_jax.synth.prompts import PromptSource
+
+    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    ckpt = tmp_path / "a.gguf"
+    ckpt.write_bytes(b"weights v1")
+    prompts = PromptSource(["a document with some words in it. " * 4], tokenizer, min_tokens=2, max_tokens=5, seed=5)
+    plan = S.SynthPlan(num_triplets=4, shard_size=2, seed=9)
+    out = tmp_path / "synth"
+    S.synthesize(_Pool(str(ckpt)), prompts, plan, out, progress=False)
+    m = json.loads((out / "run.json").read_text())
+    assert m["seeds"] == {"plan.seed": 9, "prompts.seed": 5}
+    assert m["inputs"]["policy.a"] == M.fingerprint(str(ckpt)) and m["inputs"]["policy.a"]["size"] == 10
+    assert m["inputs"]["policy.b"] == "smollm2"
+    assert m["inputs"]["prompts.documents"].startswith("sha256:") and m["devices"]["count"] == jax.device_count()
+    assert m["versions"]["jax"] == importlib.metadata.version("jax") and m["previous"] == []
+    ckpt.write_bytes(b"weights v2")
+    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+        S.synthesize(_Pool(str(ckpt)), prompts, plan, out, progress=False)
+    assert [r.getMessage() for r in caplog.records] == [f"input policy.a changed since the run started: {ckpt}"]
+    assert len(json.loads((out / "run.json").read_text())["previous"]) == 1

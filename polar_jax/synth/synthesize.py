@@ -4,6 +4,7 @@ chosen, B the rejected; rows go to JSONL shards in the official format with prov
     OUT/triplets-00000.jsonl ...   {prompt, reference, chosen, rejected, meta}
     OUT/synth.json                 the plan and the pool (a resumed run must match it)
     OUT/summary.json               counts, tokens, seconds (rewritten at the end of each run)
+    OUT/run.json                   the run manifest (polar_jax.run_manifest): code, versions, inputs
 
 Shard s holds prompts [s * shard_size, (s + 1) * shard_size); everything in it (prompts,
 policy pairs, samples) is a pure function of (plan, s), and a shard file appears only
@@ -29,6 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from polar_jax import run_manifest
 from polar_jax.synth.pool import PolicyPool, Sample
 from polar_jax.synth.prompts import PromptSource
 
@@ -161,6 +163,11 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
                              "use another output directory, or delete this one to start over")
     else:
         _write_atomic(manifest, json.dumps(wanted, indent=1))
+    instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()
+    run_manifest.write(out_dir, wanted, {  # the corpus and instructions by content: the files are read already
+        **{f"policy.{n}": pool.specs[n].checkpoint for n in pool.names},
+        "prompts.documents": "sha256:" + wanted["prompts"]["documents_sha256"],
+        "prompts.instructions": "sha256:" + instructions})
     done = [s for s in range(plan.num_shards) if shard_path(out_dir, s).exists()]
     if done:
         log.info("%s: %d of %d shards already written; continuing", out_dir, len(done), plan.num_shards)
