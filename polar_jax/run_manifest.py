@@ -128,6 +128,15 @@ def seeds(config) -> dict:
     return out
 
 
+def train_inputs(config) -> dict:
+    """The inputs of a train config: data.train / data.eval (comma-separated) and model.init."""
+    def items(spec):
+        return [item for item in str(spec or "").split(",") if item]
+
+    return {"data.train": items(config.data.train), "data.eval": items(config.data.get("eval", "")),
+            "model.init": config.model.get("init", None)}
+
+
 def _mesh_shape(mesh) -> dict | None:
     if mesh is None:
         return None

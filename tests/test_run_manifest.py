@@ -173,3 +173,30 @@ def test_synth_writes_run_json_and_warns_when_a_checkpoint_changed(tmp_path, cap
         S.synthesize(_Pool(str(ckpt)), prompts, plan, out, progress=False)
     assert [r.getMessage() for r in caplog.records] == [f"input policy.a changed since the run started: {ckpt}"]
     assert len(json.loads((out / "run.json").read_text())["previous"]) == 1
+
+
+def test_each_scaling_run_dir_gets_a_run_json(tmp_path):
+    import types
+
+    from polar_jax.config_loading import load_config
+    from polar_jax.scaling import sweep
+
+    config = load_config(REPO / "configs" / "scaling" / "cpu_synthetic.py",
+                         ["--config.budget.value=4", "--config.layers=(1, 2)", "--config.family.aspect_ratio=16",
+                          "--config.family.head_dim=16", "--config.train.data.seq_len=256"])
+    plans = sweep.plan(config, tmp_path)
+
+    def fake_train(c, workdir, progress):  # a trainer that writes no manifest itself
+        (pathlib.Path(workdir) / "metrics.jsonl").write_text(json.dumps({"step": c.steps, "eval_loss": 1.0}) + "\n")
+        return types.SimpleNamespace(stopped_by="done")
+
+    assert sweep.run_local(plans, fake_train, progress=False) == {p.name: "finished" for p in plans}
+    for p in plans:
+        m = json.loads((p.workdir / "run.json").read_text())
+        assert m["seeds"]["seed"] == p.config.seed and m["inputs"]["model.init"] == p.config.model.init
+        assert m["inputs"]["data.train"] == [] and m["devices"]["count"] == jax.device_count()
+
+
+def test_train_inputs_split_comma_separated_sources():
+    c = ml_collections.ConfigDict({"data": {"train": "a,b", "eval": "c"}, "model": {"init": "smollm2"}})
+    assert M.train_inputs(c) == {"data.train": ["a", "b"], "data.eval": ["c"], "model.init": "smollm2"}

@@ -53,6 +53,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from polar_jax import run_manifest
 from polar_jax.flops import train_flops_per_token
 from polar_jax.models.config import ModelConfig
 from polar_jax.scaling import fit as fitting
@@ -352,7 +353,7 @@ def run_local(plans: list[RunPlan], train_fn: Callable | None = None, progress: 
     """Train every unfinished run in this process, smallest first; returns {name: status}.
 
     `train_fn(config, workdir, progress)` defaults to the trainer; a run that raises is
-    recorded as failed and the sweep goes on.
+    recorded as failed and the sweep goes on. A run dir left without run.json gets one.
     """
     if train_fn is None:
         from polar_jax.train import trainer
@@ -376,6 +377,8 @@ def run_local(plans: list[RunPlan], train_fn: Callable | None = None, progress: 
         start = time.perf_counter()
         try:
             result = train_fn(run.config, run.workdir, progress)
+            if not (run.workdir / run_manifest.FILENAME).exists():  # the trainer writes it at its start
+                run_manifest.write(run.workdir, run.config, run_manifest.train_inputs(run.config))
             if getattr(result, "stopped_by", "done") == "signal":
                 wall = time.perf_counter() - start + read_status(run).get("wall_s", 0.0)
                 write_status(run, status="pending", error="", wall_s=wall)
