@@ -158,8 +158,8 @@ def _input_path(fp) -> str:
     return str(fp)
 
 
-def build(config, inputs: dict, argv: list[str] | None = None, mesh=None) -> dict:
-    """The manifest of this start, without writing it."""
+def build(config, inputs: dict, argv: list[str] | None = None, mesh=None, hash_inputs: bool = True) -> dict:
+    """The manifest of this start, without writing it (inputs as given when not `hash_inputs`)."""
     devices = jax.devices()
     return {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -171,7 +171,7 @@ def build(config, inputs: dict, argv: list[str] | None = None, mesh=None) -> dic
         "mesh": _mesh_shape(mesh),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "seeds": seeds(config),
-        "inputs": {name: fingerprint(v) for name, v in (inputs or {}).items()},
+        "inputs": {name: fingerprint(v) if hash_inputs else v for name, v in (inputs or {}).items()},
     }
 
 
@@ -179,9 +179,9 @@ def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list
           mesh=None) -> dict:
     """Write `workdir/run.json` (process 0 only, atomically), keeping earlier starts under
     "previous"; warn once per change of code version or input since the last start. Returns it."""
+    if jax.process_index() != 0:  # only the writer reads the inputs
+        return build(config, inputs, argv, mesh, hash_inputs=False)
     manifest = build(config, inputs, argv, mesh)
-    if jax.process_index() != 0:
-        return manifest
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / FILENAME

@@ -124,8 +124,9 @@ def test_resume_with_another_code_version_warns(tmp_path, caplog, monkeypatch):
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    m = M.write(tmp_path, _config(), {})
+    m = M.write(tmp_path, _config(), {"data.train": str(_shards(tmp_path / "d"))})
     assert m["seeds"]["seed"] == 7 and not (tmp_path / "run.json").exists()
+    assert m["inputs"] == {"data.train": str(tmp_path / "d")}  # not read: only process 0 hashes
 
 
 class _Pool:
