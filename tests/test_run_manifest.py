@@ -9,7 +9,6 @@ import subprocess
 
 import jax
 import ml_collections
-import pytest
 
 from polar_jax import run_manifest as M
 
