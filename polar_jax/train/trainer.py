@@ -149,12 +149,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
                         writer.write(step, evaluate(eval_step, state.params, source, config, batch_sharding),
                                      f"eval_{name}_")
                 minutes = (time.monotonic() - last_save) / 60
-                if at_save or minutes >= config.checkpoint_minutes:
+                if stop.requested:
+                    log.warning("%s received: saving step %d and exiting", stop.requested, step)
+                # One save per step: saving a step twice makes orbax raise StepAlreadyExistsError.
+                if at_save or minutes >= config.checkpoint_minutes or stop.requested:
                     ckpt.save(step, state, train_iter, resolved, force=True)
                     last_save = time.monotonic()
                 if stop.requested:
-                    log.warning("%s received: saving step %d and exiting", stop.requested, step)
-                    ckpt.save(step, state, train_iter, resolved, force=True)
                     break
             if not evaluated and config.eval_every and not stop.requested:  # a finished run, rerun
                 evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
