@@ -200,3 +200,37 @@ def test_each_scaling_run_dir_gets_a_run_json(tmp_path):
 def test_train_inputs_split_comma_separated_sources():
     c = ml_collections.ConfigDict({"data": {"train": "a,b", "eval": "c"}, "model": {"init": "smollm2"}})
     assert M.train_inputs(c) == {"data.train": ["a", "b"], "data.eval": ["c"], "model.init": "smollm2"}
+
+
+def test_train_writes_run_json_and_a_resume_after_a_changed_shard_warns(tmp_path, caplog):
+    import numpy as np
+
+    from polar_jax.config_loading import load_config
+    from polar_jax.data import records, sources
+    from polar_jax.train import trainer
+
+    def shard(directory, seed):
+        rng = np.random.default_rng(seed)
+        directory.mkdir(parents=True, exist_ok=True)
+        sources.write_array_record(directory / sources.shard_name(0, 1), [
+            records.encode_record(rng.integers(1, 128, 40), rng.integers(1, 128, 40)) for _ in range(32)])
+
+    data = tmp_path / "data"
+    shard(data, seed=0)
+    cfg = load_config(REPO / "configs" / "pretrain_tiny.py", [
+        "--config.steps=2", "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=2",
+        "--config.data.batch_size=8", "--config.model.d_model=32", "--config.model.mlp_dim=64",
+        "--config.data.seq_len=256", "--config.data.max_pairs_per_row=2", "--config.data.kind=array_record",
+        f"--config.data.train={data}", f"--config.data.eval={data}"])
+    trainer.train(cfg, tmp_path / "run", progress=False)
+    m = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert m["previous"] == [] and m["versions"]["flax"] == importlib.metadata.version("flax")
+    assert m["devices"]["count"] == jax.device_count() and m["seeds"]["seed"] == cfg.seed and m["platform"] == "cpu"
+    assert m["mesh"] and np.prod(list(m["mesh"].values())) == jax.device_count()
+    assert m["inputs"]["data.train"] == [M.fingerprint(str(data))] and m["inputs"]["model.init"] == "scratch"
+    shard(data, seed=1)  # the data shard changes under the run
+    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+        trainer.train(cfg, tmp_path / "run", progress=False)  # the same command again: a resume
+    warnings = [r.getMessage() for r in caplog.records if r.name == "polar_jax.run_manifest"]
+    assert any(w.startswith("input data.train changed since the run started") for w in warnings), warnings
+    assert len(json.loads((tmp_path / "run" / "run.json").read_text())["previous"]) == 1

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from polar_jax import parallel
+from polar_jax import parallel, run_manifest
 from polar_jax import sampling as sampling_lib
 from polar_jax.data import encoding
 from polar_jax.io import checkpoint, hf, models
@@ -392,6 +392,16 @@ def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
     return out_dir
 
 
+def run_inputs(config) -> dict:
+    """The inputs an RFT run reads (fingerprinted in run.json): models, data files, the target."""
+    def items(spec):
+        return [item for item in str(spec or "").split(",") if item]
+
+    return {"policy.init": config.policy.init, "reward.model": config.reward.model,
+            "reward.tokenizer": config.reward.tokenizer or None, "target.checkpoint": config.target.checkpoint or None,
+            "data.train": items(config.data.train), "data.eval": items(config.data.eval)}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True,
           models_: Models | None = None, on_iteration: Callable[[int, dict], None] | None = None) -> RunResult:
     """Run (or resume) the RFT described by `config` in `workdir`. `models_` replaces loading
@@ -406,6 +416,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     mesh = parallel.make_mesh(dict(config.mesh))
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
+    run_manifest.write(workdir, config, run_inputs(config), mesh=mesh)  # run.json; warns on changed inputs
 
     # ------------------------------------------------------------------------------ models
     m = models_ or load_models(config)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from polar_jax import parallel
+from polar_jax import parallel, run_manifest
 from polar_jax.data import pipeline as data_pipeline
 from polar_jax.data import encoding, prepare, sources, synthetic
 from polar_jax.io import checkpoint, models, polar_format
@@ -66,6 +66,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     mesh = parallel.make_mesh(dict(config.mesh))
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
+    run_manifest.write(workdir, config, run_manifest.train_inputs(config), mesh=mesh)  # run.json; warns on changed inputs
 
     # ------------------------------------------------------------------------------ model
     model = build_model(config)

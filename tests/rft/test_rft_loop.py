@@ -74,6 +74,11 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     assert [r["step"] for r in rows if "eval_reward" in r] == [0, ITERATIONS]
     assert sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
     assert (reference_run / "tensorboard").is_dir()
+    from polar_jax import run_manifest
+
+    manifest = json.loads((reference_run / "run.json").read_text())  # the run's inputs, fingerprinted
+    assert manifest["inputs"]["policy.init"] == run_manifest.fingerprint(tiny["policy"])
+    assert manifest["inputs"]["reward.model"]["sha256"] == run_manifest.fingerprint(tiny["reward"])["sha256"]
 
     results = json.loads((reference_run / "rft_results.json").read_text())
     evals = {r["step"]: r for r in rows if "eval_reward" in r}
