@@ -1,0 +1,160 @@
+"""Stage "rft": the RFT loop's PPO update (`rft.step.ppo_update`) of an RFT config, lowered over
+abstract actor and critic states and one abstract rollout batch, with the model shapes read
+from the configs of its model files (`io.models.read_model_config`), not their weights."""
+
+from __future__ import annotations
+
+import pathlib
+
+from polar_jax.aot.abstract import abstract_params, abstract_rng, tracing_context
+from polar_jax.aot.counting import ppo_row_flops, shard_bytes, traced_matmul_flops
+from polar_jax.aot.report import attention_text, count_text, empty_report, gib_text
+
+
+def rft_model_configs(config):
+    """(actor, critic or None) `ModelConfig`s of an RFT config, from the configs of its model
+    files alone (no weights read), with the runtime settings `rft.trainer.load_models` and
+    `critic_model` give them: the actor is policy.init's LM; the critic (none with
+    algorithm.estimator=group) the policy's or reward.model's trunk with a "value" head."""
+    missing = [k for k in ("policy", "rollout", "algorithm", "critic", "reward", "actor_optim") if k not in config]
+    if missing:
+        raise ValueError(f"--stage rft needs an RFT config (from polar_jax.rft.defaults.base_config, as "
+                         f"configs/rft_demo.py); this one has no {', '.join(missing)}")
+    from polar_jax.io import models
+    from polar_jax.rft import trainer as rft_trainer
+
+    actor = models.read_model_config(_model_path(config.policy.init, "policy.init", config),
+                                     **rft_trainer.policy_runtime(config))
+    if not rft_trainer.ppo_config(config).uses_critic:
+        rft_trainer.require_heads(config, actor)
+        return actor, None
+    reward = None
+    if config.critic.init == "reward_model":
+        # heads given: a directory of config.json alone has no tensor names to tell a reward head from an LM's
+        reward = models.read_model_config(_model_path(config.reward.model, "reward.model", config),
+                                          heads=("reward",), dtype=config.reward.dtype)
+    rft_trainer.require_heads(config, actor, reward)
+    return actor, rft_trainer.critic_config(config, actor, reward)
+
+
+def _model_path(path: str, what: str, config) -> str:
+    """`path` if it exists, else a FileNotFoundError naming the config key `what` and the config's setup hint."""
+    if not path or not pathlib.Path(path).exists():
+        hint = config.get("setup_hint", "")
+        raise FileNotFoundError(f"{what} {path!r} not found (--stage rft reads its config.json / metadata, not its "
+                                f"weights)" + (f"; {hint}" if hint else f"; set --config.{what}"))
+    return path
+
+
+def lower(config, mesh, actor_cfg, critic_cfg):
+    """(lowered update, report without the compiled figures) of the RFT loop's PPO update
+    (`rft.step.ppo_update`) over abstract actor and critic (None: no critic) states and one
+    abstract rollout batch (`Experience`), as `rft.trainer.Runner` calls it."""
+    from polar_jax.models.attention import resolve_impl
+    from polar_jax.rft import step as rft_step
+    from polar_jax.rft import trainer as rft_trainer
+
+    ppo = rft_trainer.ppo_config(config)
+    batch, prompt_len, new_tokens = _rollout_shape(config)
+    width = prompt_len + new_tokens
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch % shards:
+        raise ValueError(f"rollout.prompts x rollout.samples_per_prompt = {batch} must be a multiple of the "
+                         f"mesh's batch shards (data x fsdp = {shards})")
+    if batch % ppo.minibatches:
+        raise ValueError(f"{batch} rollouts per iteration do not split into algorithm.minibatches={ppo.minibatches}")
+    total_steps = config.iterations * ppo.epochs * ppo.minibatches
+    actor, actor_optim = _abstract_state(actor_cfg, config.actor_optim, total_steps, mesh)
+    critic, critic_optim = (_abstract_state(critic_cfg, config.critic_optim, total_steps, mesh) if critic_cfg
+                            else (None, None))
+    exp = _abstract_experience(mesh, batch, width, new_tokens)
+    with tracing_context(mesh):
+        traced = rft_step.ppo_update.trace(actor, critic, exp, abstract_rng(mesh), actor_cfg=actor_cfg,
+                                           critic_cfg=critic_cfg, ppo=ppo, actor_optim=actor_optim,
+                                           critic_optim=critic_optim, total_steps=total_steps, mesh=mesh)
+        lowered = traced.lower()
+        impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, width)
+    state_bytes = shard_bytes(actor) + (shard_bytes(critic) if critic else 0)
+    report = _update_report(config, ppo, actor_cfg, critic_cfg, state_bytes,
+                            attention=attention_text(impl, actor_cfg.attention_impl),
+                            traced_flops=traced_matmul_flops(traced.jaxpr))
+    _add_resident(report, config, ppo, actor.params, mesh)
+    return lowered, report
+
+
+def _rollout_shape(config) -> tuple[int, int, int]:
+    """(rollouts per iteration, prompt tokens, response tokens) of an RFT config."""
+    ro = config.rollout
+    return ro.prompts * ro.samples_per_prompt, config.policy.max_prompt_tokens, ro.max_new_tokens
+
+
+def _abstract_state(model_cfg, optim_fields, total_steps: int, mesh):
+    """(abstract train state on `mesh`, its `OptimConfig`) of one trained model of the PPO update."""
+    from polar_jax.train.optim import OptimConfig, make_optimizer
+    from polar_jax.train.state import abstract_state
+
+    optim = OptimConfig(**optim_fields)
+    return abstract_state(model_cfg, make_optimizer(optim, total_steps), mesh), optim
+
+
+def _abstract_experience(mesh, batch: int, width: int, new_tokens: int):
+    """One abstract rollout batch (`rft.step.Experience`) of `batch` rows, sharded as `Runner.put` places them."""
+    import jax
+    import jax.numpy as jnp
+
+    from polar_jax import parallel
+    from polar_jax.rft import step as rft_step
+
+    rows = parallel.batch_sharding(mesh, ndim=2)  # as Runner.put places [B, ...] arrays; Experience has no [B] one
+    shapes = {"tokens_bt": ((batch, width), jnp.int32), "mask_bt": ((batch, width), jnp.int32),
+              **{k: ((batch, new_tokens), jnp.float32) for k in (
+                  "response_mask_bn", "old_logp_bn", "ref_logp_bn", "old_values_bn", "advantages_bn", "returns_bn")}}
+    assert tuple(shapes) == rft_step.Experience._fields, \
+        "the Experience contract changed: update polar_jax/aot/rft_stage.py"
+    return rft_step.Experience(**{k: jax.ShapeDtypeStruct(s, d, sharding=rows) for k, (s, d) in shapes.items()})
+
+
+def _update_report(config, ppo, actor_cfg, critic_cfg, state_bytes: int, **fields):
+    """The PPO update's report before compiling: token and FLOP counts, parameters, what the
+    step covers, and the other `fields` given."""
+    batch, prompt_len, new_tokens = _rollout_shape(config)
+    width = prompt_len + new_tokens
+    per_row = ppo_row_flops(actor_cfg, width, new_tokens) + (ppo_row_flops(critic_cfg, width) if critic_cfg else 0.0)
+    report = empty_report(
+        tokens_per_step=batch * width * ppo.epochs,
+        num_params=actor_cfg.num_params() + (critic_cfg.num_params() if critic_cfg else 0),
+        state_bytes=state_bytes, model_flops=per_row * batch * ppo.epochs,
+        model_flops_rule=("per epoch and rollout row of W tokens: actor 6 N W + 6 L W^2 d + LM head 6 d V x R "
+                          "response positions" + (", critic 6 N W + 6 L W^2 d" if critic_cfg else "")
+                          + "; N = decoder parameters without embedding and heads"), **fields)
+    ro = config.rollout
+    report.notes.append(
+        f"PPO update: {ppo.epochs} epoch(s) x {ppo.minibatches} mini-batch(es) of {batch // ppo.minibatches} "
+        f"rollouts x {width} tokens ({prompt_len} prompt + {new_tokens} response), estimator {ppo.estimator}; "
+        f"tokens per step = rollouts ({ro.prompts} prompts x {ro.samples_per_prompt}) x width x epochs; rollout, "
+        "scoring, experience making and the reference policy are not in this step")
+    report.notes.append(
+        f"trained: actor {count_text(actor_cfg.num_params())} parameters"
+        + (f" + critic {count_text(critic_cfg.num_params())} (critic.init={config.critic.init})" if critic_cfg
+           else " (no critic: algorithm.estimator=group)")
+        + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device")
+    return report
+
+
+def _add_resident(report, config, ppo, actor_params, mesh) -> None:
+    """Count in `report` what a run holds on the devices beside the update: the reference
+    policy (a copy of the actor's parameters) and the reward model, with a note naming them."""
+    resident = []
+    if config.reference.keep or ppo.needs_reference:
+        report.resident_bytes += shard_bytes(actor_params)
+        resident.append(f"reference policy {gib_text(shard_bytes(actor_params))}")
+    reward_path = config.reward.model
+    if reward_path and pathlib.Path(reward_path).exists():
+        from polar_jax.io import models
+
+        params = abstract_params(models.read_model_config(reward_path, heads=("reward",)), mesh)
+        report.resident_bytes += shard_bytes(params)
+        resident.append(f"reward model {gib_text(shard_bytes(params))}")
+    if resident:
+        report.notes.append(f"also held on the devices during a run, outside this step (float32 parameters; counted in "
+                            f"the total): {', '.join(resident)} per device")
