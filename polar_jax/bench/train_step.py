@@ -49,23 +49,14 @@ def main(argv=None) -> None:
     if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.devices}").strip()
-    import functools
-    import json
-    import pathlib
-    import subprocess
-    import time
-
-    import jax
+    import jax  # only now: XLA_FLAGS above must be set before JAX starts
     import numpy as np
 
-    from polar_jax import parallel
     from polar_jax.bench.common import print_table
     from polar_jax.data.packing import make_batch
     from polar_jax.flops import peak_tflops, train_flops_per_token
     from polar_jax.models.config import ModelConfig
     from polar_jax.train import step as S
-    from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
-    from polar_jax.train.state import create_state
 
     cfg = ModelConfig(**MODELS[args.model], heads=("reward",), dtype=args.dtype, remat=args.remat,
                       attention_impl=args.attention, scan_unroll=args.unroll)
@@ -78,65 +69,92 @@ def main(argv=None) -> None:
     peak, peak_source = peak_tflops()
     flops_per_token = train_flops_per_token(cfg, context=half)
     device = jax.devices()[0]
-    rows = []
-    for spec in args.meshes.split(";"):
-        axes = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
-        devices = jax.devices()[:1] if axes == {"data": 1} else None
-        mesh = parallel.make_mesh(axes, devices)
-        optimizer = make_optimizer(OptimConfig(lr=1e-5), 1000)
-        state = create_state(cfg, optimizer, jax.random.key(0), mesh)
-        shardings = jax.tree.map(lambda x: x.sharding, state)
-        step = jax.jit(functools.partial(S.train_step, model_cfg=cfg, optimizer=optimizer,
-                                         schedule=lr_schedule(OptimConfig(lr=1e-5), 1000)),
-                       in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None),
-                       donate_argnums=0)
-        with parallel.use_rules(mesh):
-            batch = {k: jax.device_put(v, parallel.batch_sharding(mesh, ndim=v.ndim)) for k, v in host_batch.items()}
-            start = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics["loss"])
-            compile_s = time.perf_counter() - start
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics["loss"])
-            times = []
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                state, metrics = step(state, batch)
-                jax.block_until_ready(metrics["loss"])
-                times.append(time.perf_counter() - start)
-        seconds = sorted(times)[len(times) // 2]
-        tokens_per_s = args.batch * args.seq / seconds
-        memory = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform == "gpu" else None
-        rows.append({
-            "impl": f"polar_jax mesh {spec} ({mesh.size} dev)", "step ms": f"{seconds * 1e3:.1f}",
-            "tokens/s": f"{tokens_per_s:,.0f}",
-            "MFU": f"{tokens_per_s * flops_per_token / (peak * 1e12 * mesh.size):.1%}" if peak else "n/a",
-            "compile s": f"{compile_s:.1f}", "peak GiB": f"{memory / 2**30:.1f}" if memory else "",
-        })
-        del state, batch
+    rows = [_time_mesh(spec, args, cfg, host_batch, flops_per_token, peak) for spec in args.meshes.split(";")]
     if args.torch and device.platform == "gpu":
-        hf = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
-                  num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-                  intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.rms_eps, tie_word_embeddings=False)
-        root = pathlib.Path(__file__).resolve().parents[2]
-        for mode in args.torch.split(","):
-            out = subprocess.run([sys.executable, "-m", "polar_jax.bench.torch_train", json.dumps(hf),
-                                  str(2 * args.batch), str(half), mode, str(max(args.steps, 5))],
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
-            if out.returncode:
-                rows.append({"impl": f"transformers ({mode}) FAILED: {out.stderr.strip().splitlines()[-1][:80]}"})
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({
-                "impl": f"transformers {r['transformers']} + torch {r['torch']} ({mode}, {r['attention']})",
-                "step ms": f"{r['seconds'] * 1e3:.1f}", "tokens/s": f"{r['tokens_per_s']:,.0f}",
-                "MFU": f"{r['tokens_per_s'] * flops_per_token / (peak * 1e12):.1%}" if peak else "n/a",
-                "compile s": "", "peak GiB": f"{r['peak_gib']:.1f}",
-            })
+        rows += _torch_rows(args, cfg, flops_per_token, peak)
     print_table(rows, f"train step: {args.model} reward model ({cfg.num_params() / 1e6:.0f}M params), "
                       f"{args.batch} rows x {args.seq} tokens (one pair of 2 x {half} per row), {args.dtype}, "
                       f"attention {args.attention}, remat {args.remat}, unroll {args.unroll}; {device.platform} ({device.device_kind}); "
                       f"MFU peak: {peak or 'n/a'} TFLOP/s ({peak_source})")
+
+
+def _time_mesh(spec: str, args: argparse.Namespace, cfg, host_batch: dict, flops_per_token: float, peak) -> dict:
+    """The table row of polar_jax's train step on the mesh `spec` ("data=1", "fsdp=-1", ...): compile time,
+    then the median of `args.steps` timed steps after one warm-up step, as step time, tokens/s, MFU and peak memory."""
+    import functools
+    import time
+
+    import jax
+
+    from polar_jax import parallel
+    from polar_jax.train import step as S
+    from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
+    from polar_jax.train.state import create_state
+
+    device = jax.devices()[0]
+    axes = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+    devices = jax.devices()[:1] if axes == {"data": 1} else None
+    mesh = parallel.make_mesh(axes, devices)
+    optimizer = make_optimizer(OptimConfig(lr=1e-5), 1000)
+    state = create_state(cfg, optimizer, jax.random.key(0), mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(functools.partial(S.train_step, model_cfg=cfg, optimizer=optimizer,
+                                     schedule=lr_schedule(OptimConfig(lr=1e-5), 1000)),
+                   in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None),
+                   donate_argnums=0)
+    with parallel.use_rules(mesh):
+        batch = {k: jax.device_put(v, parallel.batch_sharding(mesh, ndim=v.ndim)) for k, v in host_batch.items()}
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        compile_s = time.perf_counter() - start
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics["loss"])
+            times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    tokens_per_s = args.batch * args.seq / seconds
+    memory = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform == "gpu" else None
+    return {
+        "impl": f"polar_jax mesh {spec} ({mesh.size} dev)", "step ms": f"{seconds * 1e3:.1f}",
+        "tokens/s": f"{tokens_per_s:,.0f}",
+        "MFU": f"{tokens_per_s * flops_per_token / (peak * 1e12 * mesh.size):.1%}" if peak else "n/a",
+        "compile s": f"{compile_s:.1f}", "peak GiB": f"{memory / 2**30:.1f}" if memory else "",
+    }
+
+
+def _torch_rows(args: argparse.Namespace, cfg, flops_per_token: float, peak) -> list[dict]:
+    """The table rows of the same reward model in transformers + PyTorch, one per mode of `--torch`, each
+    measured in a subprocess (polar_jax.bench.torch_train); a failed mode gets a row saying so."""
+    import json
+    import pathlib
+    import subprocess
+
+    half = args.seq // 2
+    hf = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+              num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+              intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.rms_eps, tie_word_embeddings=False)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    rows = []
+    for mode in args.torch.split(","):
+        out = subprocess.run([sys.executable, "-m", "polar_jax.bench.torch_train", json.dumps(hf),
+                              str(2 * args.batch), str(half), mode, str(max(args.steps, 5))],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+        if out.returncode:
+            rows.append({"impl": f"transformers ({mode}) FAILED: {out.stderr.strip().splitlines()[-1][:80]}"})
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({
+            "impl": f"transformers {r['transformers']} + torch {r['torch']} ({mode}, {r['attention']})",
+            "step ms": f"{r['seconds'] * 1e3:.1f}", "tokens/s": f"{r['tokens_per_s']:,.0f}",
+            "MFU": f"{r['tokens_per_s'] * flops_per_token / (peak * 1e12):.1%}" if peak else "n/a",
+            "compile s": "", "peak GiB": f"{r['peak_gib']:.1f}",
+        })
+    return rows
 
 
 if __name__ == "__main__":
