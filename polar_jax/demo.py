@@ -29,8 +29,8 @@ import time
 
 from polar_jax import evaluate
 from polar_jax.data import encoding, prepare
-from polar_jax.io import models
-from polar_jax.synth import demo_lms, prompts as prompts_lib, synthesize
+from polar_jax.io import models, tokenizers
+from polar_jax.synth import corpus, demo_lms, prompts as prompts_lib, synthesize
 from polar_jax.synth.pool import CHATML, SMOLLM2, PolicyPool, PolicySpec
 from polar_jax.train import trainer
 from polar_jax.train.defaults import base_config
@@ -98,9 +98,9 @@ def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> Policy
 def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, progress: bool) -> dict:
     """The three triplet sets (resumable); returns their summaries."""
     p = paths(workdir)
-    documents = demo_lms.corpus_documents()
+    documents = corpus.corpus_documents()
     train_docs, heldout_docs = prompts_lib.split_documents(documents, cfg.heldout_every)
-    tokenizer = models.load_tokenizer(p["tokenizer"])
+    tokenizer = tokenizers.load_tokenizer(p["tokenizer"])
     train_policies = tuple(n for n in pool.names if n not in cfg.heldout_policies)
     plans = {
         "train": (train_docs, synthesize.SynthPlan(cfg.triplets[0], cfg.shard_size, cfg.seed, train_policies)),
@@ -163,7 +163,7 @@ def evaluate_splits(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> d
     """Pair accuracy of the trained reward model on both held-out sets."""
     p = paths(workdir)
     model = models.load_model(p["rm"] / "model")
-    tokenizer = models.load_tokenizer(p["tokenizer"])
+    tokenizer = tokenizers.load_tokenizer(p["tokenizer"])
     seen = evaluate.policies_in([p["synth"] / "train"])
     out = {}
     for split in ("heldout_prompts", "heldout_policies"):
@@ -189,7 +189,7 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig = DemoConfig(), progre
         seconds[name] = round(time.perf_counter() - start, 1)
         return result
 
-    stage("tokenizer", demo_lms.train_tokenizer, demo_lms.corpus_documents(), cfg.tokenizer_vocab, p["tokenizer"])
+    stage("tokenizer", demo_lms.train_tokenizer, corpus.corpus_documents(), cfg.tokenizer_vocab, p["tokenizer"])
     pool = stage("policies", build_pool, cfg, workdir, progress)
     synth = stage("synthesis", synthesize_splits, cfg, pool, workdir, progress)
     stage("prepare", prepare_splits, workdir, progress)

@@ -18,7 +18,7 @@ Groups:
   no policy are counted as "no_provenance" (only when a seen set is given).
 - "category=<name>": by `meta.category` where rows carry one.
 
-The paper's preference protocol (REFERENCE.md, "Evaluation in the paper") is this same
+The paper's preference protocol (Dou et al., arXiv 2507.05197: RMB and in-house sets) is this same
 computation on any `{prompt, reference, chosen, rejected}` file: for a prompt with responses
 ranked by annotators, the top-ranked response is the reference, rank 2 the chosen and rank 3
 the rejected; the preference accuracy is the "all" (or "category=...") accuracy here.
@@ -35,7 +35,7 @@ import numpy as np
 
 from polar_jax import scoring
 from polar_jax.data import encoding, schema
-from polar_jax.io.hf import Model
+from polar_jax.io.model import Model
 
 log = logging.getLogger(__name__)
 

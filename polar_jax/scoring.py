@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polar_jax.data import encoding
-from polar_jax.io.hf import Model
+from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 

@@ -15,6 +15,7 @@ from polar_jax import scoring
 from polar_jax.__main__ import main as cli
 from polar_jax.data import encoding
 from polar_jax.io import hf
+from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 
@@ -65,7 +66,7 @@ def setup(tmp_path_factory):
     tok = _tokenizer()
     cfg = ModelConfig(vocab_size=len(tok), d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
                       mlp_dim=32, heads=("reward",), init_std=0.5)
-    model = hf.Model(cfg, T.init_params(cfg, jax.random.key(0)), "llama", {"reward_token_id": REWARD})
+    model = Model(cfg, T.init_params(cfg, jax.random.key(0)), "llama", {"reward_token_id": REWARD})
     out = tmp_path_factory.mktemp("rm")
     hf.save_hf(model, out)
     tok.save_pretrained(str(out))
@@ -129,7 +130,7 @@ def test_accuracy_equals_the_models_own_scores(setup):
 def test_zero_reward_head_scores_exactly_chance(setup):
     model, tok, _ = setup
     params = {**model.params, "reward_head": np.zeros_like(model.params["reward_head"])}
-    out = ev.evaluate_triplets(hf.Model(model.cfg, params, model.family, model.hf_config), tok, ROWS,
+    out = ev.evaluate_triplets(Model(model.cfg, params, model.family, model.hf_config), tok, ROWS,
                                batch_size=4, progress=False)
     assert out["all"] == {"n": 7, "accuracy": 0.5, "margin": 0.0, "mean_chosen": 0.0, "mean_rejected": 0.0, "ties": 7}
 

@@ -25,11 +25,11 @@ import numpy as np
 from polar_jax import parallel
 from polar_jax.bench.common import print_table
 from polar_jax.config_loading import load_config
-from polar_jax.io.hf import Model
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 from polar_jax.rft import data as data_lib
-from polar_jax.rft import trainer
+from polar_jax.rft import setup, trainer
 from polar_jax.rft.defaults import base_config
 
 PHASES = (("rollout", "time_rollout_s"), ("scoring", "time_score_s"), ("experience", "time_experience_s"),
@@ -40,19 +40,19 @@ SIZES = {"tiny": (64, 2, 4, 2, 16, 128), "100m": (768, 12, 12, 4, 64, 2048), "80
 
 def synthetic(size: str, dtype: str, prompts: int, new: int, prompt_tokens: int, workdir: pathlib.Path):
     """(config, models, examples) of random models of `size` on corpus prompts; no files needed."""
-    from polar_jax.io import models as model_io
-    from polar_jax.synth import demo_lms, prompts as prompts_lib
+    from polar_jax.io import tokenizers
+    from polar_jax.synth import corpus, demo_lms, prompts as prompts_lib
     from polar_jax.train.lm import numpy_init_params
 
-    tok_dir = demo_lms.train_tokenizer(demo_lms.corpus_documents(), 32000, workdir / "tokenizer")
-    tok = model_io.load_tokenizer(tok_dir)
+    tok_dir = demo_lms.train_tokenizer(corpus.corpus_documents(), 32000, workdir / "tokenizer")
+    tok = tokenizers.load_tokenizer(tok_dir)
     d, layers, heads, kv, head_dim, mlp = SIZES[size]
     cfg = ModelConfig(vocab_size=-(-len(tok) // 128) * 128, d_model=d, num_layers=layers, num_heads=heads,
                       num_kv_heads=kv, head_dim=head_dim, mlp_dim=mlp, dtype=dtype, scan_unroll=1)
     policy = Model(cfg, numpy_init_params(cfg, 0), "llama", families.hf_config_for(cfg, "llama", "lm"))
     rm_cfg = cfg.replace(heads=("reward",))
     reward = Model(rm_cfg, numpy_init_params(rm_cfg, 1), "llama", families.hf_config_for(rm_cfg, "llama", "reward"))
-    m = trainer.Models(policy, tok, reward, tok)
+    m = setup.Models(policy, tok, reward, tok)
 
     c = base_config()
     c.policy.max_prompt_tokens = prompt_tokens
@@ -61,7 +61,7 @@ def synthetic(size: str, dtype: str, prompts: int, new: int, prompt_tokens: int,
     c.reward.encoding.max_length = 2 * (prompt_tokens + new) + 512
     c.reward.encoding.max_response_length = max(new, 64)
     c.eval.batch_size = prompts
-    docs = demo_lms.corpus_documents()
+    docs = corpus.corpus_documents()
     source = prompts_lib.PromptSource(docs, tok, min_tokens=prompt_tokens // 4, max_tokens=prompt_tokens, seed=0)
     texts = [source.prompt(i).text for i in range(4 * prompts + 1)]
     examples = [data_lib.Example(texts[i], texts[i + 1], f"synthetic:{i}") for i in range(4 * prompts)]
@@ -71,7 +71,7 @@ def synthetic(size: str, dtype: str, prompts: int, new: int, prompt_tokens: int,
 def from_config(spec: str, overrides: list[str], workdir: pathlib.Path):
     """(config, models, examples) of an RFT config (its data: sampled into `workdir` if needed)."""
     config = load_config(spec, overrides)
-    m = trainer.load_models(config)
+    m = setup.load_models(config)
     mesh = parallel.make_mesh(dict(config.mesh))
     with parallel.use_rules(mesh):
         target = trainer.Runner(config, m, mesh).target

@@ -22,7 +22,7 @@ from polar_jax import evaluate
 from polar_jax.data import schema
 from polar_jax.commands import score
 from polar_jax.errors import UserError
-from polar_jax.io import models
+from polar_jax.io import models, tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no valid triplets in {' '.join(args.data)}")
     if report.invalid:
         log.warning("skipped %d invalid rows:\n%s", report.invalid, report.summary())
-    tokenizer = models.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
+    tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
     results = evaluate.evaluate_triplets(model, tokenizer, rows, enc_cfg, seen_policies=seen,
                                          batch_size=args.batch_size, progress=not args.no_progress)

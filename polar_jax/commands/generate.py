@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polar_jax import sampling
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, models, tokenizers
 
 DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     src = args.model or gguf.smollm2_gguf_path()
     start = time.perf_counter()
     model = models.load_model(src)
-    tokenizer = models.load_tokenizer(src, args.trust_remote_code)
+    tokenizer = tokenizers.load_tokenizer(src, args.trust_remote_code)
     print(f"loaded {src} ({model.family}, {model.cfg.num_params() / 1e6:.1f}M parameters) "
           f"in {time.perf_counter() - start:.1f}s")
     prompts = args.prompt or list(DEFAULT_PROMPTS)

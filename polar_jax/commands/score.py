@@ -20,7 +20,7 @@ import os
 
 from polar_jax import scoring
 from polar_jax.data import encoding, schema
-from polar_jax.io import models
+from polar_jax.io import models, tokenizers
 
 log = logging.getLogger(__name__)
 _DEFAULTS = encoding.EncodingConfig()
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     enc_cfg = encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
     rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]  # bad rows: exit 2
-    tokenizer = models.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
+    tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
     rewards = scoring.score_rows(model, tokenizer, rows, enc_cfg, batch_size=args.batch_size)
     with open(args.output, "w") as f:

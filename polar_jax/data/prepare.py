@@ -71,12 +71,12 @@ class Encoder:
 
 
 def load_tokenizer(src: str | os.PathLike, trust_remote_code: bool = False):
-    """A tokenizer from a model source or a tokenizer-only HF directory (`io.models.load_tokenizer`)."""
-    from polar_jax.io import models  # here, not at the top: keeps pool workers free of the model code
+    """A tokenizer from a model source or a tokenizer-only HF directory (`io.tokenizers.load_tokenizer`)."""
+    from polar_jax.io import tokenizers  # here, not at the top: pool workers that never load one skip io/
 
     if not os.path.exists(src):
         raise FileNotFoundError(f"tokenizer {src} does not exist (give an HF tokenizer directory or a .gguf file)")
-    return models.load_tokenizer(src, trust_remote_code)
+    return tokenizers.load_tokenizer(src, trust_remote_code)
 
 
 def load_encoder(tokenizer_src: str | os.PathLike, cfg: encoding.EncodingConfig, add_special_tokens: bool = False,

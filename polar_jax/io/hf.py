@@ -7,7 +7,6 @@ tensors it did not use; nothing is randomly initialised.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -19,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from polar_jax.errors import UserError
 from polar_jax.io import hf_names, remote_code
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 
@@ -33,16 +33,6 @@ _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match its config: missing, mis-shaped or unknown tensors."""
-
-
-@dataclasses.dataclass
-class Model:
-    """A decoder with its weights and the checkpoint metadata that travels with them."""
-
-    cfg: ModelConfig
-    params: dict
-    family: str
-    hf_config: dict  # the source config.json (token ids, reward_token_id, auto_map, ...)
 
 
 def read_safetensors(model_dir: str | pathlib.Path) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
 """One door for model files: load from an HF directory, a `.gguf` file or a polar_jax
-directory; save as HF safetensors or polar_jax; the tokenizer travels with the weights."""
+directory; save as HF safetensors or polar_jax; the tokenizer (`io.tokenizers`) travels with the weights."""
 
 from __future__ import annotations
 
@@ -8,20 +8,10 @@ import json
 import pathlib
 import shutil
 
-from polar_jax.io import gguf, hf, polar_format, remote_code
 from polar_jax.data import encoding
-from polar_jax.errors import UserError
-from polar_jax.io.hf import Model
+from polar_jax.io import gguf, hf, polar_format, remote_code, tokenizers
+from polar_jax.io.model import Model
 from polar_jax.models import families
-
-# Files that make up a Hugging Face tokenizer (copied as found).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
-)
-# Any one of these defines a tokenizer (the others only accompany it).
-TOKENIZER_DEFINING_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
 
 def source_format(src: str | pathlib.Path) -> str:
     """"gguf", "polar" or "hf" for a path, or an error saying what was expected."""
@@ -83,49 +73,11 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
     return families.config_from_hf(gguf.read_gguf_config(src), heads=heads or ("lm",), **runtime)
 
 
-class NoTokenizerError(UserError, FileNotFoundError):
-    """A model directory without tokenizer files, asked for its tokenizer."""
-
-
-def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, flag: str = remote_code.FLAG):
-    """A tokenizer: stored with a model (HF / polar directory, GGUF metadata) or saved on its own.
-
-    A tokenizer that needs the directory's own code (InternLM2's) loads only with
-    `trust_remote_code`; without it `RemoteCodeError` names the directory, the class and `flag`.
-    """
-    src = pathlib.Path(src)
-    if not src.is_dir() and source_format(src) == "gguf":  # (a missing path or another file: its error)
-        return gguf.load_gguf_tokenizer(src)
-    if not _has_tokenizer(src):
-        raise NoTokenizerError(
-            f"{src} holds no tokenizer ({', '.join(TOKENIZER_DEFINING_FILES)}); give the tokenizer's "
-            "directory or .gguf (--tokenizer), or copy its files next to the weights"
-        )
-    remote_code.check_tokenizer(src, trust_remote_code, flag)
-    from transformers import AutoTokenizer
-
-    # False, not None: transformers would otherwise ask on a terminal and wait.
-    return AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=bool(trust_remote_code))
-
-
-def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
-    """Put the source's tokenizer files into `dst`, with the code modules its tokenizer_config.json
-    names (a remote-code tokenizer's); returns the names written."""
-    dst, src = pathlib.Path(dst), pathlib.Path(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    if src.is_file() and source_format(src) == "gguf":
-        return list(load_tokenizer(src).save_pretrained(str(dst)))
-    found = [src / n for n in TOKENIZER_FILES if (src / n).exists()] + remote_code.tokenizer_code_files(src)
-    for f in found:
-        shutil.copy2(f, dst / f.name)
-    return [f.name for f in found]
-
-
 def copy_model_files(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
     """Everything that travels with a model's weights, from `src` into `dst`: the tokenizer files,
     the remote-code `*.py` files and `encoding.json`; returns the names written, sorted."""
     src, dst = pathlib.Path(src), pathlib.Path(dst)
-    names = copy_tokenizer(src, dst)
+    names = tokenizers.copy_tokenizer(src, dst)
     code = remote_code.copy_code(src, dst)
     if (src / encoding.ENCODING_FILE).is_file():
         shutil.copy2(src / encoding.ENCODING_FILE, dst / encoding.ENCODING_FILE)
@@ -140,16 +92,11 @@ def export_token_ids(model: Model, src, trust_remote_code: bool = False) -> dict
     info = (encoding.read_encoding_file(src) or {}) if pathlib.Path(src).is_dir() else {}
     if "reward_token_id" not in ids and info.get("reward_token_id") is not None:
         ids["reward_token_id"] = int(info["reward_token_id"])
-    if "pad_token_id" not in ids and _has_tokenizer(src):
-        pad = load_tokenizer(src, trust_remote_code).pad_token_id
+    if "pad_token_id" not in ids and tokenizers.has_tokenizer(src):
+        pad = tokenizers.load_tokenizer(src, trust_remote_code).pad_token_id
         if pad is not None:
             ids["pad_token_id"] = int(pad)
     return ids
-
-
-def _has_tokenizer(src) -> bool:
-    src = pathlib.Path(src)
-    return (src.is_file() and src.suffix == ".gguf") or any((src / n).exists() for n in TOKENIZER_DEFINING_FILES)
 
 
 def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32",

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from polar_jax.io import remote_code
-from polar_jax.io.hf import Model
+from polar_jax.io.model import Model
 from polar_jax.models.config import ModelConfig
 
 META_FILE = "polar_model.json"

@@ -21,7 +21,7 @@ import numpy as np
 
 from polar_jax import sampling as sampling_lib
 from polar_jax.data.encoding import Text
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, models, tokenizers
 from polar_jax.rft import data as data_lib
 from polar_jax.rft import rollout, step
 from polar_jax.synth import prompts as prompts_lib
@@ -107,7 +107,7 @@ def load_target(config):
         raise FileNotFoundError(f"target.checkpoint {checkpoint!r} not found"
                                 + (f"; {config.setup_hint}" if config.setup_hint else ""))
     dtype = config.policy.dtype if jax.default_backend() != "cpu" else "float32"
-    return models.load_model(path, dtype=dtype), models.load_tokenizer(
+    return models.load_model(path, dtype=dtype), tokenizers.load_tokenizer(
         path, config.target.get("trust_remote_code", False), "--config.target.trust_remote_code=true")
 
 
@@ -123,9 +123,9 @@ def _prompts(d, tokenizer, seed: int) -> dict[str, list[str]]:
     """Training and held-out prompt texts."""
     counts = {"train": d.train_prompts, "eval": d.eval_prompts}
     if d.prompts == "pydoc":
-        from polar_jax.synth import demo_lms
+        from polar_jax.synth import corpus
 
-        documents = demo_lms.corpus_documents()
+        documents = corpus.corpus_documents()
         train_docs, heldout_docs = prompts_lib.split_documents(documents, d.heldout_every)
         out = {}
         for i, (split, docs) in enumerate((("train", train_docs), ("eval", heldout_docs))):

@@ -1,6 +1,6 @@
-"""The demo's home-grown policies: small Llama-shaped LMs trained here, in seconds, on an
-English corpus that ships with Python (`pydoc_data.topics`: the documentation topics of
-`help()`, about 80 texts, 0.5 MB), with a byte-level BPE tokenizer trained on the same text.
+"""The demo's home-grown policies: small Llama-shaped LMs trained here, in seconds, on the
+built-in English corpus (`synth.corpus`: the documentation topics of `help()` that ship with
+Python), with a byte-level BPE tokenizer trained on the same text.
 
 Different seeds and intermediate checkpoints give different policies, as the paper used a
 model's intermediate checkpoints: an early one writes word salad, a late one locally
@@ -8,7 +8,7 @@ English-like text.
 
     tok_dir = train_tokenizer(corpus_documents(), 2048, "runs/demo/tokenizer")
     dirs = train_demo_lm(DemoLMSpec(seed=0), tok_dir, "runs/demo/lm-seed0")
-    dirs[50], dirs[600]  # HF directories: `polar_jax.io.models.load_model(dirs[300])`
+    dirs[50], dirs[600]  # HF directories: `polar_jax.io.models.load_model(dirs[600])`
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ import shutil
 
 import numpy as np
 
-from polar_jax.io import models
+from polar_jax.io import tokenizers
 from polar_jax.models.config import ModelConfig
+from polar_jax.synth.corpus import corpus_documents
 from polar_jax.train import lm
 
 EOS_TOKEN = "<|endoftext|>"  # end of document; also the padding token
-SPLIT_TOKEN = "<|reward|>"  # POLAR's reward-split text (REFERENCE.md)
+# POLAR's text: prompt + "\n" + reference + "<|reward|>" + prompt + "\n" + candidate + reward token; the official
+# client (InternLM/POLAR reward_func.py) writes the reward token as the literal text "[UNUSED_TOKEN_130]".
+SPLIT_TOKEN = "<|reward|>"  # POLAR's reward-split text
 REWARD_TOKEN = "[UNUSED_TOKEN_130]"  # POLAR's reward token
 SPECIAL_TOKENS = (EOS_TOKEN, SPLIT_TOKEN, REWARD_TOKEN)  # ids 0, 1, 2
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def corpus_documents() -> list[str]:
-    """The texts of `pydoc_data.topics.topics` in sorted key order, trailing whitespace stripped."""
-    from pydoc_data.topics import topics
-
-    return [topics[key].rstrip() for key in sorted(topics)]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | pathlib.Path) -> pathlib.Path:
@@ -128,7 +124,7 @@ def train_demo_lm(spec: DemoLMSpec, tokenizer_dir: str | pathlib.Path, out_dir: 
     dirs = {n: out_dir / f"step-{n}" for n in sorted(set(spec.save_at))}
     if all(d.is_dir() for d in dirs.values()):
         return dirs
-    tokenizer = models.load_tokenizer(tokenizer_dir)
+    tokenizer = tokenizers.load_tokenizer(tokenizer_dir)
     ids_n = corpus_ids(tokenizer, corpus_documents() if texts is None else texts)
     return lm.train_lm(
         spec.model_config(len(tokenizer)), ids_n, out_dir, steps=spec.steps, save_at=spec.save_at,

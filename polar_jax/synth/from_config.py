@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from polar_jax.io import models
+from polar_jax.io import tokenizers
 from polar_jax.synth import prompts as prompts_lib
 from polar_jax.synth.pool import TRUST_REMOTE_CODE, PolicyPool, PolicySpec
 from polar_jax.synth.synthesize import SynthPlan
@@ -30,7 +30,7 @@ PYDOC_TOPICS = "pydoc_topics"
 def read_corpus(spec: str) -> list[str]:
     """Documents of a corpus spec: the built-in pydoc topics, or .txt / .jsonl files."""
     if spec == PYDOC_TOPICS:
-        from polar_jax.synth.demo_lms import corpus_documents
+        from polar_jax.synth.corpus import corpus_documents
 
         return corpus_documents()
     documents = []
@@ -60,7 +60,7 @@ def build(config) -> tuple[PolicyPool, prompts_lib.PromptSource, SynthPlan]:
     doc_indices = {"train": train_docs, "heldout": heldout_docs, "all": list(range(len(documents)))}
     if p.split not in doc_indices:
         raise ValueError(f"config.prompts.split={p.split!r}; choose train, heldout or all")
-    tokenizer = (models.load_tokenizer(p.tokenizer, trust, TRUST_REMOTE_CODE) if p.tokenizer
+    tokenizer = (tokenizers.load_tokenizer(p.tokenizer, trust, TRUST_REMOTE_CODE) if p.tokenizer
                  else pool.tokenizer(specs[0].name))
     instructions = prompts_lib.read_instructions(p.instructions) if p.instructions else []
     source = prompts_lib.PromptSource(

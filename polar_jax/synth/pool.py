@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from polar_jax import sampling
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, models, tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class PolicyPool:
                                  "a policy must be a causal LM")
             model_cfg = model.cfg.replace(dtype="float32") if jax.default_backend() == "cpu" else model.cfg
             params = jax.tree.map(jnp.asarray, model.params)
-            tokenizer = models.load_tokenizer(path, self.trust_remote_code, TRUST_REMOTE_CODE)
+            tokenizer = tokenizers.load_tokenizer(path, self.trust_remote_code, TRUST_REMOTE_CODE)
             self._loaded[key] = _Loaded(model_cfg, params, tokenizer)
             log.info("loaded policy checkpoint %s (%.1fM parameters)", path, model.cfg.num_params() / 1e6)
         return self._loaded[key]

@@ -1,8 +1,10 @@
 """Next-token language-model training: the loss, a jitted AdamW step, and a small loop that
 trains on random windows of a token stream and saves Hugging Face checkpoints on the way.
 
-The loss is the one RFT's policy side reuses; the loop exists for the demo's policy pool
-(small LMs whose intermediate checkpoints are different policies, as in the paper).
+The loop exists for the demo's policy pool (small LMs whose intermediate checkpoints are
+different policies, as in the paper). RFT does not use this loss: its policy is trained with
+the PPO losses of `rft/losses.py` (on per-token log-probs); it shares only `numpy_init_params`
+(the random models of `bench/rft.py` and the RFT tests).
 
     saved = train_lm(cfg, ids_n, "runs/lm", steps=400, save_at=(50, 400), batch_size=16,
                      seq_len=64, lr=3e-3, seed=0, tokenizer_dir="runs/tokenizer")
@@ -23,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from polar_jax.io import hf, models
+from polar_jax.io import hf, tokenizers
+from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.train.optim import OptimConfig, make_optimizer
@@ -31,9 +34,10 @@ from polar_jax.train.optim import OptimConfig, make_optimizer
 TRAINING_FILE = "training.json"  # written beside each checkpoint: how it was made
 
 
-def lm_loss_sums(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
+def lm_loss_sums(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt):
     """(summed next-token NLL, number of targets), float32. Token t predicts t + 1 only when
-    both are real (segment id != 0) and in the same segment: padding and boundaries never count."""
+    both are real (segment id != 0) and in the same segment: padding and boundaries never count.
+    Arguments in `transformer.forward`'s order (tokens, positions, segment ids)."""
     logits_btv = T.forward(cfg, params, tokens_bt, positions_bt, segment_ids_bt).logits_btv
     logits_btv = logits_btv[:, :-1].astype(jnp.float32)
     targets_bt = tokens_bt[:, 1:]
@@ -46,7 +50,7 @@ def lm_loss_sums(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_
 
 def lm_loss(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
     """Mean next-token cross-entropy over the real targets of a batch (0 when there are none)."""
-    loss_sum, count = lm_loss_sums(cfg, params, tokens_bt, segment_ids_bt, positions_bt)
+    loss_sum, count = lm_loss_sums(cfg, params, tokens_bt, positions_bt=positions_bt, segment_ids_bt=segment_ids_bt)
     return loss_sum / jnp.maximum(count, 1.0)
 
 
@@ -133,9 +137,9 @@ def save_lm(cfg: ModelConfig, params, out_dir: str | pathlib.Path, *, tokenizer_
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     params = jax.tree.map(np.asarray, params)
-    hf.save_hf(hf.Model(cfg.replace(heads=("lm",)), params, "llama", dict(hf_config or {})), tmp, head="lm")
+    hf.save_hf(Model(cfg.replace(heads=("lm",)), params, "llama", dict(hf_config or {})), tmp, head="lm")
     if tokenizer_dir is not None:
-        models.copy_tokenizer(tokenizer_dir, tmp)
+        tokenizers.copy_tokenizer(tokenizer_dir, tmp)
     (tmp / TRAINING_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
     tmp.rename(out_dir)
     return out_dir
@@ -145,7 +149,7 @@ def _token_ids(tokenizer_dir) -> dict:
     """bos / eos / pad ids for config.json, from the tokenizer (absent ones left out)."""
     if tokenizer_dir is None:
         return {}
-    tok = models.load_tokenizer(tokenizer_dir)
+    tok = tokenizers.load_tokenizer(tokenizer_dir)
     ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     return {k: v for k, v in ids.items() if v is not None}
 

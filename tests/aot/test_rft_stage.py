@@ -12,6 +12,7 @@ from polar_jax import aot
 from polar_jax.__main__ import main
 from polar_jax.config_loading import load_config
 from polar_jax.io import hf, models
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 from polar_jax.train.lm import numpy_init_params
@@ -48,7 +49,7 @@ MESHES = {"data": ["--config.mesh.data=-1"], "fsdp": ["--config.mesh.data=1", "-
 
 def _save(cfg: ModelConfig, path: pathlib.Path) -> str:
     head = "reward" if "reward" in cfg.heads else "lm"
-    hf.save_hf(hf.Model(cfg, numpy_init_params(cfg, 0), "llama", families.hf_config_for(cfg, "llama", head)), path)
+    hf.save_hf(Model(cfg, numpy_init_params(cfg, 0), "llama", families.hf_config_for(cfg, "llama", head)), path)
     return str(path)
 
 

@@ -152,10 +152,10 @@ def test_pairs_equal_xtuner_tokenize_ref_char_tokenizer(tok):
 
 
 def test_pairs_equal_xtuner_tokenize_ref_smollm2_tokenizer():
-    from polar_jax.io import gguf, models
+    from polar_jax.io import gguf, tokenizers
 
     try:
-        tokenizer = models.load_tokenizer(gguf.smollm2_gguf_path())
+        tokenizer = tokenizers.load_tokenizer(gguf.smollm2_gguf_path())
     except FileNotFoundError as e:
         pytest.skip(str(e))
     reward_id = E.resolve_reward_token_id(tokenizer, E.EncodingConfig(), add_missing=True)

@@ -12,7 +12,7 @@ import pytest
 
 from polar_jax.__main__ import main
 from polar_jax.data import encoding, prepare, records, sources
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, tokenizers
 
 # Small limits so that a few rows exercise every truncation rule.
 CFG = encoding.EncodingConfig(max_length=96, max_response_length=24)
@@ -24,7 +24,7 @@ def smollm2(tmp_path_factory):
     """(gguf path, the same tokenizer saved as an HF directory, Encoder with the split and reward
     tokens added): the GGUF tokenizer (slow to build) loads once; the directory loads fast."""
     path = gguf.smollm2_gguf_path()
-    tokenizer = models.load_tokenizer(path)
+    tokenizer = tokenizers.load_tokenizer(path)
     tok_dir = tmp_path_factory.mktemp("smollm2_tokenizer")
     tokenizer.save_pretrained(tok_dir)
     reward_id = encoding.resolve_reward_token_id(tokenizer, CFG, add_missing=True)

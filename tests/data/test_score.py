@@ -9,7 +9,7 @@ import pytest
 
 from polar_jax.__main__ import main as cli
 from polar_jax.data import encoding
-from polar_jax.io import gguf, hf, models
+from polar_jax.io import gguf, hf, tokenizers
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def model_dir(tmp_path_factory, request):
     """The fixture's reward model exported by polar_jax, with SmolLM2's tokenizer plus the two tokens."""
     src = request.config.rootpath / "tests" / "fixtures" / "score"
     try:
-        tokenizer = models.load_tokenizer(gguf.smollm2_gguf_path())
+        tokenizer = tokenizers.load_tokenizer(gguf.smollm2_gguf_path())
     except FileNotFoundError as e:
         pytest.skip(str(e))
     encoding.resolve_reward_token_id(tokenizer, encoding.EncodingConfig(), add_missing=True)
@@ -39,7 +39,7 @@ def test_score_equals_transformers_on_client_texts(model_dir, tmp_path):
 
 def test_encoding_gives_the_client_ids(model_dir):
     path, ref = model_dir
-    tokenizer = models.load_tokenizer(path)
+    tokenizer = tokenizers.load_tokenizer(path)
     rows = [json.loads(line) for line in (path / "rows.jsonl").read_text().splitlines()]
     cfg = encoding.EncodingConfig()
     for row, expected in zip(rows, ref["rows"]):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from polar_jax.data import encoding, schema, tfds_builder
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, tokenizers
 
 CFG = encoding.EncodingConfig(max_length=96, max_response_length=24)
 
@@ -26,7 +26,7 @@ VALIDATION = [{"prompt": "1 + 1?", "reference": "2", "chosen": "2", "rejected": 
 def smollm2(tmp_path_factory):
     """SmolLM2's tokenizer from its GGUF file (the reference, loaded once) and saved as an HF
     directory (what the builder loads, fast)."""
-    tokenizer = models.load_tokenizer(gguf.smollm2_gguf_path())
+    tokenizer = tokenizers.load_tokenizer(gguf.smollm2_gguf_path())
     tok_dir = tmp_path_factory.mktemp("smollm2_tokenizer")
     tokenizer.save_pretrained(tok_dir)
     return tokenizer, tok_dir

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from polar_jax.__main__ import main as cli
-from polar_jax.io import hf, models
+from polar_jax.io import hf, models, tokenizers
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 
@@ -25,7 +25,8 @@ def scores_of(model, ref):
 
 
 def internlm2_from_llama(path, reward_token_id=None):
-    """An InternLM2 checkpoint written by hand from a Llama one, per REFERENCE.md's layout."""
+    """An InternLM2 checkpoint written by hand from a Llama one: `wqkv` fuses q, k, v per KV group as
+    (num_kv_heads, q_per_kv + 2, head_dim) rows (the group's query heads, its key head, its value head)."""
     llama = json.loads((path / "config.json").read_text())
     tensors = hf.read_safetensors(path)
     h, k, hd, d = llama["num_attention_heads"], llama["num_key_value_heads"], llama["head_dim"], llama["hidden_size"]
@@ -217,5 +218,5 @@ def test_smollm2_gguf_converts_to_hf_with_its_tokenizer(tmp_path):
     assert back.cfg == model.cfg
     for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(back.params)):
         np.testing.assert_array_equal(a, b)
-    tokenizer = models.load_tokenizer(tmp_path / "smollm2")
+    tokenizer = tokenizers.load_tokenizer(tmp_path / "smollm2")
     assert tokenizer("The capital of France is")["input_ids"] == [504, 3575, 282, 4649, 314]

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from polar_jax import scoring
 from polar_jax.__main__ import main as cli
 from polar_jax.data import encoding
-from polar_jax.io import hf, models, polar_format, remote_code
+from polar_jax.io import hf, polar_format, remote_code, tokenizers
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig, RopeScaling
@@ -127,7 +128,7 @@ def internlm2_dir(path, reward: bool = True, seed: int = 0):
                        ("configuration_internlm2.py", CONFIG_CODE),
                        ("modeling_internlm2.py", REWARD_MODELING_CODE if reward else CAUSAL_MODELING_CODE)):
         (path / name).write_text(text)
-    model = hf.Model(cfg, T.init_params(cfg, jax.random.key(seed)), "internlm2", official_config(reward))
+    model = Model(cfg, T.init_params(cfg, jax.random.key(seed)), "internlm2", official_config(reward))
     hf.save_hf(model, path)
     (path / "config.json").write_text(json.dumps(official_config(reward), indent=2))  # exactly the official keys
     plain_tokenizer().save_pretrained(str(path))
@@ -155,17 +156,17 @@ def _rewards(path):
 
 def test_remote_code_tokenizer_is_refused_without_the_flag(official):
     with pytest.raises(remote_code.RemoteCodeError) as e:
-        models.load_tokenizer(official)
+        tokenizers.load_tokenizer(official)
     message = str(e.value)
     assert "\n" not in message
     assert str(official) in message and "InternLM2Tokenizer" in message
     assert "tokenization_internlm2_fast.InternLM2TokenizerFast" in message and "--trust-remote-code" in message
     with pytest.raises(remote_code.RemoteCodeError, match=r"then allow it with --config\.reward\.trust_remote_code=true$"):
-        models.load_tokenizer(official, flag="--config.reward.trust_remote_code=true")
+        tokenizers.load_tokenizer(official, flag="--config.reward.trust_remote_code=true")
 
 
 def test_with_the_flag_the_checkpoints_own_class_gives_the_remote_code_ids(official):
-    ours = models.load_tokenizer(official, trust_remote_code=True)
+    ours = tokenizers.load_tokenizer(official, trust_remote_code=True)
     theirs = AutoTokenizer.from_pretrained(str(official), trust_remote_code=True)
     assert type(ours).__name__ == type(theirs).__name__ == "InternLM2TokenizerFast"
     texts = ["What is the capital of China?", "Beijing.[UNUSED_TOKEN_130]", "RED, maybe"]
@@ -182,13 +183,13 @@ def test_missing_remote_code_file_is_an_error_even_with_the_flag(official, tmp_p
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (broken / name).write_bytes((official / name).read_bytes())
     with pytest.raises(remote_code.RemoteCodeError, match=r"tokenization_internlm2_fast\.py is not in the directory"):
-        models.load_tokenizer(broken, trust_remote_code=True)
+        tokenizers.load_tokenizer(broken, trust_remote_code=True)
 
 
 def test_plain_tokenizers_need_no_flag(tmp_path):
     plain_tokenizer().save_pretrained(str(tmp_path))
     assert remote_code.tokenizer_code(tmp_path) is None
-    assert models.load_tokenizer(tmp_path)("ab")["input_ids"] == [1, 5, 6]
+    assert tokenizers.load_tokenizer(tmp_path)("ab")["input_ids"] == [1, 5, 6]
 
 
 def test_score_refuses_without_the_flag_and_with_it_equals_the_remote_code_path(official, tmp_path, capsys):
@@ -245,10 +246,10 @@ def test_reward_model_trained_from_an_internlm2_base_exports_as_the_released_one
     lm = hf.load_hf(base)
     params = {k: v for k, v in lm.params.items() if k != "lm_head"}
     params["reward_head"] = np.zeros(CFG.d_model, np.float32)  # xtuner's zero-initialised v_head
-    rm = hf.Model(lm.cfg.replace(heads=("reward",)), params, lm.family, lm.hf_config)
+    rm = Model(lm.cfg.replace(heads=("reward",)), params, lm.family, lm.hf_config)
     model_dir = tmp_path / "run" / "model"
     polar_format.save_polar(rm, model_dir, code_from=base)
-    models.copy_tokenizer(base, model_dir)
+    tokenizers.copy_tokenizer(base, model_dir)
     (model_dir / "encoding.json").write_text(json.dumps(
         {"encoding": encoding.EncodingConfig().to_dict(), "reward_token_id": REWARD_ID, "split_token_id": 3,
          "vocab_size": CFG.vocab_size}))
@@ -289,7 +290,7 @@ def test_convert_carries_the_tokenizer_and_the_token_ids_of_a_trained_model_dir(
     cfg = ModelConfig(vocab_size=len(tok), d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
                         mlp_dim=32, heads=("reward",), init_std=0.5)
     model_dir = tmp_path / "model"
-    polar_format.save_polar(hf.Model(cfg, T.init_params(cfg, jax.random.key(3)), "llama", {}), model_dir)
+    polar_format.save_polar(Model(cfg, T.init_params(cfg, jax.random.key(3)), "llama", {}), model_dir)
     tok.save_pretrained(str(model_dir))
     info = {"encoding": encoding.EncodingConfig().to_dict(), "reward_token_id": reward_id, "split_token_id": 3,
             "vocab_size": len(tok)}
@@ -341,10 +342,10 @@ def test_config_driven_loaders_name_their_key(tmp_path):
 def test_copy_tokenizer_carries_the_code_its_config_names(official, tmp_path):
     """A tokenizer copied on its own (train's model/ from prepare's tokenizer/, RFT's policy export)
     keeps the modules tokenizer_config.json's auto_map names, so it still loads with the flag."""
-    names = models.copy_tokenizer(official, tmp_path / "tok")
+    names = tokenizers.copy_tokenizer(official, tmp_path / "tok")
     assert sorted(names) == ["tokenization_internlm2.py", "tokenization_internlm2_fast.py", "tokenizer.json",
                              "tokenizer_config.json"]
-    tok = models.load_tokenizer(tmp_path / "tok", trust_remote_code=True)
+    tok = tokenizers.load_tokenizer(tmp_path / "tok", trust_remote_code=True)
     assert type(tok).__name__ == "InternLM2TokenizerFast" and tok("Ab")["input_ids"] == [1, 5, 6]
 
 
@@ -354,8 +355,8 @@ def test_an_unknown_tokenizer_class_without_code_is_refused_then_loaded_generica
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "tokenizer_class": "InternLM2Tokenizer"}))
     with pytest.raises(remote_code.RemoteCodeError, match=r"InternLM2Tokenizer, which transformers does not have.*"
                                                           r"allow it with --trust-remote-code$"):
-        models.load_tokenizer(tmp_path)
-    assert models.load_tokenizer(tmp_path, trust_remote_code=True)("ab")["input_ids"] == [1, 5, 6]
+        tokenizers.load_tokenizer(tmp_path)
+    assert tokenizers.load_tokenizer(tmp_path, trust_remote_code=True)("ab")["input_ids"] == [1, 5, 6]
 
 
 def test_prepare_tokenises_with_the_checkpoints_own_class_only_with_the_flag(official, tmp_path, capsys):

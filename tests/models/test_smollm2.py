@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from polar_jax import sampling
-from polar_jax.io import gguf, models
+from polar_jax.io import gguf, models, tokenizers
 from polar_jax.models import transformer as T
 
 pytest.importorskip("gguf")
@@ -21,7 +21,7 @@ def smollm2():
         path = gguf.smollm2_gguf_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    return models.load_model(path), models.load_tokenizer(path)
+    return models.load_model(path), tokenizers.load_tokenizer(path)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from polar_jax.io import hf, polar_format
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models.config import ModelConfig
 from polar_jax.synth import demo_lms
@@ -28,7 +29,7 @@ def tiny_cfg(vocab_size: int, heads=("lm",), seed_std=0.3) -> ModelConfig:
 
 def save_lm(path: pathlib.Path, cfg: ModelConfig, seed: int, tokenizer_dir: pathlib.Path) -> str:
     params = numpy_init_params(cfg, seed)
-    hf.save_hf(hf.Model(cfg, params, "llama", families.hf_config_for(cfg, "llama", "lm")), path)
+    hf.save_hf(Model(cfg, params, "llama", families.hf_config_for(cfg, "llama", "lm")), path)
     for f in tokenizer_dir.iterdir():
         (path / f.name).write_bytes(f.read_bytes())
     return str(path)
@@ -47,7 +48,7 @@ def tiny(tmp_path_factory):
     rm_cfg = tiny_cfg(vocab, heads=("reward",), seed_std=0.05)
     rm_params = numpy_init_params(rm_cfg, 2)
     rm_dir = root / "rm"
-    polar_format.save_polar(hf.Model(rm_cfg, rm_params, "llama", families.hf_config_for(rm_cfg, "llama", "reward")),
+    polar_format.save_polar(Model(rm_cfg, rm_params, "llama", families.hf_config_for(rm_cfg, "llama", "reward")),
                             rm_dir)
     for f in tok_dir.iterdir():
         (rm_dir / f.name).write_bytes(f.read_bytes())

@@ -12,8 +12,8 @@ import pytest
 
 from polar_jax.__main__ import main as cli
 from polar_jax.config_loading import load_config
-from polar_jax.io import models
-from polar_jax.rft import trainer
+from polar_jax.io import models, tokenizers
+from polar_jax.rft import setup, trainer
 
 ITERATIONS = 4
 # Wall-clock measurements differ between runs; everything else must not.
@@ -96,7 +96,7 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     # The saved policy is an HF directory with its tokenizer, and it is not the initial policy.
     trained = models.load_model(reference_run / "policy")
     initial = models.load_model(tiny["policy"])
-    assert models.load_tokenizer(reference_run / "policy").eos_token_id == 0
+    assert tokenizers.load_tokenizer(reference_run / "policy").eos_token_id == 0
     diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained.params),
                                                            jax.tree.leaves(initial.params))]
     assert max(diffs) > 1e-4
@@ -127,5 +127,5 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(config_file, refer
 def test_a_missing_model_names_the_config_key_and_the_hint(config_file, tmp_path):
     override = "--config.policy.init=/nonexistent/policy"
     with pytest.raises(FileNotFoundError, match="policy.init '/nonexistent/policy' not found; build the tiny models"):
-        trainer.load_models(load_config(config_file, [override]))
+        setup.load_models(load_config(config_file, [override]))
     assert cli(["rft", "--config", config_file, "--workdir", str(tmp_path), "--no-progress", override]) == 2

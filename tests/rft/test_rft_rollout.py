@@ -10,7 +10,7 @@ import pytest
 
 from polar_jax import sampling
 from polar_jax.data import encoding
-from polar_jax.io import models
+from polar_jax.io import models, tokenizers
 from polar_jax.rft import rewards, rollout, step
 from polar_jax.scoring import reward_token_id_for, score_rows
 
@@ -26,7 +26,7 @@ def test_assemble_left_pads_the_prompt_so_every_response_starts_at_column_p():
 
 def test_update_log_probs_equal_the_samplers(tiny):
     model = models.load_model(tiny["policy"])
-    tok = models.load_tokenizer(tiny["policy"])
+    tok = tokenizers.load_tokenizer(tiny["policy"])
     ids = [rollout.prompt_ids(tok, p, "{prompt}", 12) for p in ["A function", "Lists and tuples are", "x"]]
     prompt_bt, lengths_b = rollout.pad_prompts(ids, 12)
     cfg = sampling.SamplingConfig(temperature=1.0, max_new_tokens=6)
@@ -77,7 +77,7 @@ def test_strip_think_all_spans_is_a_named_option():
 
 def test_rollout_scores_equal_the_score_command_path(tiny):
     rm = models.load_model(tiny["reward"])
-    tok = models.load_tokenizer(tiny["reward"])
+    tok = tokenizers.load_tokenizer(tiny["reward"])
     enc = encoding.EncodingConfig(max_length=128, max_response_length=32)
     reward_model = rewards.RewardModel(rm.cfg, rm.params, tok, reward_token_id_for(rm, tok, enc), enc, batch_size=4)
     prompts = ["A function", [{"role": "user", "content": "Lists"}, {"role": "user", "content": "and"}], "Loops"]

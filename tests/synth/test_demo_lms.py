@@ -9,9 +9,9 @@ import pytest
 
 from polar_jax import sampling
 from polar_jax.data import encoding
-from polar_jax.io import models
+from polar_jax.io import models, tokenizers
 from polar_jax.models import transformer as T
-from polar_jax.synth import demo_lms
+from polar_jax.synth import corpus, demo_lms
 from polar_jax.train import lm
 
 # Tiny, and the same shape in every test so that the compiled train step is shared.
@@ -23,7 +23,7 @@ TEXTS = ("Plain English, with punctuation: yes!", "déjà vu — naïve café, �
 
 @pytest.fixture(scope="module")
 def docs():
-    return demo_lms.corpus_documents()
+    return corpus.corpus_documents()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_corpus_is_the_pydoc_topics_in_key_order(docs):
 
 
 def test_tokenizer_special_tokens_are_single_tokens_with_fixed_ids(tok_dir):
-    tok = models.load_tokenizer(tok_dir)
+    tok = tokenizers.load_tokenizer(tok_dir)
     assert len(tok) == 512
     assert [tok.convert_tokens_to_ids(t) for t in demo_lms.SPECIAL_TOKENS] == [0, 1, 2]
     assert tok.eos_token_id == tok.pad_token_id == 0
@@ -56,7 +56,7 @@ def test_tokenizer_special_tokens_are_single_tokens_with_fixed_ids(tok_dir):
 
 
 def test_tokenizer_round_trips_any_text(tok_dir):
-    tok = models.load_tokenizer(tok_dir)
+    tok = tokenizers.load_tokenizer(tok_dir)
     for text in TEXTS:
         ids = tok.encode(text, add_special_tokens=False)
         assert tok.decode(ids) == text
@@ -84,7 +84,7 @@ def _reference_params(cfg, ids_n, steps):
 
 
 def test_train_lm_writes_loadable_checkpoints_and_reruns_skip(docs, tok_dir, tmp_path, monkeypatch):
-    tok = models.load_tokenizer(tok_dir)
+    tok = tokenizers.load_tokenizer(tok_dir)
     cfg = SPEC.model_config(len(tok))
     ids_n = demo_lms.corpus_ids(tok, docs[:4])
     assert ids_n.dtype == np.int32 and (ids_n == 0).sum() == 4  # one EOS per document
@@ -103,7 +103,7 @@ def test_train_lm_writes_loadable_checkpoints_and_reruns_skip(docs, tok_dir, tmp
         config = json.loads((d / "config.json").read_text())
         assert config["eos_token_id"] == config["pad_token_id"] == 0
         assert json.loads((d / lm.TRAINING_FILE).read_text())["step"] == step
-        assert models.load_tokenizer(d).encode(TEXTS[0]) == tok.encode(TEXTS[0])
+        assert tokenizers.load_tokenizer(d).encode(TEXTS[0]) == tok.encode(TEXTS[0])
 
     # Greedy generation from the loaded checkpoint: its first token is the forward pass's argmax.
     model = models.load_model(dirs[6])

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from polar_jax.__main__ import main as cli
 from polar_jax.data import schema
 from polar_jax.io import hf
+from polar_jax.io.model import Model
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
@@ -42,7 +43,7 @@ def _tiny_lm(path: pathlib.Path, seed: int) -> str:
     cfg = ModelConfig(vocab_size=264, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                       mlp_dim=64, init_std=0.5)  # large init: peaked, seed-specific distributions
     params = jax.tree.map(np.asarray, T.init_params(cfg, jax.random.key(seed)))
-    hf.save_hf(hf.Model(cfg, params, "llama", families.hf_config_for(cfg, "llama", "lm")), path)
+    hf.save_hf(Model(cfg, params, "llama", families.hf_config_for(cfg, "llama", "lm")), path)
     _byte_tokenizer().save_pretrained(str(path))
     return str(path)
 

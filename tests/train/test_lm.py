@@ -27,7 +27,7 @@ def test_lm_loss_is_numpy_cross_entropy_within_segments_only():
         z = logits_btv[b, t]
         nll.append(np.log(np.exp(z - z.max()).sum()) + z.max() - z[tokens_bt[b, t + 1]])
 
-    loss_sum, count = jax.jit(lm.lm_loss_sums, static_argnums=0)(CFG, params, tokens_bt, segment_ids_bt, positions_bt)
+    loss_sum, count = jax.jit(lm.lm_loss_sums, static_argnums=0)(CFG, params, tokens_bt, positions_bt, segment_ids_bt)
     assert float(count) == 11
     np.testing.assert_allclose(float(loss_sum), np.sum(nll), rtol=1e-5)
     loss = jax.jit(lm.lm_loss, static_argnums=0)(CFG, params, tokens_bt, segment_ids_bt, positions_bt)

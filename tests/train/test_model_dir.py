@@ -13,8 +13,8 @@ from polar_jax import scoring
 from polar_jax.__main__ import main as cli
 from polar_jax.config_loading import load_config
 from polar_jax.data import encoding, prepare
-from polar_jax.io import models
-from polar_jax.synth import demo_lms
+from polar_jax.io import models, tokenizers
+from polar_jax.synth import corpus, demo_lms
 from polar_jax.train import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def write_jsonl(path: pathlib.Path, items: list[dict]) -> pathlib.Path:
 def trained(tmp_path_factory):
     """A reward model trained for a few steps on data prepared with a small BPE tokenizer."""
     tmp = tmp_path_factory.mktemp("model_dir")
-    tok_dir = demo_lms.train_tokenizer(demo_lms.corpus_documents()[:40], 300, tmp / "tokenizer")
+    tok_dir = demo_lms.train_tokenizer(corpus.corpus_documents()[:40], 300, tmp / "tokenizer")
     triplets = write_jsonl(tmp / "triplets.jsonl", rows(32, "triplet"))
     data = tmp / "prepared"
     prepare.prepare([triplets], tok_dir, data, TRAINED, workers=1, progress=False)
@@ -81,7 +81,7 @@ def test_score_needs_no_flag_and_uses_the_trained_encoding(trained):
     src, out = write_jsonl(tmp / "rows.jsonl", score_rows), tmp / "scored.jsonl"
     assert cli(["score", "--model", str(model_dir), "--input", str(src), "--output", str(out)]) == 0
     got = np.array([json.loads(line)["reward"] for line in out.read_text().splitlines()])
-    model, tokenizer = models.load_model(model_dir), models.load_tokenizer(model_dir)
+    model, tokenizer = models.load_model(model_dir), tokenizers.load_tokenizer(model_dir)
     want = scoring.score_rows(model, tokenizer, score_rows, TRAINED, progress=False)
     defaults = scoring.score_rows(model, tokenizer, score_rows, encoding.EncodingConfig(), progress=False)
     np.testing.assert_allclose(got, want, atol=1e-5)
