@@ -1,17 +1,9 @@
 """Packing POLAR pairs into fixed-shape batches (pure numpy; no Grain, no JAX).
 
 A pair is one triplet's two token sequences, chosen and rejected, each ending with the
-reward token. A pair is never split across rows. Every batch has static shapes:
-
-    tokens_bt         int32 [B, T]     token ids, PAD_ID on padding
-    segment_ids_bt    int32 [B, T]     0 = padding; pair p of a row is segments 2p+1 (chosen)
-                                       and 2p+2 (rejected), laid out chosen then rejected
-    positions_bt      int32 [B, T]     restart at 0 per segment; 0 on padding
-    reward_index_bp2  int32 [B, P, 2]  index in the row of the last token (the reward token)
-                                       of pair p's chosen / rejected sequence; 0 if no pair
-    pair_mask_bp      bool  [B, P]     which pairs are real
-    record_index_bp   int32 [B, P]     the pair's record index in its source; -1 if no pair
-                                       (bookkeeping for tracing a pair back to its record)
+reward token. A pair is never split across rows. Every batch has static shapes; its arrays
+(tokens_bt, segment_ids_bt, positions_bt, reward_index_bp2, pair_mask_bp, record_index_bp)
+are declared once, with their dtypes and meanings, in `polar_jax.data.batch` (the batch contract).
 
 Two modes:
 - packed: pairs go into rows of length T by first-fit over a bounded number of open rows;
@@ -32,10 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-PAD_ID = 0
-BATCH_KEYS = (
-    "tokens_bt", "segment_ids_bt", "positions_bt", "reward_index_bp2", "pair_mask_bp", "record_index_bp",
-)
+from polar_jax.data.batch import ALL_KEYS as BATCH_KEYS  # noqa: F401  (old name, kept for importers)
+from polar_jax.data.batch import PAD_ID, check_batch  # noqa: F401  (check_batch moved to data/batch.py)
 
 
 class PairTooLongError(ValueError):
@@ -255,7 +245,7 @@ def plan_packed_rows(lengths: Iterable[int], *, seq_len: int, max_pairs_per_row:
 
 def make_batch(rows: Sequence[Sequence[Mapping[str, Any]]], *, row_len: int, max_pairs_per_row: int,
                batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Lay out rows of pairs ({"chosen", "rejected"[, "record_index"]}) as one batch (contract above).
+    """Lay out rows of pairs ({"chosen", "rejected"[, "record_index"]}) as one batch (`data.batch` contract).
 
     Rows beyond `len(rows)` up to `batch_size` are all padding (no pairs), so shapes stay static.
     """
@@ -330,51 +320,6 @@ def useful_token_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:
         real += int(np.count_nonzero(seg_bt))
         total += seg_bt.size
     return real / total if total else 0.0
-
-
-def check_batch(batch: Mapping[str, np.ndarray]) -> None:
-    """Raise ValueError naming the first violation of the batch contract (as `make_batch` lays it out).
-
-    Checks shapes and dtypes, segments numbered 1..2k contiguously with padding only at the end,
-    positions restarting at 0, reward indices at each segment's last token, masks and padding.
-    """
-    missing = [k for k in BATCH_KEYS if k not in batch]
-    if missing:
-        raise ValueError(f"batch lacks {missing}")
-    tokens_bt, seg_bt, pos_bt = batch["tokens_bt"], batch["segment_ids_bt"], batch["positions_bt"]
-    reward_bp2, mask_bp, record_bp = batch["reward_index_bp2"], batch["pair_mask_bp"], batch["record_index_bp"]
-    b, t = tokens_bt.shape
-    p = mask_bp.shape[1]
-    expected = {"tokens_bt": ((b, t), np.int32), "segment_ids_bt": ((b, t), np.int32),
-                "positions_bt": ((b, t), np.int32), "reward_index_bp2": ((b, p, 2), np.int32),
-                "pair_mask_bp": ((b, p), np.bool_), "record_index_bp": ((b, p), np.int32)}
-    for key, (shape, dtype) in expected.items():
-        if batch[key].shape != shape or batch[key].dtype != dtype:
-            raise ValueError(f"{key}: {batch[key].shape} {batch[key].dtype}, expected {shape} {np.dtype(dtype)}")
-    for r in range(b):
-        seg_t = seg_bt[r]
-        n_real = int(np.count_nonzero(seg_t))
-        k = int(mask_bp[r].sum())
-        if not mask_bp[r, :k].all():
-            raise ValueError(f"row {r}: pair_mask_bp {mask_bp[r].tolist()} is not a prefix of real pairs")
-        if (seg_t[:n_real] == 0).any():
-            raise ValueError(f"row {r}: padding (segment 0) before the last real token")
-        idx_t = np.arange(n_real)
-        is_start_t = np.ones(n_real, bool)
-        is_start_t[1:] = seg_t[1:n_real] != seg_t[: max(n_real - 1, 0)]
-        starts = idx_t[is_start_t]
-        if seg_t[starts].tolist() != list(range(1, 2 * k + 1)):
-            raise ValueError(f"row {r}: segments {seg_t[starts].tolist()} are not 1..{2 * k} in order "
-                             f"for its {k} real pairs")
-        start_of_t = np.maximum.accumulate(np.where(is_start_t, idx_t, 0))
-        if (pos_bt[r, :n_real] != idx_t - start_of_t).any() or pos_bt[r, n_real:].any():
-            raise ValueError(f"row {r}: positions do not restart at 0 per segment (or are not 0 on padding)")
-        ends = np.append(starts[1:] - 1, n_real - 1) if n_real else starts
-        if (reward_bp2[r, :k].reshape(-1) != ends).any() or reward_bp2[r, k:].any():
-            raise ValueError(f"row {r}: reward_index_bp2 {reward_bp2[r, :k].tolist()} is not each "
-                             f"segment's last token {ends.tolist()} (or 0 for empty slots)")
-        if (tokens_bt[r, n_real:] != PAD_ID).any() or (record_bp[r, k:] != -1).any():
-            raise ValueError(f"row {r}: padding tokens are not PAD_ID={PAD_ID} or empty slots' record_index not -1")
 
 
 def unpack_batch(batch: Mapping[str, np.ndarray]) -> list[dict]:

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
@@ -24,7 +23,7 @@ from polar_jax.rft import losses
 from polar_jax.rft.advantages import masked_mean
 from polar_jax.rft.rollout import Rollout
 from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
-from polar_jax.train.state import TrainState, state_shardings
+from polar_jax.train.state import TrainState, apply_guarded, state_shardings
 
 ESTIMATORS = ("gae", "group")
 
@@ -89,6 +88,15 @@ class Experience(NamedTuple):
     old_values_bn: jax.Array  # zeros without a critic
     advantages_bn: jax.Array
     returns_bn: jax.Array
+
+
+def experience_shapes(batch: int, width: int, new_tokens: int) -> dict[str, tuple[tuple[int, ...], jnp.dtype]]:
+    """{field: (shape, dtype)} of an `Experience` of `batch` rows of `width` = P + N tokens, N = `new_tokens`:
+    tokens_bt and mask_bt int32 [B, W], every *_bn field float32 [B, N] (the abstract form, for lowering)."""
+    shapes = {"tokens_bt": ((batch, width), jnp.dtype(jnp.int32)), "mask_bt": ((batch, width), jnp.dtype(jnp.int32))}
+    shapes.update({k: ((batch, new_tokens), jnp.dtype(jnp.float32)) for k in Experience._fields if k.endswith("_bn")})
+    assert tuple(shapes) == Experience._fields, "every Experience field needs a shape here"
+    return shapes
 
 
 # ------------------------------------------------------------------------------ model reads
@@ -159,20 +167,6 @@ def make_experience(actor_params, critic_params, ref_params, batch: Rollout, sco
 # ------------------------------------------------------------------------------ update
 
 
-def _apply(state: TrainState, loss, grads, opt: optax.GradientTransformation):
-    """One optimiser step; a non-finite loss, gradient or result leaves the state as it was."""
-    grad_norm = optax.tree.norm(grads)
-    updates, new_opt_state = opt.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(new_params))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                              opt_state=keep(new_opt_state, state.opt_state),
-                              skipped=state.skipped + (~finite).astype(jnp.int32),
-                              bad_streak=jnp.where(finite, 0, state.bad_streak + 1))
-    return new_state, grad_norm
-
-
 def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
     """Dual-clip policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference), each
     aggregated by `ppo.loss_agg`, as verl's `dp_actor.update_policy`."""
@@ -227,10 +221,11 @@ def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rn
         actor, critic = carry
         grads, metrics = actor_grad(actor.params, mb)
         loss = metrics["policy_loss"]
-        actor, metrics["actor_grad_norm"] = _apply(actor, loss, grads, actor_opt)
+        actor, _, metrics["actor_grad_norm"] = apply_guarded(actor, grads, loss, actor_opt)
         if critic is not None:
             grads, critic_metrics = critic_grad(critic.params, mb)
-            critic, metrics["critic_grad_norm"] = _apply(critic, critic_metrics["value_loss"], grads, critic_opt)
+            critic, _, metrics["critic_grad_norm"] = apply_guarded(critic, grads, critic_metrics["value_loss"],
+                                                                   critic_opt)
             metrics.update(critic_metrics)
         return (actor, critic), metrics
 

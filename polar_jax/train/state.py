@@ -29,6 +29,33 @@ class TrainState(flax.struct.PyTreeNode):
     bad_streak: jax.Array
 
 
+def apply_guarded(state: TrainState, grads, loss, optimizer: optax.GradientTransformation):
+    """One optimiser update of `state` by `grads`, skipped when the loss, the gradient norm or the
+    updated parameters are non-finite; returns (new_state, finite, grad_norm).
+
+    A skipped update leaves params and optimiser state as they were and counts the step in
+    `skipped` / `bad_streak`; `step` advances either way.
+    """
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    # An update that overflows the parameters is as bad as a non-finite gradient.
+    finite &= jnp.isfinite(optax.tree.norm(new_params))
+
+    def keep(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
+    )
+    return new_state, finite, grad_norm
+
+
 def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):
     params = T.init_params(model_cfg, rng, boxed=True)
     return TrainState(

@@ -7,14 +7,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from polar_jax.data import batch as batch_contract
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.train import objectives
-from polar_jax.train.state import TrainState
+from polar_jax.train.state import TrainState, apply_guarded
 
-# The arrays a step reads (data/packing.py makes them) and their ranks.
-BATCH_NDIM = {"tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2}
-BATCH_KEYS = tuple(BATCH_NDIM)
+# The arrays a step reads and their ranks, from the batch contract (data/batch.py).
+BATCH_KEYS = batch_contract.STEP_KEYS
+BATCH_NDIM = {k: batch_contract.ndim(k) for k in BATCH_KEYS}
 SUM_KEYS = (*objectives.SUM_KEYS, "tokens")
 
 
@@ -57,22 +58,8 @@ def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimi
 
     pairs = jnp.maximum(sums["pairs"], 1.0)
     grads = jax.tree.map(lambda g: g / pairs, grads)
-    grad_norm = optax.tree.norm(grads)
     metrics = objectives.finalize(sums)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    # An update that overflows the parameters is as bad as a non-finite gradient.
-    finite &= jnp.isfinite(optax.tree.norm(new_params))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-        bad_streak=jnp.where(finite, 0, state.bad_streak + 1),
-    )
+    new_state, finite, grad_norm = apply_guarded(state, grads, metrics["loss"], optimizer)
     metrics.update(grad_norm=grad_norm, lr=schedule(state.step), tokens=sums["tokens"],
                    finite=finite, skipped=new_state.skipped, bad_streak=new_state.bad_streak)
     return new_state, metrics
