@@ -88,6 +88,7 @@ def _paper_slope(ax, b: float, x_n: np.ndarray, y_n: np.ndarray, label: str) -> 
 
 
 def _failed_note(fig, rows: list[dict]) -> None:
+    """A red footnote naming the failed and stale runs, which the plotted fits leave out."""
     bad = [f"{r['name']} ({r['status']}: {r['error'][:80]})" for r in rows if r["status"] in ("failed", "stale")]
     if bad:
         fig.text(0.01, 0.005, "not fitted: " + "; ".join(bad), fontsize=7, color="tab:red", va="bottom")
