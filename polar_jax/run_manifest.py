@@ -30,6 +30,8 @@ import time
 
 import jax
 
+from polar_jax.io import atomic
+
 log = logging.getLogger(__name__)
 
 FILENAME = "run.json"
@@ -195,9 +197,7 @@ def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list
             previous = last.pop("previous", []) + [last]
             _warn_changes(last, json.loads(json.dumps(manifest)))
     out = {**manifest, "previous": previous}
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(out, indent=1) + "\n")
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from polar_jax.data import schema
 from polar_jax.data.encoding import Text
+from polar_jax.io import atomic
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,9 @@ def write_jsonl(examples: list[Example], path: str | pathlib.Path, meta: list[di
     """Write `{prompt, reference[, meta]}` rows atomically (a temporary file, then a rename)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i, ex in enumerate(examples):
-            row = {"prompt": ex.prompt, "reference": ex.reference}
-            if meta is not None:
-                row["meta"] = meta[i]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.rename(path)
+    rows = ({"prompt": ex.prompt, "reference": ex.reference, **({"meta": meta[i]} if meta is not None else {})}
+            for i, ex in enumerate(examples))
+    atomic.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 class PromptIterator:

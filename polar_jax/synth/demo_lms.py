@@ -43,6 +43,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | pathlib.Pa
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
+    from polar_jax.io import atomic
+
     out_dir = pathlib.Path(out_dir)
     if all((out_dir / name).exists() for name in _TOKENIZER_FILES):
         return out_dir
@@ -59,18 +61,14 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | pathlib.Pa
         tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
         additional_special_tokens=[SPLIT_TOKEN, REWARD_TOKEN],
     )
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf_tokenizer.save_pretrained(str(tmp))
-    # transformers 5 names its own class here; older readers (vLLM images) know this one.
-    config_path = tmp / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():  # incomplete leftovers of an interrupted run
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    # An existing out_dir (incomplete leftovers of an interrupted run) is replaced.
+    with atomic.directory(out_dir) as tmp:
+        hf_tokenizer.save_pretrained(str(tmp))
+        # transformers 5 names its own class here; older readers (vLLM images) know this one.
+        config_path = tmp / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 

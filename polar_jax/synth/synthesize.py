@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polar_jax import run_manifest
+from polar_jax.io import atomic
 from polar_jax.synth.pool import PolicyPool, Sample
 from polar_jax.synth.prompts import PromptSource
 
@@ -162,7 +163,7 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
             raise ValueError(f"{out_dir} holds triplets synthesised with other settings ({manifest}); "
                              "use another output directory, or delete this one to start over")
     else:
-        _write_atomic(manifest, json.dumps(wanted, indent=1))
+        atomic.write_text(manifest, json.dumps(wanted, indent=1))
     instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()
     run_manifest.write(out_dir, wanted, {  # the corpus and instructions by content: the files are read already
         **{f"policy.{n}": pool.specs[n].checkpoint for n in pool.names},
@@ -180,8 +181,9 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
             counts = json.loads(stats_file.read_text())
         else:
             rows, counts = make_shard(pool, prompts, plan, shard)
-            _write_atomic(stats_file, json.dumps(counts))
-            _write_atomic(shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            atomic.write_text(stats_file, json.dumps(counts))
+            atomic.write_text(shard_path(out_dir, shard),
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             new_tokens += counts["new_tokens"]
             bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
             bar.update(1)
@@ -190,11 +192,5 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
     bar.close()
     summary = {**totals, "shards": plan.num_shards, "resumed_shards": len(done),
                "seconds_this_run": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
-import shutil
 from typing import Iterator, NamedTuple
 
 import jax
@@ -25,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from polar_jax.io import hf, tokenizers
+from polar_jax.io import atomic, hf, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
@@ -134,14 +132,13 @@ def save_lm(cfg: ModelConfig, params, out_dir: str | pathlib.Path, *, tokenizer_
     """Write an HF Llama causal-LM directory (weights, tokenizer files, `training.json`)
     atomically: built under a temporary name, then renamed to `out_dir`."""
     out_dir = pathlib.Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     params = jax.tree.map(np.asarray, params)
-    hf.save_hf(Model(cfg.replace(heads=("lm",)), params, "llama", dict(hf_config or {})), tmp, head="lm")
-    if tokenizer_dir is not None:
-        tokenizers.copy_tokenizer(tokenizer_dir, tmp)
-    (tmp / TRAINING_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
-    tmp.rename(out_dir)
+    # overwrite=False: an existing non-empty out_dir is an error, as a plain rename would make it.
+    with atomic.directory(out_dir, overwrite=False) as tmp:
+        hf.save_hf(Model(cfg.replace(heads=("lm",)), params, "llama", dict(hf_config or {})), tmp, head="lm")
+        if tokenizer_dir is not None:
+            tokenizers.copy_tokenizer(tokenizer_dir, tmp)
+        (tmp / TRAINING_FILE).write_text(json.dumps(info or {}, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 
