@@ -25,12 +25,12 @@ import logging
 import multiprocessing
 import os
 import pickle
-import shutil
 import time
 from typing import Iterable, Iterator, Sequence
 
 from polar_jax.data import encoding, records, schema, sources
 from polar_jax.errors import UserError
+from polar_jax.io import atomic
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +198,6 @@ def _check_output(output: str) -> None:
         raise PrepareError(f"output {output} exists and is not an empty directory; delete it or choose another --output")
 
 
-def _claim_output(output: str) -> str:
-    """Check DIR may be written and make the temporary sibling directory the run writes into."""
-    _check_output(output)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(output))}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    return tmp
-
-
 def _write_json(path: str, obj: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
@@ -240,22 +229,10 @@ def prepare(
     `skip_invalid` bad rows are skipped and counted by reason. `encoder` reuses a loaded tokenizer;
     `trust_remote_code` lets a tokenizer that ships its own code (InternLM2's) run it.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     inputs = [os.fspath(p) for p in inputs]
     output = os.fspath(output)
-    if not inputs:
-        raise PrepareError("no input files")
-    for path in inputs:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"input {path} does not exist")
-    if shards < 1:
-        raise PrepareError(f"--shards must be at least 1, got {shards}")
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise PrepareError(f"--workers must be at least 1, got {workers}")
-
+    workers = _checked_workers(inputs, shards, workers)
     _check_output(output)  # now, not after minutes of work
 
     # Pass 1: validate and count (strict mode stops here, before the slow part).
@@ -271,72 +248,111 @@ def prepare(
     # Small inputs get smaller tasks so that every worker has some.
     rows_per_task = max(1, min(ROWS_PER_TASK, n_rows // (workers * TASKS_IN_FLIGHT_PER_WORKER)))
 
-    tmp = _claim_output(output)
+    _check_output(output)
     encoded = None
     try:
-        # Shard k holds rows [k*n/N, (k+1)*n/N): contiguous slices, so shard order = input order.
-        bounds = [k * n_rows // shards for k in range(shards + 1)]
-        truncated = collections.Counter()
-        rows_truncated = 0
-        length_counts = collections.Counter()
-        shard_info = []
-        encode_start = time.perf_counter()
-        encoded = encode_rows(iter_rows(inputs, skip_invalid, None), encoder, workers, rows_per_task)
-        with tqdm(total=n_rows, unit="row", desc="prepare", disable=None if progress is None else not progress) as bar:
-            for k in range(shards):
-                name = sources.shard_name(k, shards)
-                with sources.RecordWriter(os.path.join(tmp, name)) as writer:
-                    for _ in range(bounds[k + 1] - bounds[k]):
-                        row, enc = next(encoded, (None, None))
-                        if row is None:
-                            raise RuntimeError(f"the inputs changed while prepare ran ({n_rows} valid rows in the first pass, fewer now)")
-                        meta = {"source": row.source, "row_meta": row.data.get("meta", {})}
-                        writer.write(records.encode_record(enc.chosen, enc.rejected, meta))
-                        length_counts[len(enc.chosen)] += 1
-                        length_counts[len(enc.rejected)] += 1
-                        truncated.update(enc.truncated)
-                        rows_truncated += bool(enc.truncated)
-                        bar.update(1)
-                shard_info.append({"file": name, "records": writer.count})
-        if next(encoded, None) is not None:
-            raise RuntimeError(f"the inputs changed while prepare ran (more than {n_rows} valid rows now)")
-        encode_seconds = time.perf_counter() - encode_start
+        # Everything goes into a temporary sibling (.DIR.partial-PID) that replaces DIR (if empty) at the end.
+        with atomic.directory(output, tag="partial", overwrite=False) as tmp:
+            encode_start = time.perf_counter()
+            encoded = encode_rows(iter_rows(inputs, skip_invalid, None), encoder, workers, rows_per_task)
+            written = _write_shards(tmp, encoded, n_rows, shards, progress)
+            encode_seconds = time.perf_counter() - encode_start
 
-        seconds = time.perf_counter() - start
-        # The tokenizer as used, added tokens included: scoring and training must see these ids.
-        encoder.tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_DIR))
-        info = encoder.info()
-        info.update(
-            tokenizer_dir=TOKENIZER_DIR, record_version=records.VERSION, records=n_rows, shards=[s["file"] for s in shard_info]
-        )
-        _write_json(os.path.join(tmp, "encoding.json"), info)
-        stats = {
-            "inputs": inputs,
-            "rows_read": n_rows + report.invalid,
-            "rows_written": n_rows,
-            "rows_skipped": report.invalid,
-            "blank_lines": report.counts.get("blank_line", 0),
-            "skipped": {r: v for r, v in report.to_dict().items() if r != "blank_line"},
-            "rows_truncated": rows_truncated,
-            "truncated": {part: truncated.get(part, 0) for part in PARTS},
-            "sequence_length": length_stats(length_counts),
-            "shards": shard_info,
-            "workers": workers,
-            # seconds: the whole call (validation, tokenizer load, worker start-up included);
-            # encode_seconds: encoding and writing only.
-            "seconds": round(seconds, 3),
-            "encode_seconds": round(encode_seconds, 3),
-            "examples_per_s": round(n_rows / seconds, 1),
-        }
-        _write_json(os.path.join(tmp, "stats.json"), stats)  # last: its presence marks a complete run
-        if os.path.isdir(output):
-            os.rmdir(output)  # empty (checked above); the rename below takes its place
-        os.replace(tmp, output)
+            seconds = time.perf_counter() - start
+            _write_encoding(tmp, encoder, n_rows, written.shard_info)
+            stats = _stats(inputs, report, written, workers, seconds, encode_seconds)
+            _write_json(os.path.join(tmp, "stats.json"), stats)  # last: its presence marks a complete run
         log.info("prepared %d triplets (%d skipped) into %s in %.1fs", n_rows, report.invalid, output, seconds)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     finally:
         if encoded is not None:
             encoded.close()  # stops the worker pool now, not whenever the generator is collected
     return stats
+
+
+def _checked_workers(inputs: list[str], shards: int, workers: int | None) -> int:
+    """Check the inputs exist and the shard and worker counts; the number of workers to use."""
+    if not inputs:
+        raise PrepareError("no input files")
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input {path} does not exist")
+    if shards < 1:
+        raise PrepareError(f"--shards must be at least 1, got {shards}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise PrepareError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+@dataclasses.dataclass
+class _Written:
+    """What `_write_shards` wrote: per shard {file, records}, and counts over every written row."""
+
+    shard_info: list[dict]
+    length_counts: collections.Counter
+    truncated: collections.Counter
+    rows_truncated: int
+    rows: int
+
+
+def _write_shards(tmp, encoded: Iterator, n_rows: int, shards: int, progress: bool | None) -> _Written:
+    """Pass 2: write the `n_rows` encoded rows into `shards` shards under `tmp`, shard k holding rows
+    [k*n/N, (k+1)*n/N): contiguous slices, so shard order = input order."""
+    from tqdm import tqdm
+
+    bounds = [k * n_rows // shards for k in range(shards + 1)]
+    written = _Written([], collections.Counter(), collections.Counter(), 0, n_rows)
+    with tqdm(total=n_rows, unit="row", desc="prepare", disable=None if progress is None else not progress) as bar:
+        for k in range(shards):
+            name = sources.shard_name(k, shards)
+            with sources.RecordWriter(os.path.join(tmp, name)) as writer:
+                for _ in range(bounds[k + 1] - bounds[k]):
+                    row, enc = next(encoded, (None, None))
+                    if row is None:
+                        raise RuntimeError(f"the inputs changed while prepare ran ({n_rows} valid rows in the first pass, fewer now)")
+                    meta = {"source": row.source, "row_meta": row.data.get("meta", {})}
+                    writer.write(records.encode_record(enc.chosen, enc.rejected, meta))
+                    written.length_counts[len(enc.chosen)] += 1
+                    written.length_counts[len(enc.rejected)] += 1
+                    written.truncated.update(enc.truncated)
+                    written.rows_truncated += bool(enc.truncated)
+                    bar.update(1)
+            written.shard_info.append({"file": name, "records": writer.count})
+    if next(encoded, None) is not None:
+        raise RuntimeError(f"the inputs changed while prepare ran (more than {n_rows} valid rows now)")
+    return written
+
+
+def _write_encoding(tmp, encoder: Encoder, n_rows: int, shard_info: list[dict]) -> None:
+    """DIR/tokenizer and DIR/encoding.json, under `tmp`."""
+    # The tokenizer as used, added tokens included: scoring and training must see these ids.
+    encoder.tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_DIR))
+    info = encoder.info()
+    info.update(
+        tokenizer_dir=TOKENIZER_DIR, record_version=records.VERSION, records=n_rows, shards=[s["file"] for s in shard_info]
+    )
+    _write_json(os.path.join(tmp, "encoding.json"), info)
+
+
+def _stats(inputs: list[str], report: schema.SkipReport, written: _Written, workers: int, seconds: float,
+           encode_seconds: float) -> dict:
+    """The content of DIR/stats.json."""
+    n_rows = written.rows
+    return {
+        "inputs": inputs,
+        "rows_read": n_rows + report.invalid,
+        "rows_written": n_rows,
+        "rows_skipped": report.invalid,
+        "blank_lines": report.counts.get("blank_line", 0),
+        "skipped": {r: v for r, v in report.to_dict().items() if r != "blank_line"},
+        "rows_truncated": written.rows_truncated,
+        "truncated": {part: written.truncated.get(part, 0) for part in PARTS},
+        "sequence_length": length_stats(written.length_counts),
+        "shards": written.shard_info,
+        "workers": workers,
+        # seconds: the whole call (validation, tokenizer load, worker start-up included);
+        # encode_seconds: encoding and writing only.
+        "seconds": round(seconds, 3),
+        "encode_seconds": round(encode_seconds, 3),
+        "examples_per_s": round(n_rows / seconds, 1),
+    }
