@@ -140,9 +140,13 @@ def write_jsonl(examples: list[Example], path: str | pathlib.Path, meta: list[di
     """Write `{prompt, reference[, meta]}` rows atomically (a temporary file, then a rename)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = ({"prompt": ex.prompt, "reference": ex.reference, **({"meta": meta[i]} if meta is not None else {})}
-            for i, ex in enumerate(examples))
-    atomic.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    lines = []
+    for i, ex in enumerate(examples):
+        row = {"prompt": ex.prompt, "reference": ex.reference}
+        if meta is not None:
+            row["meta"] = meta[i]
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic.write_text(path, "".join(lines))
 
 
 class PromptIterator:
