@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     """Load the config and train (or resume)."""
     config = load_config(args.config, args.overrides, check="rft")
     from polar_jax.rft import trainer  # after parsing: importing touches JAX
+    from polar_jax.train import loop
 
     try:
         result = trainer.train(config, args.workdir, progress=not args.no_progress)
-    except trainer.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         log.error("%s", e)
         return 3
     log.info("stopped at iteration %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)

@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
     """Load the config, join the other processes if any, train."""
     config = load_config(args.config, args.overrides, check="train")
     parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.multihost)
-    from polar_jax.train import trainer  # after distributed init: it touches devices
+    from polar_jax.train import loop, trainer  # after distributed init: it touches devices
 
     try:
         result = trainer.train(config, args.workdir, progress=not args.no_progress)
-    except trainer.TrainingDiverged as e:
+    except loop.TrainingDiverged as e:
         log.error("%s", e)
         return 3
     log.info("stopped at step %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)

@@ -11,7 +11,7 @@ import pytest
 
 from polar_jax.data import encoding
 from polar_jax.models import transformer as T
-from polar_jax.rft import data, rollout, trainer
+from polar_jax.rft import data, rollout, setup, trainer
 from polar_jax.rft.defaults import base_config
 
 
@@ -102,8 +102,8 @@ def test_critic_value_head_has_a_bias_when_asked(tiny):
 
     config = base_config()
     config.policy.init, config.reward.model = tiny["policy"], tiny["reward"]
-    m = trainer.Models(models.load_model(tiny["policy"]), None, models.load_model(tiny["reward"]), None)
-    critic = trainer.critic_model(config, m)
+    m = setup.Models(models.load_model(tiny["policy"]), None, models.load_model(tiny["reward"]), None)
+    critic = setup.critic_model(config, m)
     assert critic.cfg.value_head_bias and critic.cfg.heads == ("value",)
     assert float(critic.params["value_head_bias"]) == 0.0 and np.all(critic.params["value_head"] == 0)
     # declared once with its (empty) logical axes; the count includes it
@@ -120,34 +120,34 @@ def test_critic_value_head_has_a_bias_when_asked(tiny):
     np.testing.assert_allclose(biased.value_bt - out.value_bt, 1.5, rtol=1e-6)
     np.testing.assert_allclose(out.value_bt, out.hidden_btd @ params["value_head"], rtol=1e-4, atol=1e-5)
     config.critic.value_head_bias = False
-    plain = trainer.critic_model(config, m)
+    plain = setup.critic_model(config, m)
     assert "value_head_bias" not in plain.params and not plain.cfg.value_head_bias
 
 
 def test_reward_encoding_comes_from_the_model_directory_unless_set(tmp_path):
     config = base_config()
     config.reward.model = str(tmp_path)
-    assert trainer.reward_encoding(config) == encoding.EncodingConfig()  # no encoding.json: the client's defaults
+    assert setup.reward_encoding(config) == encoding.EncodingConfig()  # no encoding.json: the client's defaults
     saved = {"max_length": 256, "max_response_length": 96, "response_cut_side": "left", "wrapper": "pretrain",
              "split_text": "<|reward|>", "reward_token": "[UNUSED_TOKEN_130]",
              "newline_before_empty_response": True}  # an older key EncodingConfig may not have: ignored
     (tmp_path / "encoding.json").write_text(json.dumps({"encoding": saved, "reward_token_id": 7}))
-    got = trainer.reward_encoding(config)
+    got = setup.reward_encoding(config)
     assert (got.max_length, got.max_response_length, got.response_cut_side, got.wrapper) == (256, 96, "left",
                                                                                                "pretrain")
     config.reward.encoding.max_length = 512  # an explicit value wins over the file
-    got = trainer.reward_encoding(config)
+    got = setup.reward_encoding(config)
     assert (got.max_length, got.max_response_length) == (512, 96)
     config.reward.encoding.newline_before_empty_response = False
     with pytest.raises(ValueError, match="config.reward.encoding.newline_before_empty_response is not an encoding"):
-        trainer.reward_encoding(config)
+        setup.reward_encoding(config)
 
 
 def test_the_qwen2_5_7b_recipe_carries_the_released_settings():
     from polar_jax.config_loading import load_config
 
     c = load_config("configs/rft_qwen2_5_7b.py")
-    ppo = trainer.ppo_config(c)
+    ppo = setup.ppo_config(c)
     assert (ppo.estimator, ppo.gamma, ppo.lam, ppo.clip_ratio, ppo.clip_ratio_c) == ("gae", 1.0, 1.0, 0.2, 3.0)
     assert (ppo.loss_agg, ppo.epochs, ppo.minibatches, ppo.kl_coef, ppo.kl_loss_coef) == (
         "seq-mean-token-mean", 1, 1, 0.0, 0.0)

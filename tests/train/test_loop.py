@@ -7,7 +7,7 @@ import signal
 import numpy as np
 
 from polar_jax.io import checkpoint
-from polar_jax.train import trainer
+from polar_jax.train import setup, trainer
 
 from tests.train.test_trainer import config, final_params, losses
 
@@ -23,7 +23,7 @@ def test_signal_on_a_save_step_saves_once_and_resumes_bit_exactly(tmp_path, monk
         saved.append(step)
         return real_save(self, step, *args, **kwargs)
 
-    real_jit = trainer.jit_train_step
+    real_jit = setup.jit_train_step
 
     def signalling_jit(*args, **kwargs):
         train_step, calls = real_jit(*args, **kwargs), [0]
@@ -37,7 +37,7 @@ def test_signal_on_a_save_step_saves_once_and_resumes_bit_exactly(tmp_path, monk
         return step_then_signal
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", counting_save)
-    monkeypatch.setattr(trainer, "jit_train_step", signalling_jit)
+    monkeypatch.setattr(setup, "jit_train_step", signalling_jit)
     interrupted = tmp_path / "interrupted"
     result = trainer.train(config(), interrupted, progress=False)
     assert (result.step, result.stopped_by) == (8, "signal")

@@ -16,7 +16,7 @@ import pytest
 
 from polar_jax.config_loading import load_config
 from polar_jax.io import hf, polar_format
-from polar_jax.train import trainer
+from polar_jax.train import loop, setup, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "pretrain_tiny.py"
@@ -98,7 +98,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference_run,
 
 def test_non_finite_steps_stop_the_run_and_keep_the_good_checkpoint(tmp_path):
     cfg = config("--config.optim.lr=1e30", "--config.max_bad_steps=3", "--config.checkpoint_every=1")
-    with pytest.raises(trainer.TrainingDiverged, match="3 non-finite steps in a row"):
+    with pytest.raises(loop.TrainingDiverged, match="3 non-finite steps in a row"):
         trainer.train(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["finite"] for r in rows] == [1.0, 0.0, 0.0, 0.0]
@@ -188,7 +188,7 @@ def test_several_eval_sets_are_logged_pooled_and_each_on_its_own(tmp_path):
     pooled = (12 * final[f"eval_{a}_loss"] + 20 * final[f"eval_{b}_loss"]) / 32
     np.testing.assert_allclose(final["eval_loss"], pooled, rtol=1e-5)
     assert final[f"eval_{a}_loss"] != final[f"eval_{b}_loss"]
-    assert trainer.eval_split_sources(config()) == {}  # one set (or synthetic data): nothing extra
+    assert setup.eval_split_sources(config()) == {}  # one set (or synthetic data): nothing extra
 
 
 def test_a_base_with_remote_code_passes_its_code_to_the_trained_model(tmp_path):

@@ -1,0 +1,228 @@
+"""RFT set-up: from a config to the models, the PPO settings and the plan of a run. The
+trainer (`trainer.Runner`) and ahead-of-time compilation (`aot`'s rft stage) both read it, so
+what `compile --stage rft` lowers is what `rft` runs.
+
+    plan = setup.plan(config, mesh)    # PPO settings, rollouts per iteration, widths, optimisers
+    m = setup.load_models(config)      # policy, reward model, target (host arrays)
+    critic = setup.critic_model(config, m)
+
+Config sections read: policy, reward, critic, algorithm, rollout, eval, actor_optim,
+critic_optim, iterations, seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+
+from polar_jax import parallel
+from polar_jax.data import encoding
+from polar_jax.io import models, tokenizers
+from polar_jax.io.model import Model
+from polar_jax.models import transformer as T
+from polar_jax.rft import references, step
+from polar_jax.train.optim import OptimConfig, make_optimizer
+from polar_jax.train.state import abstract_state, create_state
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one RFT run does per iteration, checked against the mesh: the PPO settings, the
+    rollouts (prompts x samples per prompt), the rollout row's widths, the optimiser steps over
+    the run and the actor's and (with a critic) critic's optimiser settings."""
+
+    ppo: step.PPOConfig
+    rollouts: int
+    prompt_len: int  # policy.max_prompt_tokens: the left-padded prompt part of a rollout row
+    new_tokens: int  # rollout.max_new_tokens
+    total_steps: int  # optimiser steps: iterations x epochs x mini-batches
+    actor_optim: OptimConfig
+    critic_optim: OptimConfig | None  # None: no critic (algorithm.estimator=group)
+
+    @property
+    def width(self) -> int:
+        """Tokens in one rollout row: prompt + response."""
+        return self.prompt_len + self.new_tokens
+
+    def optimizers(self):
+        """The actor's and critic's optax transformations (the update builds the same ones)."""
+        actor = make_optimizer(self.actor_optim, self.total_steps)
+        return actor, make_optimizer(self.critic_optim, self.total_steps) if self.critic_optim else None
+
+    def abstract_state(self, actor_cfg, critic_cfg, mesh) -> dict:
+        """The trained state's shapes and shardings: the restore target, and what AOT lowers over."""
+        actor_opt, critic_opt = self.optimizers()
+        out = {"actor": abstract_state(actor_cfg, actor_opt, mesh)}
+        if critic_opt is not None:
+            out["critic"] = abstract_state(critic_cfg, critic_opt, mesh)
+        return out
+
+    def initial_state(self, actor: Model, critic: Model | None, seed: int, mesh) -> dict:
+        """Actor from the policy, critic from its init, optimiser states fresh, all on the mesh."""
+        actor_opt, critic_opt = self.optimizers()
+        key = jax.random.key(seed)
+        out = {"actor": create_state(actor.cfg, actor_opt, key, mesh, params=actor.params)}
+        if critic_opt is not None:
+            out["critic"] = create_state(critic.cfg, critic_opt, key, mesh, params=critic.params)
+        return out
+
+
+def plan(config, mesh) -> Plan:
+    """The run's `Plan`; refuses batches that do not split over the mesh's batch shards or the
+    mini-batches."""
+    ppo = ppo_config(config)
+    ro = config.rollout
+    rollouts = ro.prompts * ro.samples_per_prompt
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, n in (("rollout.prompts x rollout.samples_per_prompt", rollouts),
+                    ("eval.batch_size", config.eval.batch_size)):
+        if n % shards:
+            raise ValueError(f"{name} = {n} must be a multiple of the mesh's batch shards (data x fsdp = {shards})")
+    if rollouts % ppo.minibatches:
+        raise ValueError(f"{rollouts} rollouts per iteration do not split into "
+                         f"algorithm.minibatches={ppo.minibatches}")
+    return Plan(ppo=ppo, rollouts=rollouts, prompt_len=config.policy.max_prompt_tokens, new_tokens=ro.max_new_tokens,
+                total_steps=config.iterations * ppo.epochs * ppo.minibatches,
+                actor_optim=OptimConfig(**config.actor_optim),
+                critic_optim=OptimConfig(**config.critic_optim) if ppo.uses_critic else None)
+
+
+def ppo_config(config) -> step.PPOConfig:
+    """The algorithm section as the compiled steps' static settings."""
+    a = config.algorithm
+    return step.PPOConfig(
+        estimator=a.estimator, gamma=a.gamma, lam=a.lam, clip_ratio=a.clip_ratio, clip_ratio_c=a.clip_ratio_c,
+        value_clip=a.value_clip, loss_agg=a.loss_agg,
+        epochs=a.epochs, minibatches=a.minibatches, whiten_advantages=a.whiten_advantages,
+        group_size=config.rollout.samples_per_prompt, group_normalize_std=a.group_normalize_std,
+        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_loss_coef=a.kl_loss_coef,
+        kl_loss_estimator=a.kl_loss_estimator, temperature=config.rollout.temperature or 1.0)
+
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+@dataclasses.dataclass
+class Models:
+    """What a run samples from, trains and scores with (host arrays; placed on the mesh later)."""
+
+    policy: Model
+    policy_tokenizer: object
+    reward: Model
+    reward_tokenizer: object
+    target: Model | None = None  # the target policy (config.target): references and the log-likelihood measure
+    target_tokenizer: object = None
+    policy_source: str = ""  # where the tokenizer files of a saved policy come from
+
+
+def _existing(path: str, what: str, hint: str) -> str:
+    if not path or not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"{what} {path!r} not found" + (f"; {hint}" if hint else f"; set config.{what}"))
+    return path
+
+
+def load_models(config) -> Models:
+    """Load the policy, the reward model and (optionally) the target policy of `config`."""
+    hint = config.setup_hint
+    p, r = config.policy, config.reward
+    policy = models.load_model(_existing(p.init, "policy.init", hint), **policy_runtime(config))
+    reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
+    require_heads(config, policy.cfg, reward.cfg)
+    target, target_tokenizer = references.load_target(config) or (None, None)
+    policy_tok = tokenizers.load_tokenizer(p.init, p.get("trust_remote_code", False), "--config.policy.trust_remote_code=true")
+    reward_tok = tokenizers.load_tokenizer(r.tokenizer or r.model, r.get("trust_remote_code", False),
+                                       "--config.reward.trust_remote_code=true")
+    return Models(policy, policy_tok, reward, reward_tok, target, target_tokenizer, policy_source=p.init)
+
+
+def policy_runtime(config) -> dict:
+    """How the policy is run (`ModelConfig` fields): policy.dtype, remat, attention_impl, scan_unroll."""
+    p = config.policy
+    return dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
+
+
+def require_heads(config, policy_cfg, reward_cfg=None) -> None:
+    """The policy must be a causal LM and the reward model (when given) must have a reward head."""
+    if "lm" not in policy_cfg.heads:
+        raise ValueError(f"policy.init {config.policy.init} has heads {policy_cfg.heads}: a policy must be a causal LM")
+    if reward_cfg is not None and "reward" not in reward_cfg.heads:
+        raise ValueError(f"reward.model {config.reward.model} has heads {reward_cfg.heads}: not a reward model")
+
+
+def critic_config(config, policy_cfg, reward_cfg=None):
+    """The critic's shape: the policy's trunk (critic.init=policy) or the reward model's
+    (critic.init=reward_model, which needs `reward_cfg`) with a value head, run with the policy's
+    dtype, remat, attention and unroll settings."""
+    if config.critic.init == "policy":
+        base = policy_cfg
+    elif config.critic.init == "reward_model":
+        base = reward_cfg
+        if base.vocab_size != policy_cfg.vocab_size:
+            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
+                             f"the policy's ({policy_cfg.vocab_size}); the critic reads policy tokens")
+    else:
+        raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
+    return base.replace(heads=("value",), tie_embeddings=False, value_head_bias=bool(config.critic.value_head_bias),
+                        dtype=policy_cfg.dtype, remat=policy_cfg.remat, attention_impl=policy_cfg.attention_impl,
+                        scan_unroll=policy_cfg.scan_unroll)
+
+
+def critic_model(config, m: Models) -> Model:
+    """The critic's initial weights: the policy's or the reward model's trunk with a value head
+    (and, with critic.value_head_bias, a bias starting at 0)."""
+    cfg = critic_config(config, m.policy.cfg, m.reward.cfg)
+    base = m.policy if config.critic.init == "policy" else m.reward
+    head = np.zeros(base.cfg.d_model, np.float32)
+    if config.critic.init == "reward_model" and config.critic.value_head_init == "reward_head":
+        head = np.asarray(base.params["reward_head"], np.float32)
+    params = {k: v for k, v in base.params.items() if k not in ("lm_head", "reward_head")}
+    params["value_head"] = head
+    if cfg.value_head_bias:
+        params["value_head_bias"] = np.zeros((), np.float32)
+    return Model(cfg, params, base.family, base.hf_config)
+
+
+def reward_encoding(config) -> encoding.EncodingConfig:
+    """The official encoding the reward model is read with: config.reward.encoding's set (non-None)
+    fields, over the reward model directory's `encoding.json` ("encoding", as `prepare` / `train`
+    write it), over the client's defaults. Keys EncodingConfig does not have are ignored in the file."""
+    fields = {f.name for f in dataclasses.fields(encoding.EncodingConfig)}
+    explicit = {k: v for k, v in config.reward.encoding.items() if v is not None}
+    unknown = sorted(set(explicit) - fields)
+    if unknown:
+        raise ValueError(f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: "
+                         f"{', '.join(sorted(fields))}")
+    saved = {}
+    path = pathlib.Path(config.reward.model or ".") / encoding.ENCODING_FILE
+    if config.reward.model and path.is_file():
+        try:
+            saved = json.loads(path.read_text())["encoding"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not an encoding file with an \"encoding\" object ({e}); rewrite it with "
+                             "`prepare` / `train`, or remove it to use config.reward.encoding") from e
+        saved = {k: v for k, v in saved.items() if k in fields}
+    merged = {**saved, **explicit}
+    log.info("reward encoding %s (from %s)", merged or "the client's defaults",
+             ", ".join(w for w, d in (("config.reward.encoding", explicit), (str(path), saved)) if d) or "defaults")
+    return encoding.EncodingConfig(**merged)
+
+
+def place(cfg, params, mesh):
+    """Host parameters -> arrays on `mesh`, sharded by their logical axes."""
+    shardings = parallel.logical_to_sharding(T.logical_axes(cfg), mesh)
+
+    def put(host, sharding):
+        host = np.asarray(host)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, params, shardings)

@@ -1,0 +1,235 @@
+"""The run loop every trainer uses: one run's lifetime in a workdir, and the step loop itself.
+
+    with loop.Run(config, workdir, inputs=..., total=config.steps, unit="step") as run:
+        state = run.restore_or_init(abstract_state, make_state, data_iterator)
+        state = run.loop(step_fn, state, data_iterator, log=loop.Log(...), hooks=[loop.Hook(...)])
+        if run.finished:
+            ...  # the stage's outputs (final model, results)
+    run.result  # RunResult: last step, why it stopped, last logged metrics, each hook's last output
+
+A stage brings only its set-up and its step (`step_fn(state, index) -> (state, metrics)`);
+the loop owns what every run does the same way: config.json and run.json (`run_manifest`) at
+every start and resume, the mesh, restore-or-init from the newest checkpoint, metrics.jsonl
+and TensorBoard (`MetricsWriter`), a progress bar, hooks every N steps, a checkpoint every
+`checkpoint_every` steps / `checkpoint_minutes` minutes / at the last step / when SIGTERM or
+SIGINT arrives (one save per step: saving a step twice makes orbax raise
+StepAlreadyExistsError), the divergence stop, and closing everything whatever happens.
+
+Config keys read: mesh, keep_checkpoints, log_every, checkpoint_every, checkpoint_minutes,
+max_bad_steps (0 = never for the *_every keys; the last step is still logged and saved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+from tqdm import tqdm
+
+from polar_jax import parallel, run_manifest
+from polar_jax.io import checkpoint
+from polar_jax.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How a run ended: its last step, why it stopped, the last logged metrics and what the
+    stage adds (train: the last held-out evaluation; RFT: its results and data counts)."""
+
+    step: int
+    stopped_by: str  # "done" | "signal"
+    metrics: dict  # the last logged training metrics
+    eval_metrics: dict = dataclasses.field(default_factory=dict)  # train: the last evaluation on the held-out split
+    results: dict = dataclasses.field(default_factory=dict)  # RFT: rft_results.json's contents, else {}
+    data: dict = dataclasses.field(default_factory=dict)  # RFT: prompts kept / dropped as over-long
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """Work done between steps: `fn(step, state, metrics)` after every `every`-th step (0 =
+    never), and at the run's last step too when `at_end` (never there when not). It returns
+    `{prefix: metrics}` to log (e.g. {"eval_": {...}}) or None."""
+
+    fn: Callable[[int, Any, dict], dict | None]
+    every: int = 1
+    at_end: bool = True
+    name: str = ""
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether the hook runs after `step` of a run of `total` steps."""
+        if step == total:
+            return self.at_end
+        return bool(self.every) and step % self.every == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+    """How a stage's step metrics are logged: `read(step, metrics)` turns them into the logged
+    dict (default: floats of every value); `postfix` names the progress bar's fields; `hint`
+    ends the divergence error (what to change). `host_metrics`: the step returns host floats,
+    so the divergence counter is read after every step (otherwise only at log and save steps,
+    where the loop waits for the device anyway)."""
+
+    postfix: dict = dataclasses.field(default_factory=dict)  # bar field -> (metric, format), e.g. {"loss": ("loss", ".4f")}
+    read: Callable[[int, dict], dict] | None = None
+    hint: str = "lower the learning rate or check the data"
+    host_metrics: bool = False
+
+
+class Run:
+    """One run's lifetime in `workdir`: config.json and run.json written, the mesh built (and
+    its logical-axis rules in force inside the `with`), the checkpointer and metrics writer
+    opened and, on leaving the `with`, closed. `single_process`: refuse to run in several
+    processes, with this message."""
+
+    def __init__(self, config, workdir, *, inputs: dict, total: int, unit: str = "step", desc: str = "train",
+                 progress: bool = True, single_process: str = ""):
+        self.config, self.total, self.unit, self.desc, self.progress = config, total, unit, desc, progress
+        if single_process and jax.process_count() > 1:
+            raise NotImplementedError(single_process)
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.resolved = json.loads(config.to_json())
+        if jax.process_index() == 0:
+            (self.workdir / "config.json").write_text(json.dumps(self.resolved, indent=2) + "\n")
+        self.mesh = parallel.make_mesh(dict(config.mesh))
+        log.info("mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size, jax.devices()[0].device_kind)
+        run_manifest.write(self.workdir, config, inputs, mesh=self.mesh)  # run.json; warns on changed inputs
+        self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
+        self.writer: MetricsWriter | None = None
+        self.start = self.step = 0
+        self.stopped_by = "done"
+        self.logged: dict = {}
+        self.hook_outputs: dict[str, dict] = {}
+
+    def __enter__(self) -> "Run":
+        self._rules = parallel.use_rules(self.mesh)  # the model's logical axes -> this mesh, for all inside
+        self._rules.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._rules.__exit__(*exc)
+        self.ckpt.close()
+        if self.writer is not None:
+            self.writer.close()
+        if exc[0] is None:
+            log.info("metrics in %s, TensorBoard events in %s", self.workdir / "metrics.jsonl",
+                     self.workdir / "tensorboard")
+
+    @property
+    def finished(self) -> bool:
+        """The loop ran to the last step (not stopped by a signal)."""
+        return self.step == self.total and self.stopped_by == "done"
+
+    @property
+    def result(self) -> RunResult:
+        """The run's outcome so far (stages fill in eval_metrics / results / data)."""
+        return RunResult(step=self.step, stopped_by=self.stopped_by, metrics=self.logged)
+
+    def restore_or_init(self, abstract_state, make_state: Callable[[], Any], data_iterator=None):
+        """The newest readable checkpoint restored onto `abstract_state`'s shardings (with the
+        data iterator's position), or `make_state()` at step 0; opens the metrics writer there."""
+        start, state = self.ckpt.restore_latest(abstract_state, data_iterator)
+        if state is None:
+            start, state = 0, make_state()
+        else:
+            log.info("resumed from %s %s %d", self.ckpt.directory, self.unit, start)
+        self.start = self.step = start
+        self.writer = MetricsWriter(self.workdir, resume_step=start)
+        return state
+
+    def write(self, step: int, metrics: dict, prefix: str = "") -> None:
+        """Log `metrics` at `step` to metrics.jsonl and TensorBoard (keys prefixed)."""
+        self.writer.write(step, metrics, prefix)
+
+    def loop(self, step_fn: Callable[[Any, int], tuple[Any, dict]], state, data_iterator=None, *, log_spec: Log,
+             hooks: tuple[Hook, ...] = ()):
+        """Run `step_fn(state, index)` from the restored step to `total`, logging, running the
+        hooks, saving and stopping as the module docstring says; returns the last state."""
+        stop = StopOnSignal()
+        bar = tqdm(total=self.total, initial=self.step, desc=self.desc, unit=self.unit, disable=not self.progress)
+        last_save = time.monotonic()
+        try:
+            while self.step < self.total:
+                state, metrics = step_fn(state, self.step)
+                self.step += 1
+                bar.update(1)
+                self._log_and_check(metrics, log_spec, bar, at_save=self._at_save())
+                for hook in hooks:
+                    if hook.due(self.step, self.total):
+                        self._run_hook(hook, state, metrics)
+                if stop.requested:
+                    log.warning("%s received: saving %s %d and exiting", stop.requested, self.unit, self.step)
+                minutes = (time.monotonic() - last_save) / 60
+                if self._at_save() or minutes >= self.config.checkpoint_minutes or stop.requested:
+                    self.ckpt.save(self.step, state, data_iterator, self.resolved, force=True)
+                    last_save = time.monotonic()
+                if stop.requested:
+                    self.stopped_by = "signal"
+                    break
+        finally:
+            bar.close()
+            stop.restore()
+        return state
+
+    def _at_save(self) -> bool:
+        every = self.config.checkpoint_every
+        return self.step == self.total or bool(every) and self.step % every == 0
+
+    def _log_and_check(self, metrics: dict, spec: Log, bar, at_save: bool) -> None:
+        """Log at log steps; stop with TrainingDiverged after max_bad_steps skipped steps in a row.
+        Reading the guard's counter waits for the step, so only where the loop waits anyway;
+        skipped steps leave the parameters untouched, so a late stop loses no good work."""
+        every = self.config.log_every
+        at_log = self.step == self.total or bool(every) and self.step % every == 0
+        diverged = ((at_log or at_save or spec.host_metrics)
+                    and int(metrics["bad_streak"]) >= self.config.max_bad_steps)
+        if at_log or diverged:
+            self.logged = spec.read(self.step, metrics) if spec.read else {k: float(v) for k, v in metrics.items()}
+            self.write(self.step, self.logged)
+            bar.set_postfix({name: format(self.logged[key], fmt) for name, (key, fmt) in spec.postfix.items()})
+        if diverged:
+            raise TrainingDiverged(
+                f"{self.config.max_bad_steps} non-finite steps in a row (loss, gradient or update NaN/Inf: the "
+                f"optimiser skipped them) up to {self.unit} {self.step}; stopping. The last good checkpoint is in "
+                f"{self.ckpt.directory} ({self.unit}s {self.ckpt.steps()}); {spec.hint}")
+
+    def _run_hook(self, hook: Hook, state, metrics: dict) -> None:
+        out = hook.fn(self.step, state, metrics)
+        for prefix, values in (out or {}).items():
+            self.write(self.step, values, prefix)
+        if out and hook.name:
+            self.hook_outputs[hook.name] = out
+
+
+class StopOnSignal:
+    """Turns SIGTERM / SIGINT into a request the loop honours after the current step."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def restore(self):
+        """Put back the handlers that were installed before."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
