@@ -10,6 +10,9 @@ KV-cache slots), so packed rows, padded rows and cached decoding are one mechani
 - "auto":   cudnn on GPU (16-bit inputs), pallas on TPU, xla elsewhere.
 The fused kernels need self-attention over one row (no cache); cached decoding uses "xla",
 which is memory-bound there anyway.
+
+Shape suffixes as in `transformer.py`: b batch, t query tokens, s key slots, h query heads,
+k kv heads, g query heads per kv head (h = k g), e head_dim.
 """
 
 from __future__ import annotations
@@ -30,33 +33,33 @@ def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs):
     return same_segment & causal
 
 
-def xla_attention(q_bthd, k_bskd, v_bskd, mask_bts):
+def xla_attention(q_bthe, k_bske, v_bske, mask_bts):
     """Reference attention; grouped-query heads h use kv head h // (H / K), as in HF."""
-    b, t, h, d = q_bthd.shape
-    k = k_bskd.shape[2]
-    q_btkgd = q_bthd.reshape(b, t, k, h // k, d)
-    logits_bkgts = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd).astype(jnp.float32)
-    logits_bkgts = logits_bkgts * (d**-0.5)
+    b, t, h, e = q_bthe.shape
+    k = k_bske.shape[2]
+    q_btkge = q_bthe.reshape(b, t, k, h // k, e)
+    logits_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske).astype(jnp.float32)
+    logits_bkgts = logits_bkgts * (e**-0.5)
     logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASK_VALUE)
-    probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskd.dtype)
-    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs_bkgts, v_bskd)
-    return out_btkgd.reshape(b, t, h, d)
+    probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bske.dtype)
+    out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, v_bske)
+    return out_btkge.reshape(b, t, h, e)
 
 
-def cudnn_attention(q_bthd, k_bshd, v_bshd, segment_ids_bt):
+def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
     """cuDNN flash attention for one packed row: causal by index plus a same-segment mask."""
     same_segment_bts = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
     return jax.nn.dot_product_attention(
-        q_bthd,
-        k_bshd,
-        v_bshd,
+        q_bthe,
+        k_bske,
+        v_bske,
         mask=same_segment_bts[:, None],
         is_causal=True,
         implementation="cudnn",
     )
 
 
-def _pallas(q_bthd, k_bskd, v_bskd, segment_ids_bt):
+def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt):
     """The TPU kernel; under a multi-device mesh, inside `shard_map` (a Pallas call is opaque
     to the partitioner), split like the activations: batch and heads per the logical rules."""
     from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
@@ -65,12 +68,12 @@ def _pallas(q_bthd, k_bskd, v_bskd, segment_ids_bt):
     interpret = target_platform() != "tpu"
     mesh = jax.sharding.get_abstract_mesh()  # inside jit: the mesh `parallel.use_rules` set
     if mesh.empty or mesh.size == 1:
-        return attention_pallas.pallas_attention(q_bthd, k_bskd, v_bskd, segment_ids_bt, interpret=interpret)
+        return attention_pallas.pallas_attention(q_bthe, k_bske, v_bske, segment_ids_bt, interpret=interpret)
     batch_axes, _, head_axis, _ = nn.logical_to_mesh_axes(("batch", None, "heads", None))
-    if head_axis is not None and k_bskd.shape[2] % mesh.shape[head_axis]:
+    if head_axis is not None and k_bske.shape[2] % mesh.shape[head_axis]:
         head_axis = None  # too few kv heads to split: each device computes all heads
     return attention_pallas.sharded_pallas_attention(
-        q_bthd, k_bskd, v_bskd, segment_ids_bt, mesh=mesh, batch_axes=batch_axes, head_axis=head_axis,
+        q_bthe, k_bske, v_bske, segment_ids_bt, mesh=mesh, batch_axes=batch_axes, head_axis=head_axis,
         interpret=interpret,
     )
 
@@ -103,9 +106,9 @@ def resolve_impl(impl: str, dtype=jnp.bfloat16, seq_len: int = 128) -> str:
 
 
 def attend(
-    q_bthd,
-    k_bskd,
-    v_bskd,
+    q_bthe,
+    k_bske,
+    v_bske,
     *,
     q_segment_bt,
     kv_segment_bs,
@@ -119,12 +122,12 @@ def attend(
     Fused kernels assume causality by index, which holds for a row whose positions restart
     at 0 per segment and increase by one, i.e. every row without a KV cache.
     """
-    impl = resolve_impl(impl, q_bthd.dtype, q_bthd.shape[1])
+    impl = resolve_impl(impl, q_bthe.dtype, q_bthe.shape[1])
     if impl == "xla" or not self_attention:
         mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs)
-        return xla_attention(q_bthd, k_bskd, v_bskd, mask_bts)
+        return xla_attention(q_bthe, k_bske, v_bske, mask_bts)
     if impl == "cudnn":
-        return cudnn_attention(q_bthd, k_bskd, v_bskd, q_segment_bt)
+        return cudnn_attention(q_bthe, k_bske, v_bske, q_segment_bt)
     if impl == "pallas":
-        return _pallas(q_bthd, k_bskd, v_bskd, q_segment_bt)
+        return _pallas(q_bthe, k_bske, v_bske, q_segment_bt)
     raise ValueError(f"unknown attention impl {impl!r}")

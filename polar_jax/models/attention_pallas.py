@@ -2,12 +2,13 @@
 
 Semantics are those of the XLA reference in `polar_jax.models.attention`:
 
-- q [B, T, H, D], k and v [B, T, K, D] with H = K * G (grouped-query attention; query head h
-  reads kv head h // G, the Hugging Face `repeat_kv` convention).
+- q [B, T, H, E], k and v [B, T, K, E] with H = K * G (grouped-query attention; query head h
+  reads kv head h // G, the Hugging Face `repeat_kv` convention). The letters are those of
+  `transformer.py`: B batch, T tokens, H query heads, K kv heads, E head_dim.
 - Self-attention over one packed row: causal by index within the row, and a query sees only
   keys with its own segment id. Segment id 0 is padding: its outputs are don't-care but finite
   (a padding query sees the padding keys up to itself, so no softmax row is empty).
-- Softmax scale 1/sqrt(D), softmax statistics in float32, output dtype = q dtype.
+- Softmax scale 1/sqrt(E), softmax statistics in float32, output dtype = q dtype.
 
 Kernels. Splash attention (`make_splash_mha` with a `CausalMask` and `SegmentIds`) handles
 GQA natively (kv head h // G). The older `flash_attention` kernel, the fallback (or
@@ -106,7 +107,7 @@ def _interpret_value(interpret: Any, kernel: str):
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret):
-    """The splash kernel for one example ([H, T, D]); cached, its mask info is numpy-built."""
+    """The splash kernel for one example ([H, T, E]); cached, its mask info is numpy-built."""
     mask = _splash_mask.MultiHeadMask(
         [_splash_mask.CausalMask(shape=(seq_len, seq_len))] * num_q_heads
     )
@@ -128,8 +129,8 @@ def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret)
         )
 
 
-def _splash_bhtd(q, k, v, seg, *, bq, bkv, interpret):
-    """q [B, H, T, D] (already scaled), k and v [B, K, T, D], seg [B, T] int32."""
+def _splash_bhte(q, k, v, seg, *, bq, bkv, interpret):
+    """q [B, H, T, E] (already scaled), k and v [B, K, T, E], seg [B, T] int32."""
     _, h, t, _ = q.shape
     kernel = _splash_kernel(t, h, bq, bkv, interpret)
 
@@ -144,8 +145,8 @@ def _splash_bhtd(q, k, v, seg, *, bq, bkv, interpret):
     return jax.lax.map(lambda row: one_row(*row), (q, k, v, seg))
 
 
-def _flash_bhtd(q, k, v, seg, *, scale, bq, bkv, interpret):
-    """q [B, H, T, D], k and v [B, K, T, D] (repeated to H heads here), seg [B, T] int32."""
+def _flash_bhte(q, k, v, seg, *, scale, bq, bkv, interpret):
+    """q [B, H, T, E], k and v [B, K, T, E] (repeated to H heads here), seg [B, T] int32."""
     h, kv_heads = q.shape[1], k.shape[1]
     if kv_heads != h:  # repeat_kv: query head h reads kv head h // G
         k = jnp.repeat(k, h // kv_heads, axis=1)
@@ -205,9 +206,9 @@ def _under_tpu_interpret(fn, params):
 
 
 def pallas_attention(
-    q_bthd: jax.Array,
-    k_bshd: jax.Array,
-    v_bshd: jax.Array,
+    q_bthe: jax.Array,
+    k_bske: jax.Array,
+    v_bske: jax.Array,
     segment_ids_bt: jax.Array,
     *,
     interpret: bool | Any = False,
@@ -218,8 +219,8 @@ def pallas_attention(
     """Causal, segment-masked, grouped-query self-attention with a Pallas TPU kernel.
 
     Args:
-        q_bthd: queries [B, T, H, D].
-        k_bshd, v_bshd: keys and values [B, T, K, D]; H must be a multiple of K.
+        q_bthe: queries [B, T, H, E].
+        k_bske, v_bske: keys and values [B, T, K, E]; H must be a multiple of K.
         segment_ids_bt: integer [B, T]; 0 is padding.
         interpret: run in Pallas interpret mode (CPU tests): True, or a
             `pltpu.InterpretParams` for the TPU interpreter (slower; simulates TPU memory,
@@ -229,22 +230,22 @@ def pallas_attention(
         kernel: "auto" (splash if this JAX has it, else flash), "splash" or "flash".
 
     Returns:
-        [B, T, H, D] in the dtype of `q_bthd`.
+        [B, T, H, E] in the dtype of `q_bthe`.
     """
-    if q_bthd.ndim != 4 or k_bshd.ndim != 4 or v_bshd.ndim != 4:
+    if q_bthe.ndim != 4 or k_bske.ndim != 4 or v_bske.ndim != 4:
         raise ValueError(
-            "pallas_attention expects q [B, T, H, D] and k, v [B, T, K, D]; got "
-            f"{q_bthd.shape}, {k_bshd.shape}, {v_bshd.shape}"
+            "pallas_attention expects q [B, T, H, E] and k, v [B, T, K, E]; got "
+            f"{q_bthe.shape}, {k_bske.shape}, {v_bske.shape}"
         )
-    b, t, h, d = q_bthd.shape
-    if k_bshd.shape != v_bshd.shape:
-        raise ValueError(f"k {k_bshd.shape} and v {v_bshd.shape} must have the same shape")
-    if k_bshd.shape[0] != b or k_bshd.shape[1] != t or k_bshd.shape[3] != d:
+    b, t, h, e = q_bthe.shape
+    if k_bske.shape != v_bske.shape:
+        raise ValueError(f"k {k_bske.shape} and v {v_bske.shape} must have the same shape")
+    if k_bske.shape[0] != b or k_bske.shape[1] != t or k_bske.shape[3] != e:
         raise ValueError(
             "pallas_attention is self-attention over one packed row: expected k, v "
-            f"[{b}, {t}, K, {d}], got {k_bshd.shape}"
+            f"[{b}, {t}, K, {e}], got {k_bske.shape}"
         )
-    kv_heads = k_bshd.shape[2]
+    kv_heads = k_bske.shape[2]
     if h % kv_heads:
         raise ValueError(f"query heads H={h} must be a multiple of kv heads K={kv_heads}")
     if segment_ids_bt.shape != (b, t):
@@ -260,25 +261,25 @@ def pallas_attention(
         raise RuntimeError(f"the Pallas {kernel} attention kernel is not in this JAX version")
     interpret = _interpret_value(interpret, kernel)
 
-    dtype = q_bthd.dtype
-    scale = 1.0 / math.sqrt(d)
+    dtype = q_bthe.dtype
+    scale = 1.0 / math.sqrt(e)
     seg = segment_ids_bt.astype(jnp.int32)
-    q = jnp.swapaxes(q_bthd, 1, 2)  # [B, H, T, D]
-    k = jnp.swapaxes(k_bshd, 1, 2).astype(dtype)  # [B, K, T, D]
-    v = jnp.swapaxes(v_bshd, 1, 2).astype(dtype)
+    q = jnp.swapaxes(q_bthe, 1, 2)  # [B, H, T, E]
+    k = jnp.swapaxes(k_bske, 1, 2).astype(dtype)  # [B, K, T, E]
+    v = jnp.swapaxes(v_bske, 1, 2).astype(dtype)
     if kernel == "splash":
-        # Splash has no softmax-scale argument: fold 1/sqrt(D) into q (multiplied in f32).
+        # Splash has no softmax-scale argument: fold 1/sqrt(E) into q (multiplied in f32).
         q = (q.astype(jnp.float32) * scale).astype(dtype)
-        o = _splash_bhtd(q, k, v, seg, bq=bq, bkv=bkv, interpret=interpret)
+        o = _splash_bhte(q, k, v, seg, bq=bq, bkv=bkv, interpret=interpret)
     else:
-        o = _flash_bhtd(q, k, v, seg, scale=scale, bq=bq, bkv=bkv, interpret=interpret)
+        o = _flash_bhte(q, k, v, seg, scale=scale, bq=bq, bkv=bkv, interpret=interpret)
     return jnp.swapaxes(o, 1, 2).astype(dtype)
 
 
 def sharded_pallas_attention(
-    q_bthd: jax.Array,
-    k_bshd: jax.Array,
-    v_bshd: jax.Array,
+    q_bthe: jax.Array,
+    k_bske: jax.Array,
+    v_bske: jax.Array,
     segment_ids_bt: jax.Array,
     *,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
@@ -289,7 +290,7 @@ def sharded_pallas_attention(
     """`pallas_attention` under `shard_map` on `mesh`; `kwargs` go to `pallas_attention`.
 
     B is split over `batch_axes`; with `head_axis`, H and K are both split over that axis
-    (K must be divisible by its size; contiguous chunks keep the h // G pairing). T and D
+    (K must be divisible by its size; contiguous chunks keep the h // G pairing). T and E
     are never split; other mesh axes see replicated operands.
     """
     if isinstance(batch_axes, str):
@@ -304,4 +305,4 @@ def sharded_pallas_attention(
         in_specs=(qkv_spec, qkv_spec, qkv_spec, P(batch, None)),
         out_specs=qkv_spec,
         check_vma=False,
-    )(q_bthd, k_bshd, v_bshd, segment_ids_bt)
+    )(q_bthe, k_bske, v_bske, segment_ids_bt)

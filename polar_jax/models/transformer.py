@@ -9,6 +9,11 @@ crosses segments. Passing a `KVCache` appends the new tokens to it and attends o
 Every parameter is declared once, with its shape and logical axes, by `_param` below; layers
 are stacked with `nn.scan`, which adds the leading "layers" axis. Sharding is then only a
 mapping from logical axes to mesh axes (rules), never code here.
+
+Shape suffixes (one meaning per letter, here and in `attention*.py`): b batch, t input tokens
+(time), s key slots (the row itself, or the KV cache), l layers, d d_model, h query heads,
+k kv heads, e head_dim, r rotary frequencies (head_dim / 2), f MLP hidden, v vocabulary,
+n positions picked per row.
 """
 
 from __future__ import annotations
@@ -67,31 +72,32 @@ class RMSNorm(nn.Module):
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None):
     """Per-pair inverse frequencies [head_dim // 2], with Llama-3 or linear scaling."""
-    inv_freq_k = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    inv_freq_r = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     if scaling is None:
-        return inv_freq_k
+        return inv_freq_r
     if scaling.kind == "linear":
-        return inv_freq_k / scaling.factor
+        return inv_freq_r / scaling.factor
     # Llama 3: long wavelengths slowed by `factor`, short ones kept, a smooth band between.
     low_wavelen = scaling.original_max_position / scaling.low_freq_factor
     high_wavelen = scaling.original_max_position / scaling.high_freq_factor
-    wavelen_k = 2 * math.pi / inv_freq_k
-    scaled_k = jnp.where(wavelen_k > low_wavelen, inv_freq_k / scaling.factor, inv_freq_k)
-    smooth_k = (scaling.original_max_position / wavelen_k - scaling.low_freq_factor) / (
+    wavelen_r = 2 * math.pi / inv_freq_r
+    scaled_r = jnp.where(wavelen_r > low_wavelen, inv_freq_r / scaling.factor, inv_freq_r)
+    smooth_r = (scaling.original_max_position / wavelen_r - scaling.low_freq_factor) / (
         scaling.high_freq_factor - scaling.low_freq_factor
     )
-    smoothed_k = (1 - smooth_k) * scaled_k / scaling.factor + smooth_k * scaled_k
-    is_medium_k = (wavelen_k >= high_wavelen) & (wavelen_k <= low_wavelen)
-    return jnp.where(is_medium_k, smoothed_k, scaled_k)
+    smoothed_r = (1 - smooth_r) * scaled_r / scaling.factor + smooth_r * scaled_r
+    is_medium_r = (wavelen_r >= high_wavelen) & (wavelen_r <= low_wavelen)
+    return jnp.where(is_medium_r, smoothed_r, scaled_r)
 
 
-def apply_rope(x_bthd, positions_bt, inv_freq_k):
-    """Rotary embedding in the "rotate half" layout of transformers' Llama, in float32."""
-    angles_btk = positions_bt[..., None].astype(jnp.float32) * inv_freq_k
-    cos_bt1k, sin_bt1k = jnp.cos(angles_btk)[:, :, None], jnp.sin(angles_btk)[:, :, None]
-    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos_bt1k - x2 * sin_bt1k, x2 * cos_bt1k + x1 * sin_bt1k], -1)
-    return rotated.astype(x_bthd.dtype)
+def apply_rope(x_bthe, positions_bt, inv_freq_r):
+    """Rotary embedding in the "rotate half" layout of transformers' Llama, in float32; `x_bthe`'s
+    heads are query or kv heads."""
+    angles_btr = positions_bt[..., None].astype(jnp.float32) * inv_freq_r
+    cos_bt1r, sin_bt1r = jnp.cos(angles_btr)[:, :, None], jnp.sin(angles_btr)[:, :, None]
+    x1, x2 = jnp.split(x_bthe.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos_bt1r - x2 * sin_bt1r, x2 * cos_bt1r + x1 * sin_bt1r], -1)
+    return rotated.astype(x_bthe.dtype)
 
 
 class KVCache(NamedTuple):
@@ -102,8 +108,8 @@ class KVCache(NamedTuple):
     padding slots, which the mask ignores.
     """
 
-    k_lbskd: jax.Array
-    v_lbskd: jax.Array
+    k_lbske: jax.Array
+    v_lbske: jax.Array
     segment_ids_bs: jax.Array
     positions_bs: jax.Array
     index: jax.Array  # int32 scalar: the next slot to write
@@ -114,8 +120,8 @@ class KVCache(NamedTuple):
         dtype = jnp.dtype(dtype or cfg.dtype)
         shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
         return cls(
-            k_lbskd=jnp.zeros(shape, dtype),
-            v_lbskd=jnp.zeros(shape, dtype),
+            k_lbske=jnp.zeros(shape, dtype),
+            v_lbske=jnp.zeros(shape, dtype),
             segment_ids_bs=jnp.zeros((batch, max_len), jnp.int32),
             positions_bs=jnp.zeros((batch, max_len), jnp.int32),
             index=jnp.zeros((), jnp.int32),
@@ -130,49 +136,49 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_btd, positions_bt, segment_ids_bt, layer_cache, cache_meta):
         cfg = self.cfg
-        d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d, h, k, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         init = _normal(cfg)
-        wq_dhk = _param(self, "wq", (EMBED, HEADS, HEAD_DIM), (d, h, hd), init)
-        wk_dkh = _param(self, "wk", (EMBED, KV_HEADS, HEAD_DIM), (d, k, hd), init)
-        wv_dkh = _param(self, "wv", (EMBED, KV_HEADS, HEAD_DIM), (d, k, hd), init)
-        wo_hkd = _param(self, "wo", (HEADS, HEAD_DIM, EMBED), (h, hd, d), init)
+        wq_dhe = _param(self, "wq", (EMBED, HEADS, HEAD_DIM), (d, h, e), init)
+        wk_dke = _param(self, "wk", (EMBED, KV_HEADS, HEAD_DIM), (d, k, e), init)
+        wv_dke = _param(self, "wv", (EMBED, KV_HEADS, HEAD_DIM), (d, k, e), init)
+        wo_hed = _param(self, "wo", (HEADS, HEAD_DIM, EMBED), (h, e, d), init)
         dtype = x_btd.dtype
-        q_bthd = jnp.einsum("btd,dhk->bthk", x_btd, wq_dhk.astype(dtype))
-        k_btkd = jnp.einsum("btd,dkh->btkh", x_btd, wk_dkh.astype(dtype))
-        v_btkd = jnp.einsum("btd,dkh->btkh", x_btd, wv_dkh.astype(dtype))
+        q_bthe = jnp.einsum("btd,dhe->bthe", x_btd, wq_dhe.astype(dtype))
+        k_btke = jnp.einsum("btd,dke->btke", x_btd, wk_dke.astype(dtype))
+        v_btke = jnp.einsum("btd,dke->btke", x_btd, wv_dke.astype(dtype))
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
-            q_bthd += _param(self, "bq", (HEADS, HEAD_DIM), (h, hd), zeros).astype(dtype)
-            k_btkd += _param(self, "bk", (KV_HEADS, HEAD_DIM), (k, hd), zeros).astype(dtype)
-            v_btkd += _param(self, "bv", (KV_HEADS, HEAD_DIM), (k, hd), zeros).astype(dtype)
-        q_bthd = _constrain(q_bthd, (BATCH, SEQ, HEADS, HEAD_DIM))
-        k_btkd = _constrain(k_btkd, (BATCH, SEQ, KV_HEADS, HEAD_DIM))
+            q_bthe += _param(self, "bq", (HEADS, HEAD_DIM), (h, e), zeros).astype(dtype)
+            k_btke += _param(self, "bk", (KV_HEADS, HEAD_DIM), (k, e), zeros).astype(dtype)
+            v_btke += _param(self, "bv", (KV_HEADS, HEAD_DIM), (k, e), zeros).astype(dtype)
+        q_bthe = _constrain(q_bthe, (BATCH, SEQ, HEADS, HEAD_DIM))
+        k_btke = _constrain(k_btke, (BATCH, SEQ, KV_HEADS, HEAD_DIM))
 
-        inv_freq_k = rope_inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)
-        q_bthd = apply_rope(q_bthd, positions_bt, inv_freq_k)
-        k_btkd = apply_rope(k_btkd, positions_bt, inv_freq_k)
+        inv_freq_r = rope_inverse_frequencies(e, cfg.rope_theta, cfg.rope_scaling)
+        q_bthe = apply_rope(q_bthe, positions_bt, inv_freq_r)
+        k_btke = apply_rope(k_btke, positions_bt, inv_freq_r)
 
         if layer_cache is None:
-            out_bthd = attend(
-                q_bthd, k_btkd, v_btkd,
+            out_bthe = attend(
+                q_bthe, k_btke, v_btke,
                 q_segment_bt=segment_ids_bt, kv_segment_bs=segment_ids_bt,
                 q_pos_bt=positions_bt, kv_pos_bs=positions_bt,
                 impl=cfg.attention_impl,
             )
             new_cache = None
         else:
-            k_bskd, v_bskd = layer_cache
+            k_bske, v_bske = layer_cache
             at = (0, cache_meta.index, 0, 0)
-            k_bskd = jax.lax.dynamic_update_slice(k_bskd, k_btkd.astype(k_bskd.dtype), at)
-            v_bskd = jax.lax.dynamic_update_slice(v_bskd, v_btkd.astype(v_bskd.dtype), at)
-            out_bthd = attend(
-                q_bthd, k_bskd.astype(dtype), v_bskd.astype(dtype),
+            k_bske = jax.lax.dynamic_update_slice(k_bske, k_btke.astype(k_bske.dtype), at)
+            v_bske = jax.lax.dynamic_update_slice(v_bske, v_btke.astype(v_bske.dtype), at)
+            out_bthe = attend(
+                q_bthe, k_bske.astype(dtype), v_bske.astype(dtype),
                 q_segment_bt=segment_ids_bt, kv_segment_bs=cache_meta.segment_ids_bs,
                 q_pos_bt=positions_bt, kv_pos_bs=cache_meta.positions_bs,
                 impl="xla", self_attention=False,
             )
-            new_cache = (k_bskd, v_bskd)
-        out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo_hkd.astype(dtype))
+            new_cache = (k_bske, v_bske)
+        out_btd = jnp.einsum("bthe,hed->btd", out_bthe, wo_hed.astype(dtype))
         return out_btd, new_cache
 
 
@@ -271,7 +277,7 @@ class Transformer(nn.Module):
                 jax.lax.dynamic_update_slice(cache.positions_bs, positions_bt, at),
                 cache.index,
             )
-            layer_caches = (cache.k_lbskd, cache.v_lbskd)
+            layer_caches = (cache.k_lbske, cache.v_lbske)
         x_btd, new_layer_caches = _stacked_blocks(cfg)(cfg, name="layers")(
             x_btd, layer_caches, positions_bt, segment_ids_bt, cache_meta
         )
@@ -301,9 +307,9 @@ class Transformer(nn.Module):
 
         new_cache = None
         if cache is not None:
-            k_lbskd, v_lbskd = new_layer_caches
+            k_lbske, v_lbske = new_layer_caches
             new_cache = KVCache(
-                k_lbskd, v_lbskd, cache_meta.segment_ids_bs, cache_meta.positions_bs,
+                k_lbske, v_lbske, cache_meta.segment_ids_bs, cache_meta.positions_bs,
                 cache.index + tokens_bt.shape[1],
             )
         return Output(hidden_btd, logits_btv, reward_bt, value_bt, new_cache)
