@@ -4,7 +4,7 @@
         --config.model.init=/path/to/internlm2_5-1_8b --config.data.train=... --config.data.eval=...
     python -m polar_jax train --config configs/polar_1_8b.py:sft --workdir DIR --config.model.init=DIR_OF_PRETRAINED_RM
 
-Numbers are the paper's (REFERENCE.md): pre-training LR 1.4e-5 and 1940 triplets per step,
+Numbers are the paper's (Dou et al., arXiv 2507.05197): pre-training LR 1.4e-5 and 1940 triplets per step,
 one epoch; SFT LR 1e-5, 320 triplets per step, one epoch; AdamW (0.9, 0.95), no weight
 decay, clip 1.0, 3% warm-up, cosine to 0.1 x LR. Rows are packed: a step holds
 `batch_size` rows of `seq_len` tokens; at the typical pair length (~2k tokens for 1-1024

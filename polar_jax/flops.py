@@ -1,4 +1,9 @@
-"""Model FLOPs and chip peaks, for throughput and MFU (DESIGN.md: "How MFU is counted here")."""
+"""Model FLOPs and chip peaks, for throughput and MFU.
+
+Model FLOPs per training token = 6 x parameters (embedding lookup excluded) + 6 x layers x context
+x d_model (causal attention: half of full attention's 12). MFU = model FLOPs per second / the chip's
+bf16 peak; `peak_tflops` says where its peak came from (a datasheet, below, or the config).
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def get_config():
     # "tokens_per_param" (value x the fitted parameter count). Token budgets become steps with
     # `fill`, the expected share of non-padding tokens in a packed row.
     c.budget = ml_collections.ConfigDict(dict(kind="steps", value=1000.0, fill=0.9))
-    # LR: "fixed" (train.optim.lr) or "paper" (REFERENCE.md fit; needs base_tokens_m, the base
+    # LR: "fixed" (train.optim.lr) or "paper" (the paper's fit, scaling/sizes.py; needs base_tokens_m, the base
     # LM's pre-training tokens in millions, so only for runs from base LMs).
     c.lr = ml_collections.ConfigDict(dict(rule="fixed", base_tokens_m=0.0))
     # Batch: "fixed" (train.data.batch_size rows) or "paper" (samples per step from the fit,

@@ -1,7 +1,8 @@
 """The official POLAR input format: (prompt, reference, candidate) -> token ids.
 
 This reproduces the released code exactly, so released POLAR checkpoints, data and recipes
-carry over (REFERENCE.md, "The exact input format" and "Training pairs as xtuner encodes them"):
+carry over: the official client (InternLM/POLAR `src/polar/reward_func.py`, `RewardModelClient._encode`)
+for scoring, and xtuner's `tokenize_ref` (`xtuner/dataset/preference_dataset.py`) for training pairs:
 
 1. A message list is flattened by joining its `content` fields with "\\n".
 2. Each part is tokenised on its own (with the tokenizer's special tokens, e.g. BOS, counted

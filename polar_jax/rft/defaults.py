@@ -1,5 +1,5 @@
 """Every key the RFT loop reads, with its default: configs/rft_*.py start here and change what
-differs. Algorithm defaults are the released POLAR verl recipes (REFERENCE.md): GAE with
+differs. Algorithm defaults are the released POLAR verl recipes (InternLM/POLAR `examples/ppo/`): GAE with
 gamma = lambda = 1, clip 0.2, no KL (neither in the reward nor as a loss), one rollout per
 prompt, a critic initialised from the policy (with a fresh biased value head), the raw POLAR
 score as the terminal reward, thinking stripped before scoring by the official rule; verl's

@@ -1,5 +1,5 @@
-"""The PPO losses, as verl's `core_algos` computes them (REFERENCE.md: the released POLAR
-recipes). Each per-token loss [B, N] is reduced over the real response tokens by `agg_loss`:
+"""The PPO losses, as verl's `core_algos.py` (verl 0.5, what the released POLAR recipes run)
+computes them. Each per-token loss [B, N] is reduced over the real response tokens by `agg_loss`:
 "seq-mean-token-mean" (each sequence's token mean, then the mean over sequences: what the
 recipes' micro-batches of 2 sequences give in effect) or "token-mean" (one mean over all tokens).
 

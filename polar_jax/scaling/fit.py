@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-# The paper's fits (REFERENCE.md): N in parameters, C in PF/s-days.
+# The paper's fits (Dou et al., arXiv 2507.05197): N in parameters, C in PF/s-days.
 PAPER = {
     "loss_vs_params": {"a": 0.9, "b": -0.0425, "r2": 0.9886},
     "loss_vs_compute": {"a": 2.4, "b": -0.0342, "r2": 0.9912},

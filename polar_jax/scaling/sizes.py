@@ -14,7 +14,7 @@ its members (3.4K to 665K parameters) train in minutes on two cores.
 Sizes are named by their non-embedding parameter count ("1.3M", "85M", "1.1B"): the count
 does not depend on the vocabulary, which each run takes from its data.
 
-The paper's fits (REFERENCE.md; N, Dp, Drm in millions of parameters / tokens):
+The paper's fits (Dou et al., arXiv 2507.05197; N, Dp, Drm in millions of parameters / tokens):
     LR    = 2.306e-4 x N^0.01125 x Dp^-0.66587 x Drm^0.33916      (`paper_lr`)
     batch = 31.9032 x N^0.06944 x Drm^0.52997   samples per step  (`paper_batch`)
 The LR fit is for reward models initialised from a base LM pre-trained on Dp tokens; it has

@@ -1,7 +1,7 @@
 """Prompts for synthesis: prefixes cut from a text corpus, and instruction prompts.
 
 POLAR's pre-training prompts are prefixes of 1 to 1024 tokens cut from a pre-training
-corpus, plus a small share of instructions (REFERENCE.md). `PromptSource.prompt(i)` is a pure
+corpus, plus a small share of instructions (Dou et al., arXiv 2507.05197). `PromptSource.prompt(i)` is a pure
 function of (seed, i): synthesis can stop and resume anywhere and get the same prompts.
 
 Corpus prefixes start at a paragraph of a document (so they read like text, not mid-word)

@@ -1,6 +1,7 @@
 """Every key the trainer reads, with its default: configs/*.py start here (through
-configs/base.py) and change what differs. Optimiser defaults are POLAR's released recipe
-(REFERENCE.md). It lives in the package so that library code (the demo) can build configs too."""
+configs/base.py) and change what differs. Optimiser defaults are POLAR's released (xtuner) recipe:
+AdamW (0.9, 0.95), no weight decay, clip 1.0, 3% linear warm-up then cosine to 0.1 x LR. It lives
+in the package so that library code (the demo) can build configs too."""
 
 import ml_collections
 
