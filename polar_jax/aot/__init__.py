@@ -3,11 +3,11 @@
 With `libtpu` installed (`launch/setup.sh --tpu`), XLA compiles for a TPU slice described
 only by its name ("v5p:4x4x4", "v5p-128", "v5litepod-256", "v6e:16x16"): the devices are
 compile-only, nothing runs and no weights or data are read. The step compiled is the one
-training runs (`trainer.jit_train_step`, with the TPU attention kernel that "auto" picks on
+training runs (`train.setup.jit_train_step`, with the TPU attention kernel that "auto" picks on
 TPU), over `jax.ShapeDtypeStruct`s carrying the config's shardings on a mesh built from the
 topology's devices. The report gives per-chip memory against the chip's usable HBM (a program
-that cannot fit is refused by XLA:TPU itself, with what it needs), FLOPs per step (DESIGN.md's
-model count, the traced step's matmuls, XLA's cost analysis of the compiled program) and the
+that cannot fit is refused by XLA:TPU itself, with what it needs), FLOPs per step (the
+model count 6 N + 6 L T d per token of `flops.py`, the traced step's matmuls, XLA's cost analysis of the compiled program) and the
 collectives in the compiled HLO. Stage "rft" compiles the RFT loop's PPO update
 (`rft.step.ppo_update`) of an RFT config, with model shapes read from the configs of its
 model files (`io.models.read_model_config`), not their weights.

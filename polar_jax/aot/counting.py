@@ -1,6 +1,6 @@
 """Counting in lowered and compiled programs: collectives in HLO text, per-device bytes of
 sharded abstract values, matmul FLOPs of a traced jaxpr and of XLA's cost analysis, and the
-DESIGN.md-style FLOPs of one PPO row."""
+model-count FLOPs (`flops.py`'s 6 N + 6 L T d per token) of one PPO row."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def cost_analysis_flops(compiled) -> float | None:
 
 def ppo_row_flops(cfg, width: int, logit_positions: int = 0) -> float:
     """Training FLOPs (forward + backward) of one row of `width` tokens in the PPO update:
-    DESIGN.md's 6 x decoder parameters (embedding and heads excluded) + 6 x layers x context
+    `flops.py`'s 6 x decoder parameters (embedding and heads excluded) + 6 x layers x context
     x d_model per token, plus 6 d V per position whose LM logits are computed (the actor's
     `logits_at_bn`: the response positions) and 6 d per token of a reward or value head."""
     d = cfg.d_model

@@ -28,8 +28,8 @@ class Report:
     code_bytes: int | None = None
     compiled_flops: float | None = None  # XLA cost analysis x devices (a loop body counts once)
     traced_flops: float | None = None  # matmuls of the traced step, loops expanded (`traced_matmul_flops`)
-    model_flops: float | None = None  # DESIGN.md's count for the same step
-    model_flops_rule: str = "DESIGN.md: 6 N + 6 L T d per token"
+    model_flops: float | None = None  # the model count (`flops.train_flops_per_token`) for the same step
+    model_flops_rule: str = "6 N + 6 L T d per token (N non-embedding parameters, L layers, T context)"
     collectives: dict = dataclasses.field(default_factory=dict)
     attention: str = ""
     pallas_calls: int = 0

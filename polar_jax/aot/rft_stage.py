@@ -13,7 +13,7 @@ from polar_jax.aot.report import attention_text, count_text, empty_report, gib_t
 
 def rft_model_configs(config):
     """(actor, critic or None) `ModelConfig`s of an RFT config, from the configs of its model
-    files alone (no weights read), with the runtime settings `rft.trainer.load_models` and
+    files alone (no weights read), with the runtime settings `rft.setup.load_models` and
     `critic_model` give them: the actor is policy.init's LM; the critic (none with
     algorithm.estimator=group) the policy's or reward.model's trunk with a "value" head."""
     missing = [k for k in ("policy", "rollout", "algorithm", "critic", "reward", "actor_optim") if k not in config]
@@ -21,20 +21,20 @@ def rft_model_configs(config):
         raise ValueError(f"--stage rft needs an RFT config (from polar_jax.rft.defaults.base_config, as "
                          f"configs/rft_demo.py); this one has no {', '.join(missing)}")
     from polar_jax.io import models
-    from polar_jax.rft import trainer as rft_trainer
+    from polar_jax.rft import setup as rft_setup
 
     actor = models.read_model_config(_model_path(config.policy.init, "policy.init", config),
-                                     **rft_trainer.policy_runtime(config))
-    if not rft_trainer.ppo_config(config).uses_critic:
-        rft_trainer.require_heads(config, actor)
+                                     **rft_setup.policy_runtime(config))
+    if not rft_setup.ppo_config(config).uses_critic:
+        rft_setup.require_heads(config, actor)
         return actor, None
     reward = None
     if config.critic.init == "reward_model":
         # heads given: a directory of config.json alone has no tensor names to tell a reward head from an LM's
         reward = models.read_model_config(_model_path(config.reward.model, "reward.model", config),
                                           heads=("reward",), dtype=config.reward.dtype)
-    rft_trainer.require_heads(config, actor, reward)
-    return actor, rft_trainer.critic_config(config, actor, reward)
+    rft_setup.require_heads(config, actor, reward)
+    return actor, rft_setup.critic_config(config, actor, reward)
 
 
 def _model_path(path: str, what: str, config) -> str:
@@ -49,76 +49,48 @@ def _model_path(path: str, what: str, config) -> str:
 def lower(config, mesh, actor_cfg, critic_cfg):
     """(lowered update, report without the compiled figures) of the RFT loop's PPO update
     (`rft.step.ppo_update`) over abstract actor and critic (None: no critic) states and one
-    abstract rollout batch (`Experience`), as `rft.trainer.Runner` calls it."""
+    abstract rollout batch (`Experience`), as `rft.trainer.Runner` calls it: the run's
+    `rft.setup.Plan` gives the settings, the batch and the optimisers."""
     from polar_jax.models.attention import resolve_impl
+    from polar_jax.rft import setup as rft_setup
     from polar_jax.rft import step as rft_step
-    from polar_jax.rft import trainer as rft_trainer
 
-    ppo = rft_trainer.ppo_config(config)
-    batch, prompt_len, new_tokens = _rollout_shape(config)
-    width = prompt_len + new_tokens
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch % shards:
-        raise ValueError(f"rollout.prompts x rollout.samples_per_prompt = {batch} must be a multiple of the "
-                         f"mesh's batch shards (data x fsdp = {shards})")
-    if batch % ppo.minibatches:
-        raise ValueError(f"{batch} rollouts per iteration do not split into algorithm.minibatches={ppo.minibatches}")
-    total_steps = config.iterations * ppo.epochs * ppo.minibatches
-    actor, actor_optim = _abstract_state(actor_cfg, config.actor_optim, total_steps, mesh)
-    critic, critic_optim = (_abstract_state(critic_cfg, config.critic_optim, total_steps, mesh) if critic_cfg
-                            else (None, None))
-    exp = _abstract_experience(mesh, batch, width, new_tokens)
+    plan = rft_setup.plan(config, mesh)
+    state = plan.abstract_state(actor_cfg, critic_cfg, mesh)
+    actor, critic = state["actor"], state.get("critic")
     with tracing_context(mesh):
-        traced = rft_step.ppo_update.trace(actor, critic, exp, abstract_rng(mesh), actor_cfg=actor_cfg,
-                                           critic_cfg=critic_cfg, ppo=ppo, actor_optim=actor_optim,
-                                           critic_optim=critic_optim, total_steps=total_steps, mesh=mesh)
+        traced = rft_step.ppo_update.trace(actor, critic, _abstract_experience(plan, mesh), abstract_rng(mesh),
+                                           actor_cfg=actor_cfg, critic_cfg=critic_cfg, ppo=plan.ppo,
+                                           actor_optim=plan.actor_optim, critic_optim=plan.critic_optim,
+                                           total_steps=plan.total_steps, mesh=mesh)
         lowered = traced.lower()
-        impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, width)
+        impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, plan.width)
     state_bytes = shard_bytes(actor) + (shard_bytes(critic) if critic else 0)
-    report = _update_report(config, ppo, actor_cfg, critic_cfg, state_bytes,
+    report = _update_report(config, plan, actor_cfg, critic_cfg, state_bytes,
                             attention=attention_text(impl, actor_cfg.attention_impl),
                             traced_flops=traced_matmul_flops(traced.jaxpr))
-    _add_resident(report, config, ppo, actor.params, mesh)
+    _add_resident(report, config, plan.ppo, actor.params, mesh)
     return lowered, report
 
 
-def _rollout_shape(config) -> tuple[int, int, int]:
-    """(rollouts per iteration, prompt tokens, response tokens) of an RFT config."""
-    ro = config.rollout
-    return ro.prompts * ro.samples_per_prompt, config.policy.max_prompt_tokens, ro.max_new_tokens
-
-
-def _abstract_state(model_cfg, optim_fields, total_steps: int, mesh):
-    """(abstract train state on `mesh`, its `OptimConfig`) of one trained model of the PPO update."""
-    from polar_jax.train.optim import OptimConfig, make_optimizer
-    from polar_jax.train.state import abstract_state
-
-    optim = OptimConfig(**optim_fields)
-    return abstract_state(model_cfg, make_optimizer(optim, total_steps), mesh), optim
-
-
-def _abstract_experience(mesh, batch: int, width: int, new_tokens: int):
-    """One abstract rollout batch (`rft.step.Experience`) of `batch` rows, sharded as `Runner.put` places them."""
+def _abstract_experience(plan, mesh):
+    """One abstract rollout batch (`rft.step.Experience`, its shapes from `experience_shapes`),
+    every field split over its rows as `Runner.put` places them."""
     import jax
-    import jax.numpy as jnp
 
     from polar_jax import parallel
     from polar_jax.rft import step as rft_step
 
-    rows = parallel.batch_sharding(mesh, ndim=2)  # as Runner.put places [B, ...] arrays; Experience has no [B] one
-    shapes = {"tokens_bt": ((batch, width), jnp.int32), "mask_bt": ((batch, width), jnp.int32),
-              **{k: ((batch, new_tokens), jnp.float32) for k in (
-                  "response_mask_bn", "old_logp_bn", "ref_logp_bn", "old_values_bn", "advantages_bn", "returns_bn")}}
-    assert tuple(shapes) == rft_step.Experience._fields, \
-        "the Experience contract changed: update polar_jax/aot/rft_stage.py"
+    rows = parallel.batch_sharding(mesh, ndim=2)  # Experience has no [B] field
+    shapes = rft_step.experience_shapes(plan.rollouts, plan.width, plan.new_tokens)
     return rft_step.Experience(**{k: jax.ShapeDtypeStruct(s, d, sharding=rows) for k, (s, d) in shapes.items()})
 
 
-def _update_report(config, ppo, actor_cfg, critic_cfg, state_bytes: int, **fields):
+def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fields):
     """The PPO update's report before compiling: token and FLOP counts, parameters, what the
     step covers, and the other `fields` given."""
-    batch, prompt_len, new_tokens = _rollout_shape(config)
-    width = prompt_len + new_tokens
+    ppo, batch, width, new_tokens = plan.ppo, plan.rollouts, plan.width, plan.new_tokens
+    prompt_len = plan.prompt_len
     per_row = ppo_row_flops(actor_cfg, width, new_tokens) + (ppo_row_flops(critic_cfg, width) if critic_cfg else 0.0)
     report = empty_report(
         tokens_per_step=batch * width * ppo.epochs,

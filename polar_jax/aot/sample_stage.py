@@ -15,9 +15,9 @@ def lower(config, mesh, batch: int, prompt_len: int, max_new_tokens: int):
     import jax.numpy as jnp
 
     from polar_jax import parallel, sampling
-    from polar_jax.train import trainer
+    from polar_jax.train import setup
 
-    model_cfg = trainer.model_config_from_sizes(config, heads=("lm",))
+    model_cfg = setup.model_config_from_sizes(config, heads=("lm",))
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch % batch_axes:
         raise ValueError(f"{batch} prompts do not divide over data x fsdp = {batch_axes} devices (--sample-batch)")

@@ -82,11 +82,7 @@ def plan(config, mesh) -> Plan:
     ppo = ppo_config(config)
     ro = config.rollout
     rollouts = ro.prompts * ro.samples_per_prompt
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for name, n in (("rollout.prompts x rollout.samples_per_prompt", rollouts),
-                    ("eval.batch_size", config.eval.batch_size)):
-        if n % shards:
-            raise ValueError(f"{name} = {n} must be a multiple of the mesh's batch shards (data x fsdp = {shards})")
+    check_batch_shards("rollout.prompts x rollout.samples_per_prompt", rollouts, mesh)
     if rollouts % ppo.minibatches:
         raise ValueError(f"{rollouts} rollouts per iteration do not split into "
                          f"algorithm.minibatches={ppo.minibatches}")
@@ -107,6 +103,13 @@ def ppo_config(config) -> step.PPOConfig:
         entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_loss_coef=a.kl_loss_coef,
         kl_loss_estimator=a.kl_loss_estimator, temperature=config.rollout.temperature or 1.0)
 
+
+
+def check_batch_shards(name: str, n: int, mesh) -> None:
+    """Refuse a batch of `n` rows (config key `name`) that does not split over the mesh's batch shards."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if n % shards:
+        raise ValueError(f"{name} = {n} must be a multiple of the mesh's batch shards (data x fsdp = {shards})")
 
 
 # ------------------------------------------------------------------------------------ models

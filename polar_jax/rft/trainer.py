@@ -59,6 +59,7 @@ class Runner:
     def __init__(self, config, m: Models, mesh):
         self.config, self.models, self.mesh = config, m, mesh
         self.plan = setup.plan(config, mesh)
+        setup.check_batch_shards("eval.batch_size", config.eval.batch_size, mesh)  # the held-out measure's batch
         self.ppo = self.plan.ppo
         self.actor_cfg = m.policy.cfg
         self.critic = setup.critic_model(config, m) if self.ppo.uses_critic else None
