@@ -106,9 +106,7 @@ def _grid(chips: int, rank: int) -> tuple[int, ...]:
 
 def get_topology(name: str) -> Topology:
     """The compile-only devices of a TPU slice (needs libtpu; no TPU is touched)."""
-    from polar_jax import aot  # through the package, so that patching `aot.libtpu_available` (tests) holds
-
-    if not aot.libtpu_available():
+    if not libtpu_available():
         raise LibtpuMissing("libtpu is not installed: run `launch/setup.sh --tpu` (or "
                             "`pip install 'libtpu==0.0.48.*'`) to compile for TPU topologies")
     prepare_environment()

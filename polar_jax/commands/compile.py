@@ -13,6 +13,10 @@ the config.json / metadata of policy.init (and of reward.model with
 critic.init=reward_model), not from their weights.
 Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu missing, a
 config that is not the stage's, a missing model file).
+
+Where it lives: `aot/compile.py` drives one compile (topology -> mesh -> lowering -> report);
+`aot/train_stage.py`, `sample_stage.py` and `rft_stage.py` lower each stage over the abstract
+inputs its set-up gives (`train/setup.py`, `rft/setup.py`); `aot/topology.py`, `aot/report.py`.
 """
 
 from __future__ import annotations

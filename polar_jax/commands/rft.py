@@ -5,6 +5,10 @@
 Writes DIR/metrics.jsonl (+ TensorBoard), DIR/checkpoints, DIR/policy (the trained policy as
 an HF directory) and, with held-out data, DIR/rft_results.json (reward and target
 log-likelihood of held-out responses, greedy by default, before and after training).
+
+Where it lives: `rft/trainer.py` wires the run (`train`) and one iteration (`Runner.iteration`);
+`train/loop.py` is the run loop every trainer uses; `rft/setup.py` turns the config into the
+models and the run's `Plan`; `rft/step.py` holds the pure steps (experience, PPO update).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ held-out loss, status), DIR/fit.json (the fits with R^2, the compute-optimal fro
 paper's fits) and DIR/loss_vs_params.png, DIR/loss_vs_compute.png (and optimal_params.png).
 Finished runs are not rerun; a failed run is reported and the fits use the rest.
 Exit code: 0 all runs finished, 1 some failed, are stale or (pod) still pending, 2 bad config.
+
+Where it lives: `scaling/sweep.py` drives the study; `scaling/planning.py` turns the config into
+the runs; `scaling/running.py` trains each one with `train/trainer.py`; `scaling/results.py`
+and `fit.py` collect and fit; `report.py` and `plots.py` write the outputs.
 """
 
 from __future__ import annotations

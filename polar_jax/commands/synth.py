@@ -5,6 +5,10 @@
 For each prompt, policies A != B are drawn; A writes the reference and the chosen, B the
 rejected. Rows are the official {prompt, reference, chosen, rejected} format, with the
 policies, seeds and sampling settings in `meta`. `prepare` tokenises them for training.
+
+Where it lives: `synth/synthesize.py` is the shard loop (plan, resume, atomic shards);
+`synth/from_config.py` turns the config into the pool and prompts; `synth/pool.py` samples
+with `sampling.generate`.
 """
 
 from __future__ import annotations

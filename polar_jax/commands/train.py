@@ -1,6 +1,10 @@
 """Pre-train or fine-tune a POLAR reward model from a config file; rerun to resume.
 
     python -m polar_jax train --config configs/pretrain_tiny.py --workdir DIR [--config.KEY=VALUE ...]
+
+Where it lives: `train/trainer.py` wires the run (`train`); `train/loop.py` is the run loop
+(checkpoints, metrics, signals, divergence); `train/setup.py` turns the config into the model,
+data, optimiser and jitted steps; `train/step.py` holds the pure steps.
 """
 
 from __future__ import annotations

@@ -46,18 +46,18 @@ def lm_loss_sums(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_
     return jnp.sum(jnp.where(mask_bt, nll_bt, 0.0)), jnp.sum(mask_bt).astype(jnp.float32)
 
 
-def lm_loss(cfg: ModelConfig, params, tokens_bt, segment_ids_bt, positions_bt):
+def lm_loss(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt):
     """Mean next-token cross-entropy over the real targets of a batch (0 when there are none)."""
-    loss_sum, count = lm_loss_sums(cfg, params, tokens_bt, positions_bt=positions_bt, segment_ids_bt=segment_ids_bt)
+    loss_sum, count = lm_loss_sums(cfg, params, tokens_bt, positions_bt, segment_ids_bt)
     return loss_sum / jnp.maximum(count, 1.0)
 
 
 def make_lm_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
-    """A jitted `(params, opt_state, tokens_bt, segment_ids_bt, positions_bt) -> (params,
+    """A jitted `(params, opt_state, tokens_bt, positions_bt, segment_ids_bt) -> (params,
     opt_state, loss)`: one optimiser update on `lm_loss`."""
 
-    def step(params, opt_state, tokens_bt, segment_ids_bt, positions_bt):
-        loss, grads = jax.value_and_grad(lambda p: lm_loss(cfg, p, tokens_bt, segment_ids_bt, positions_bt))(params)
+    def step(params, opt_state, tokens_bt, positions_bt, segment_ids_bt):
+        loss, grads = jax.value_and_grad(lambda p: lm_loss(cfg, p, tokens_bt, positions_bt, segment_ids_bt))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -123,7 +123,7 @@ def lm_training(cfg: ModelConfig, ids_n, *, steps: int, batch_size: int, seq_len
     for step in range(1, (stop_after or steps) + 1):
         starts_b = rng.integers(0, len(ids_n) - seq_len + 1, size=batch_size)
         tokens_bt = ids_n[starts_b[:, None] + offsets_t]
-        params, opt_state, loss = step_fn(params, opt_state, tokens_bt, segment_ids_bt, positions_bt)
+        params, opt_state, loss = step_fn(params, opt_state, tokens_bt, positions_bt, segment_ids_bt)
         yield LMStep(step, params, loss)
 
 

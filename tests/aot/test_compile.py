@@ -82,7 +82,7 @@ def test_sample_stage_compiles_the_kv_cache_sampler(capsys):
 
 
 def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
-    monkeypatch.setattr(aot, "libtpu_available", lambda: False)
+    monkeypatch.setattr(aot.topology, "libtpu_available", lambda: False)
     assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY]) == 2
     assert "launch/setup.sh --tpu" in capsys.readouterr().err
 

@@ -30,7 +30,7 @@ def test_lm_loss_is_numpy_cross_entropy_within_segments_only():
     loss_sum, count = jax.jit(lm.lm_loss_sums, static_argnums=0)(CFG, params, tokens_bt, positions_bt, segment_ids_bt)
     assert float(count) == 11
     np.testing.assert_allclose(float(loss_sum), np.sum(nll), rtol=1e-5)
-    loss = jax.jit(lm.lm_loss, static_argnums=0)(CFG, params, tokens_bt, segment_ids_bt, positions_bt)
+    loss = jax.jit(lm.lm_loss, static_argnums=0)(CFG, params, tokens_bt, positions_bt, segment_ids_bt)
     np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-5)
     assert np.mean(nll) > 1.0  # a random model: the comparison is not between two near-zero numbers
 
@@ -39,7 +39,7 @@ def test_lm_loss_of_a_batch_without_targets_is_zero():
     params = lm.numpy_init_params(CFG, seed=0)
     tokens_bt = np.array([[4, 0, 0]], np.int32)
     segment_ids_bt = np.array([[1, 0, 0]], np.int32)  # one real token: nothing to predict
-    loss = jax.jit(lm.lm_loss, static_argnums=0)(CFG, params, tokens_bt, segment_ids_bt, np.zeros_like(tokens_bt))
+    loss = jax.jit(lm.lm_loss, static_argnums=0)(CFG, params, tokens_bt, np.zeros_like(tokens_bt), segment_ids_bt)
     assert float(loss) == 0.0
 
 
