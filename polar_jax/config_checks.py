@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from polar_jax.errors import ConfigError
 
@@ -29,8 +30,8 @@ class Rule:
     also: tuple = ()  # further allowed values (e.g. -1 = "the rest" for a mesh axis)
     choices: tuple = ()
     none: bool = False  # None also allowed
-    item: "Rule | None" = None  # seq: the rule of each element
-    fields: Mapping[str, "Rule"] | None = None  # records: the table of each element (a dict)
+    item: Rule | None = None  # seq: the rule of each element
+    fields: Mapping[str, Rule] | None = None  # records: the table of each element (a dict)
     note: str = ""  # what a special value means, e.g. "0 = never"
 
     def describe(self) -> str:

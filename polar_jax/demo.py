@@ -30,7 +30,8 @@ import time
 from polar_jax import evaluate
 from polar_jax.data import encoding, prepare
 from polar_jax.io import models, tokenizers
-from polar_jax.synth import corpus, demo_lms, prompts as prompts_lib, synthesize
+from polar_jax.synth import corpus, demo_lms, synthesize
+from polar_jax.synth import prompts as prompts_lib
 from polar_jax.synth.pool import CHATML, SMOLLM2, PolicyPool, PolicySpec
 from polar_jax.train import trainer
 from polar_jax.train.defaults import base_config

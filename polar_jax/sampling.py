@@ -70,7 +70,7 @@ class SamplingConfig:
         object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
 
     @classmethod
-    def polar(cls, stop_ids=(), max_new_tokens: int = 4096, **changes) -> "SamplingConfig":
+    def polar(cls, stop_ids=(), max_new_tokens: int = 4096, **changes) -> SamplingConfig:
         """The paper's trajectory sampling: temperature 1.0, top-p 0.9, top-k 50, 4096 tokens,
         loops truncated (blocks of up to 32 tokens repeated 4 times: a choice of this library)."""
         base = dict(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens,

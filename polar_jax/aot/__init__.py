@@ -31,8 +31,17 @@ from polar_jax.aot.compile import STAGES, StageUnavailable, compile_step
 from polar_jax.aot.counting import COLLECTIVES, count_collectives, ppo_row_flops, shard_bytes, traced_matmul_flops
 from polar_jax.aot.report import Report
 from polar_jax.aot.rft_stage import rft_model_configs
-from polar_jax.aot.topology import (DEVICE_KINDS, GIB, HBM_GIB, LibtpuMissing, Topology, canonical_topology,
-                                    get_topology, libtpu_available, prepare_environment)
+from polar_jax.aot.topology import (
+                                    DEVICE_KINDS,
+                                    GIB,
+                                    HBM_GIB,
+                                    LibtpuMissing,
+                                    Topology,
+                                    canonical_topology,
+                                    get_topology,
+                                    libtpu_available,
+                                    prepare_environment,
+)
 
 __all__ = [
     "COLLECTIVES", "DEVICE_KINDS", "GIB", "HBM_GIB", "STAGES", "LibtpuMissing", "Report", "StageUnavailable",

@@ -41,7 +41,8 @@ SIZES = {"tiny": (64, 2, 4, 2, 16, 128), "100m": (768, 12, 12, 4, 64, 2048), "80
 def synthetic(size: str, dtype: str, prompts: int, new: int, prompt_tokens: int, workdir: pathlib.Path):
     """(config, models, examples) of random models of `size` on corpus prompts; no files needed."""
     from polar_jax.io import tokenizers
-    from polar_jax.synth import corpus, demo_lms, prompts as prompts_lib
+    from polar_jax.synth import corpus, demo_lms
+    from polar_jax.synth import prompts as prompts_lib
     from polar_jax.train.lm import numpy_init_params
 
     tok_dir = demo_lms.train_tokenizer(corpus.corpus_documents(), 32000, workdir / "tokenizer")

@@ -48,7 +48,8 @@ def bench_one(cfg, params, batch: int, prompt_len: int, new: int, repeats: int) 
     rng = jax.random.key(2)
     full = sampling.SamplingConfig.polar(max_new_tokens=new, loop_max_ngram=0)
     one = sampling.SamplingConfig.polar(max_new_tokens=1, loop_max_ngram=0)
-    run = lambda config: sampling.generate(cfg, params, tokens, lengths, config, rng).tokens_bn
+    def run(config):
+        return sampling.generate(cfg, params, tokens, lengths, config, rng).tokens_bn
     seconds = time_call(run, full, repeats=repeats)
     prefill = time_call(run, one, repeats=repeats)
     decode = max(seconds - prefill, 1e-9)

@@ -19,8 +19,8 @@ import logging
 import pathlib
 
 from polar_jax import evaluate
-from polar_jax.data import schema
 from polar_jax.commands import score
+from polar_jax.data import schema
 from polar_jax.errors import UserError
 from polar_jax.io import models, tokenizers
 

@@ -11,7 +11,7 @@ ahead-of-time lowering. Shapes are spelt by the fields' suffix letters:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple
 
 import numpy as np
 
-Text = Union[str, list]  # a string, or a list of {"role", "content"} messages
+Text = str | list  # a string, or a list of {"role", "content"} messages
 
 # The official client reserves 4 tokens: the reward token, the split token and two "\n".
 RESERVED_TOKENS = 4
@@ -76,7 +76,7 @@ class EncodingConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EncodingConfig":
+    def from_dict(cls, d: dict) -> EncodingConfig:
         """Inverse of `to_dict`; unknown keys are an error (retired ones are dropped)."""
         d = {k: v for k, v in d.items() if k not in _RETIRED_KEYS}
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})

@@ -20,7 +20,8 @@ small. `make_batch` then lays out the tokens of planned rows.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class BatchPlan:
         return [self.row_len, [list(r) for r in self.rows]]
 
     @classmethod
-    def from_state(cls, state: Sequence) -> "BatchPlan":
+    def from_state(cls, state: Sequence) -> BatchPlan:
         """Inverse of `to_state`."""
         return cls(int(state[0]), [[int(k) for k in r] for r in state[1]])
 

@@ -32,14 +32,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import grain
 import numpy as np
 
 from polar_jax.data import records
 from polar_jax.data.packing import (
-    BatchPlan, BucketPlanner, PackedPlanner, check_pair_fits, default_buckets, make_batch, record_source,
+    BatchPlan,
+    BucketPlanner,
+    PackedPlanner,
+    check_pair_fits,
+    default_buckets,
+    make_batch,
+    record_source,
 )
 
 
@@ -194,7 +201,7 @@ class PlannedBatchIterDataset(grain.IterDataset):
         super().__init__(parent)
         self._lookup, self._cfg = lookup, cfg
 
-    def __iter__(self) -> "PlannedBatchIterator":
+    def __iter__(self) -> PlannedBatchIterator:
         return PlannedBatchIterator(self._parent.__iter__(), self._lookup, self._cfg)
 
     def __str__(self) -> str:

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from polar_jax.data import encoding, records, schema, sources
 from polar_jax.errors import UserError

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from polar_jax.errors import UserError
 

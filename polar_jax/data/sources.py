@@ -17,7 +17,8 @@ import logging
 import os
 import re
 import threading
-from typing import Iterable, Iterator, Sequence, SupportsIndex
+from collections.abc import Iterable, Iterator, Sequence
+from typing import SupportsIndex
 
 import msgpack
 from array_record.python import array_record_module
@@ -71,7 +72,7 @@ class RecordWriter:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ import contextlib
 import os
 import pathlib
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def temp_sibling(path: str | os.PathLike, tag: str = "tmp") -> pathlib.Path:

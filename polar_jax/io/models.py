@@ -13,6 +13,7 @@ from polar_jax.io import gguf, hf, polar_format, remote_code, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.models import families
 
+
 def source_format(src: str | pathlib.Path) -> str:
     """"gguf", "polar" or "hf" for a path, or an error saying what was expected."""
     src = pathlib.Path(src)

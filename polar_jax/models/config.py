@@ -72,7 +72,7 @@ class ModelConfig:
         """Query heads sharing one key/value head."""
         return self.num_heads // self.num_kv_heads
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -81,7 +81,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Rebuild from `to_dict` output."""
         d = dict(d)
         if d.get("rope_scaling") is not None:

@@ -115,7 +115,7 @@ class KVCache(NamedTuple):
     index: jax.Array  # int32 scalar: the next slot to write
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache of `max_len` slots per row."""
         dtype = jnp.dtype(dtype or cfg.dtype)
         shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)

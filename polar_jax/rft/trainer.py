@@ -25,7 +25,7 @@ import json
 import logging
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections

@@ -11,7 +11,7 @@ import logging
 import shlex
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from polar_jax import run_manifest
 from polar_jax.scaling.planning import RunPlan

@@ -48,13 +48,29 @@ from polar_jax.models.config import ModelConfig
 from polar_jax.scaling import fit as fitting
 from polar_jax.scaling import sizes
 from polar_jax.scaling.planning import (
-    SIZE_FIELDS, RunPlan, SweepError, base_model_config, check_data, counted_params, data_vocab_size, describe_plans,
-    plan, resolve_data, run_name, sweep_seeds,
+    SIZE_FIELDS,
+    RunPlan,
+    SweepError,
+    base_model_config,
+    check_data,
+    counted_params,
+    data_vocab_size,
+    describe_plans,
+    plan,
+    resolve_data,
+    run_name,
+    sweep_seeds,
 )
 from polar_jax.scaling.report import summary, write_csv, write_results
 from polar_jax.scaling.results import CSV_FIELDS, PFS_DAY, analyse, collect, mean_curve, size_means
 from polar_jax.scaling.run_state import (
-    config_difference, is_finished, prepare_workdir, read_metrics, read_status, stale_message, write_status,
+    config_difference,
+    is_finished,
+    prepare_workdir,
+    read_metrics,
+    read_status,
+    stale_message,
+    write_status,
 )
 from polar_jax.scaling.running import launch_script, pod_commands, run_local
 

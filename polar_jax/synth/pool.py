@@ -71,7 +71,7 @@ class PolicySpec:
         object.__setattr__(self, "stop", tuple(self.stop))
 
     @classmethod
-    def from_dict(cls, d) -> "PolicySpec":
+    def from_dict(cls, d) -> PolicySpec:
         """From a config entry (a dict / ConfigDict with these field names); unknown keys are errors."""
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})

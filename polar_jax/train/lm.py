@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -27,7 +27,8 @@ import logging
 import pathlib
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from tqdm import tqdm
@@ -114,7 +115,7 @@ class Run:
         self.logged: dict = {}
         self.hook_outputs: dict[str, dict] = {}
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         self._rules = parallel.use_rules(self.mesh)  # the model's logical axes -> this mesh, for all inside
         self._rules.__enter__()
         return self

@@ -15,7 +15,8 @@ import json
 import jax
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import models as tok_models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from polar_jax import scoring

@@ -14,7 +14,6 @@ from polar_jax.models import transformer as T
 from polar_jax.rft import data, rollout, setup, trainer
 from polar_jax.rft.defaults import base_config
 
-
 # A ChatML-like template (Qwen2.5's shape) small enough to check by hand.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

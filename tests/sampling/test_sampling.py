@@ -78,7 +78,8 @@ def test_filter_logits_matches_numpy(temperature, top_k, top_p):
 def test_filter_logits_known_sets():
     # top-k 2 with a tie at the cut keeps 2.0, 1.0 only (no tie there); top-k 3 keeps the three 0.5s.
     row = FIXED_LOGITS[0]
-    kept = lambda **kw: np.flatnonzero(np.isfinite(np.asarray(sampling.filter_logits(row[None], 1.0, **kw))[0]))
+    def kept(**kw):
+        return np.flatnonzero(np.isfinite(np.asarray(sampling.filter_logits(row[None], 1.0, **kw))[0]))
     assert kept(top_k=2).tolist() == [0, 1]
     assert kept(top_k=3).tolist() == [0, 1, 2, 3, 4]
     assert kept(top_p=1e-6).tolist() == [0]

@@ -8,7 +8,6 @@ import numpy as np
 
 from polar_jax.io import checkpoint
 from polar_jax.train import setup, trainer
-
 from tests.train.test_trainer import config, final_params, losses
 
 
