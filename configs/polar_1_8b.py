@@ -21,8 +21,9 @@ import pathlib
 from polar_jax.config_loading import load_config
 
 # InternLM2.5-1.8B (config.json of internlm/internlm2_5-1_8b).
-INTERNLM2_5_1_8B = dict(vocab_size=92544, d_model=2048, num_layers=24, num_heads=16, num_kv_heads=8,
-                        head_dim=128, mlp_dim=8192)
+INTERNLM2_5_1_8B = dict(
+    vocab_size=92544, d_model=2048, num_layers=24, num_heads=16, num_kv_heads=8, head_dim=128, mlp_dim=8192
+)
 
 
 def get_config(stage: str = "pretrain"):

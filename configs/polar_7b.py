@@ -13,8 +13,9 @@ import pathlib
 from polar_jax.config_loading import load_config
 
 # InternLM2.5-7B (config.json of internlm/internlm2_5-7b).
-INTERNLM2_5_7B = dict(vocab_size=92544, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                      head_dim=128, mlp_dim=14336)
+INTERNLM2_5_7B = dict(
+    vocab_size=92544, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, mlp_dim=14336
+)
 
 
 def get_config(stage: str = "pretrain"):

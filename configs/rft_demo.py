@@ -45,8 +45,10 @@ def get_config(demo_dir: str = "runs/demo"):
     """The demo RFT run; `demo_dir` is where `python -m polar_jax demo` wrote its models."""
     demo = pathlib.Path(demo_dir)
     c = base_config()
-    c.setup_hint = (f"configs/rft_demo.py uses the demo's policies and reward model: run `python -m polar_jax demo "
-                    f"--workdir {demo_dir}` first (or name another demo directory: configs/rft_demo.py:DIR)")
+    c.setup_hint = (
+        f"configs/rft_demo.py uses the demo's policies and reward model: run `python -m polar_jax demo "
+        f"--workdir {demo_dir}` first (or name another demo directory: configs/rft_demo.py:DIR)"
+    )
     c.iterations = 200
     c.eval_every = 25
     c.checkpoint_every = 50
@@ -64,8 +66,14 @@ def get_config(demo_dir: str = "runs/demo"):
     # The target: lm0 after 40 steps, sampled as in the demo's pool (T 1.0, top-k 50, top-p 0.9, 24 tokens).
     # Any pool policy can be the target, e.g. SmolLM2 as a careful writer: checkpoint="smollm2",
     # template=synth.pool.CHATML, system="You are a careful technical writer.", stop=("<|im_end|>",).
-    c.target.update(checkpoint=str(demo / "policies" / "lm0" / "step-40"), temperature=1.0, top_k=50, top_p=0.9,
-                    max_new_tokens=24, max_prompt_tokens=32)
+    c.target.update(
+        checkpoint=str(demo / "policies" / "lm0" / "step-40"),
+        temperature=1.0,
+        top_k=50,
+        top_p=0.9,
+        max_new_tokens=24,
+        max_prompt_tokens=32,
+    )
     c.eval.batch_size = 64
     c.eval.temperature, c.eval.top_k, c.eval.top_p = 1.0, 50, 0.9  # sampled with a fixed key (see above)
 

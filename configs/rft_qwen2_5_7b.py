@@ -37,8 +37,10 @@ from polar_jax.rft.defaults import base_config
 def get_config():
     """The Qwen2.5-7B-Instruct + POLAR-7B general recipe; model and data paths are placeholders."""
     c = base_config()
-    c.setup_hint = ("set --config.policy.init (Qwen2.5-7B-Instruct, an HF directory), --config.reward.model "
-                    "(POLAR-7B, the official HF directory or a polar_jax one) and --config.data.train (verl parquet)")
+    c.setup_hint = (
+        "set --config.policy.init (Qwen2.5-7B-Instruct, an HF directory), --config.reward.model "
+        "(POLAR-7B, the official HF directory or a polar_jax one) and --config.data.train (verl parquet)"
+    )
     c.iterations = 1220  # one epoch over the data: rows / rollout.prompts
     c.checkpoint_every = 100  # trainer.save_freq
     c.log_every = 1

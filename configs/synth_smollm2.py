@@ -21,15 +21,38 @@ def get_config():
     c.prompt_bucket = 64
     continue_text = "Continue this text:\n{prompt}"
     c.policies = [
-        dict(name="smollm2-careful", checkpoint="smollm2", temperature=0.5, max_new_tokens=32, template=CHATML,
-             system="You are a careful technical writer.", stop=("<|im_end|>",)),
-        dict(name="smollm2-wild", checkpoint="smollm2", temperature=1.3, max_new_tokens=32, template=CHATML,
-             system="You are a playful poet.", stop=("<|im_end|>",)),
+        dict(
+            name="smollm2-careful",
+            checkpoint="smollm2",
+            temperature=0.5,
+            max_new_tokens=32,
+            template=CHATML,
+            system="You are a careful technical writer.",
+            stop=("<|im_end|>",),
+        ),
+        dict(
+            name="smollm2-wild",
+            checkpoint="smollm2",
+            temperature=1.3,
+            max_new_tokens=32,
+            template=CHATML,
+            system="You are a playful poet.",
+            stop=("<|im_end|>",),
+        ),
         dict(name="smollm2-base-style", checkpoint="smollm2", max_new_tokens=32, template=continue_text),
     ]
     c.draw_from = []
     c.must_include = []
-    c.prompts = ml_collections.ConfigDict(dict(
-        corpus="pydoc_topics", split="train", heldout_every=5, min_tokens=4, max_tokens=64, tokenizer="",
-        instructions="", instruction_fraction=0.0))
+    c.prompts = ml_collections.ConfigDict(
+        dict(
+            corpus="pydoc_topics",
+            split="train",
+            heldout_every=5,
+            min_tokens=4,
+            max_tokens=64,
+            tokenizer="",
+            instructions="",
+            instruction_fraction=0.0,
+        )
+    )
     return c

@@ -17,7 +17,10 @@ from polar_jax import errors
 # command name -> (module under polar_jax.commands, one-line help)
 COMMANDS = {
     "convert": ("convert", "convert a model between HF safetensors, GGUF (read) and polar_jax formats"),
-    "generate": ("generate", "continue prompts with a causal LM (SmolLM2 by default): greedy, or temperature / top-k / top-p"),
+    "generate": (
+        "generate",
+        "continue prompts with a causal LM (SmolLM2 by default): greedy, or temperature / top-k / top-p",
+    ),
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
     "score": ("score", "score {prompt, reference, output} rows with a POLAR reward model (official encoding)"),
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
@@ -31,9 +34,13 @@ COMMANDS = {
 
 CONFIG_COMMANDS = {"train", "synth", "scaling", "compile", "rft"}
 CONFIG_USAGE = "[--config.KEY=VALUE ...]"
-CONFIG_EXAMPLES = {"train": "--config.steps=200 --config.optim.lr=3e-4", "rft": "--config.iterations=50",
-                   "synth": "--config.num_triplets=128", "scaling": "--config.train.optim.lr=1e-3",
-                   "compile": "--config.mesh.fsdp=-1"}
+CONFIG_EXAMPLES = {
+    "train": "--config.steps=200 --config.optim.lr=3e-4",
+    "rft": "--config.iterations=50",
+    "synth": "--config.num_triplets=128",
+    "scaling": "--config.train.optim.lr=1e-3",
+    "compile": "--config.mesh.fsdp=-1",
+}
 CONFIG_EPILOG = """config overrides:
   --config.KEY=VALUE, or --config.KEY VALUE (repeatable), e.g. {example}
   KEY is a dotted path into the config; VALUE is parsed like Python. Every key's type and
@@ -49,8 +56,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
         default = action.default
-        if ("%(default)" in help_text or "(default" in help_text or default is None or default is False
-                or default is argparse.SUPPRESS or default in ("", [], ()) or action.required):
+        if (
+            "%(default)" in help_text
+            or "(default" in help_text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default in ("", [], ())
+            or action.required
+        ):
             return help_text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         return f"{help_text} (default: {str(shown).replace('%', '%%')})".lstrip()
@@ -139,12 +153,20 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_parser(name, help=help_text)
             continue
         module = importlib.import_module(f"polar_jax.commands.{module_name}")
-        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__,
-                                        epilog=CONFIG_EPILOG.format(example=CONFIG_EXAMPLES[name])
-                                        if name in CONFIG_COMMANDS else None)
+        command_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            epilog=CONFIG_EPILOG.format(example=CONFIG_EXAMPLES[name]) if name in CONFIG_COMMANDS else None,
+        )
         module.add_arguments(command_parser)
-        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                    help="debug logging; tracebacks of errors")
+        command_parser.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging; tracebacks of errors",
+        )
         if name in CONFIG_COMMANDS:
             usage = command_parser.format_usage().removeprefix("usage: ").rstrip("\n")
             command_parser.usage = f"{usage} {CONFIG_USAGE}".replace(command_parser.prog, "%(prog)s", 1)
@@ -154,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [a for a in extra if a.startswith("--config.")]
         unknown = [a for a in extra if a not in args.overrides]
         if unknown or (args.overrides and args.command not in CONFIG_COMMANDS):
-            command_parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}"
-                                 + ("" if unknown else f" ({args.command} reads no config)"))
+            command_parser.error(
+                f"unrecognized arguments: {' '.join(unknown or args.overrides)}"
+                + ("" if unknown else f" ({args.command} reads no config)")
+            )
     except SystemExit as e:  # --help (0) or a one-line argparse error (2)
         return e.code if isinstance(e.code, int) else 2
     # Our messages at INFO, other libraries' (orbax, absl, grain) at WARNING; -v shows all.

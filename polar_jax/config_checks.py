@@ -45,8 +45,10 @@ class Rule:
         else:
             text = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}[self.kind]
             if self.low is not None and self.high is not None:
-                text += (f" in {'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}"
-                         f"{')' if self.open_high else ']'}")
+                text += (
+                    f" in {'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}"
+                    f"{')' if self.open_high else ']'}"
+                )
             elif self.low is not None:
                 text += f" {'>' if self.open_low else '>='} {_num(self.low)}"
             elif self.high is not None:
@@ -93,8 +95,15 @@ def Int(ge=None, le=None, *, also=(), none=False, note="") -> Rule:
 
 def Float(*, gt=None, ge=None, lt=None, le=None, none=False, note="") -> Rule:
     """A number (ints widen) with optional bounds; gt/lt exclude the bound."""
-    return Rule("float", low=gt if gt is not None else ge, high=lt if lt is not None else le,
-                open_low=gt is not None, open_high=lt is not None, none=none, note=note)
+    return Rule(
+        "float",
+        low=gt if gt is not None else ge,
+        high=lt if lt is not None else le,
+        open_low=gt is not None,
+        open_high=lt is not None,
+        none=none,
+        note=note,
+    )
 
 
 def OneOf(*choices: str, none: bool = False) -> Rule:
@@ -121,97 +130,210 @@ PROBABILITY = Float(ge=0, le=1)
 
 
 def _optim() -> dict[str, Rule]:
-    return {"lr": Float(gt=0), "b1": Float(ge=0, lt=1), "b2": Float(ge=0, lt=1), "weight_decay": Float(ge=0),
-            "clip_norm": Float(gt=0), "warmup_fraction": PROBABILITY, "final_lr_fraction": PROBABILITY}
+    return {
+        "lr": Float(gt=0),
+        "b1": Float(ge=0, lt=1),
+        "b2": Float(ge=0, lt=1),
+        "weight_decay": Float(ge=0),
+        "clip_norm": Float(gt=0),
+        "warmup_fraction": PROBABILITY,
+        "final_lr_fraction": PROBABILITY,
+    }
 
 
 def _prefixed(prefix: str, table: Mapping[str, Rule]) -> dict[str, Rule]:
     return {f"{prefix}.{key}": rule for key, rule in table.items()}
 
 
-_RUNTIME = {"remat": OneOf("none", "full", "dots", "dots_no_batch"), "attention_impl": OneOf("auto", "xla", "cudnn", "pallas"),
-            "scan_unroll": Int(ge=1)}
+_RUNTIME = {
+    "remat": OneOf("none", "full", "dots", "dots_no_batch"),
+    "attention_impl": OneOf("auto", "xla", "cudnn", "pallas"),
+    "scan_unroll": Int(ge=1),
+}
 
 TRAIN: dict[str, Rule] = {
-    "seed": Int(ge=0), "steps": Int(ge=1), "log_every": Int(ge=0, note=NEVER),
-    "eval_every": Int(ge=0, note=NEVER), "eval_batches": Int(ge=1), "checkpoint_every": Int(ge=0, note=NEVER),
-    "checkpoint_minutes": Float(gt=0), "keep_checkpoints": Int(ge=1), "max_bad_steps": Int(ge=1),
-    "accum_steps": Int(ge=1), "margin": Float(), "peak_tflops": Float(ge=0, note="0 = look it up"),
-    "model.init": STR, "model.reward_head_init": OneOf("zeros", "normal"),
-    **{f"model.{size}": Int(ge=1, none=True) for size in
-       ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")},
-    "model.dtype": DTYPES, **_prefixed("model", _RUNTIME),
-    "data.kind": OneOf("array_record", "synthetic"), "data.train": STR, "data.eval": STR,
-    "data.synthetic_train_examples": Int(ge=1), "data.synthetic_eval_examples": Int(ge=1),
-    "data.synthetic_concentration": Float(gt=0), "data.synthetic_vocab_size": Int(ge=2),
-    "data.batch_size": Int(ge=1), "data.seq_len": Int(ge=8), "data.max_pairs_per_row": Int(ge=1),
-    "data.mode": OneOf("packed", "padded"), "data.num_workers": Int(ge=0),
-    "mesh.data": MESH_AXIS, "mesh.fsdp": MESH_AXIS, "mesh.tensor": MESH_AXIS,
+    "seed": Int(ge=0),
+    "steps": Int(ge=1),
+    "log_every": Int(ge=0, note=NEVER),
+    "eval_every": Int(ge=0, note=NEVER),
+    "eval_batches": Int(ge=1),
+    "checkpoint_every": Int(ge=0, note=NEVER),
+    "checkpoint_minutes": Float(gt=0),
+    "keep_checkpoints": Int(ge=1),
+    "max_bad_steps": Int(ge=1),
+    "accum_steps": Int(ge=1),
+    "margin": Float(),
+    "peak_tflops": Float(ge=0, note="0 = look it up"),
+    "model.init": STR,
+    "model.reward_head_init": OneOf("zeros", "normal"),
+    **{
+        f"model.{size}": Int(ge=1, none=True)
+        for size in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+    },
+    "model.dtype": DTYPES,
+    **_prefixed("model", _RUNTIME),
+    "data.kind": OneOf("array_record", "synthetic"),
+    "data.train": STR,
+    "data.eval": STR,
+    "data.synthetic_train_examples": Int(ge=1),
+    "data.synthetic_eval_examples": Int(ge=1),
+    "data.synthetic_concentration": Float(gt=0),
+    "data.synthetic_vocab_size": Int(ge=2),
+    "data.batch_size": Int(ge=1),
+    "data.seq_len": Int(ge=8),
+    "data.max_pairs_per_row": Int(ge=1),
+    "data.mode": OneOf("packed", "padded"),
+    "data.num_workers": Int(ge=0),
+    "mesh.data": MESH_AXIS,
+    "mesh.fsdp": MESH_AXIS,
+    "mesh.tensor": MESH_AXIS,
     **_prefixed("optim", _optim()),
 }
 
 _SAMPLING = {"temperature": Float(ge=0), "top_k": Int(ge=0, note="0 = off"), "top_p": Float(gt=0, le=1)}
 
 RFT: dict[str, Rule] = {
-    "seed": Int(ge=0), "iterations": Int(ge=1), "log_every": Int(ge=0, note=NEVER),
-    "eval_every": Int(ge=0, note="0 = at the start and end only"), "checkpoint_every": Int(ge=0, note=NEVER),
-    "checkpoint_minutes": Float(gt=0), "keep_checkpoints": Int(ge=1), "max_bad_steps": Int(ge=1), "setup_hint": STR,
-    "policy.init": STR, "policy.trust_remote_code": BOOL, "policy.template": STR, "policy.chat_template": BOOL, "policy.max_prompt_tokens": Int(ge=1), "policy.dtype": DTYPES,
+    "seed": Int(ge=0),
+    "iterations": Int(ge=1),
+    "log_every": Int(ge=0, note=NEVER),
+    "eval_every": Int(ge=0, note="0 = at the start and end only"),
+    "checkpoint_every": Int(ge=0, note=NEVER),
+    "checkpoint_minutes": Float(gt=0),
+    "keep_checkpoints": Int(ge=1),
+    "max_bad_steps": Int(ge=1),
+    "setup_hint": STR,
+    "policy.init": STR,
+    "policy.trust_remote_code": BOOL,
+    "policy.template": STR,
+    "policy.chat_template": BOOL,
+    "policy.max_prompt_tokens": Int(ge=1),
+    "policy.dtype": DTYPES,
     **_prefixed("policy", _RUNTIME),
-    "rollout.prompts": Int(ge=1), "rollout.samples_per_prompt": Int(ge=1), "rollout.max_new_tokens": Int(ge=1),
-    **_prefixed("rollout", _SAMPLING), "rollout.stop": Seq(STR),
-    "rollout.loop_max_ngram": Int(ge=0, note="0 = off"), "rollout.loop_repeats": Int(ge=2),
-    "reward.model": STR, "reward.tokenizer": STR, "reward.trust_remote_code": BOOL, "reward.batch_size": Int(ge=1), "reward.strip_think": OneOf("official", "all_spans", "none"),
-    "reward.normalize": OneOf("none", "batch"), "reward.dtype": DTYPES,
+    "rollout.prompts": Int(ge=1),
+    "rollout.samples_per_prompt": Int(ge=1),
+    "rollout.max_new_tokens": Int(ge=1),
+    **_prefixed("rollout", _SAMPLING),
+    "rollout.stop": Seq(STR),
+    "rollout.loop_max_ngram": Int(ge=0, note="0 = off"),
+    "rollout.loop_repeats": Int(ge=2),
+    "reward.model": STR,
+    "reward.tokenizer": STR,
+    "reward.trust_remote_code": BOOL,
+    "reward.batch_size": Int(ge=1),
+    "reward.strip_think": OneOf("official", "all_spans", "none"),
+    "reward.normalize": OneOf("none", "batch"),
+    "reward.dtype": DTYPES,
     # None = from the reward model's directory, else the official client's defaults
-    "reward.encoding.max_length": Int(ge=8, none=True), "reward.encoding.max_response_length": Int(ge=1, none=True),
+    "reward.encoding.max_length": Int(ge=8, none=True),
+    "reward.encoding.max_response_length": Int(ge=1, none=True),
     "reward.encoding.response_cut_side": OneOf("right", "left", none=True),
     "reward.encoding.wrapper": OneOf("sft", "pretrain", none=True),
-    "reward.encoding.split_text": Rule("str", none=True), "reward.encoding.reward_token": Rule("str", none=True),
-    "algorithm.estimator": OneOf("gae", "group"), "algorithm.gamma": PROBABILITY, "algorithm.lam": PROBABILITY,
-    "algorithm.clip_ratio": Float(gt=0), "algorithm.clip_ratio_c": Float(gt=1), "algorithm.value_clip": Float(gt=0),
-    "algorithm.loss_agg": OneOf("seq-mean-token-mean", "token-mean"), "algorithm.epochs": Int(ge=1),
-    "algorithm.minibatches": Int(ge=1), "algorithm.whiten_advantages": BOOL, "algorithm.group_normalize_std": BOOL,
-    "algorithm.entropy_coef": Float(ge=0), "algorithm.kl_coef": Float(ge=0), "algorithm.kl_loss_coef": Float(ge=0),
+    "reward.encoding.split_text": Rule("str", none=True),
+    "reward.encoding.reward_token": Rule("str", none=True),
+    "algorithm.estimator": OneOf("gae", "group"),
+    "algorithm.gamma": PROBABILITY,
+    "algorithm.lam": PROBABILITY,
+    "algorithm.clip_ratio": Float(gt=0),
+    "algorithm.clip_ratio_c": Float(gt=1),
+    "algorithm.value_clip": Float(gt=0),
+    "algorithm.loss_agg": OneOf("seq-mean-token-mean", "token-mean"),
+    "algorithm.epochs": Int(ge=1),
+    "algorithm.minibatches": Int(ge=1),
+    "algorithm.whiten_advantages": BOOL,
+    "algorithm.group_normalize_std": BOOL,
+    "algorithm.entropy_coef": Float(ge=0),
+    "algorithm.kl_coef": Float(ge=0),
+    "algorithm.kl_loss_coef": Float(ge=0),
     "algorithm.kl_loss_estimator": OneOf("k1", "abs", "k2", "low_var_kl"),
-    "critic.init": OneOf("policy", "reward_model"), "critic.value_head_init": OneOf("zeros", "reward_head"),
+    "critic.init": OneOf("policy", "reward_model"),
+    "critic.value_head_init": OneOf("zeros", "reward_head"),
     "critic.value_head_bias": BOOL,
     "reference.keep": BOOL,
-    **_prefixed("actor_optim", _optim()), **_prefixed("critic_optim", _optim()),
-    "data.kind": OneOf("jsonl", "parquet", "policy_samples"), "data.train": STR, "data.eval": STR,
-    "data.skip_invalid": BOOL, "data.filter_overlong_prompts": BOOL, "data.truncation": OneOf("error", "left"),
-    "data.shuffle": BOOL, "data.eval_rows": Int(ge=1), "data.prompts": STR,
-    "data.prompt_tokens": Seq(Int(ge=1)), "data.heldout_every": Int(ge=0, note=HELDOUT), "data.train_prompts": Int(ge=1),
+    **_prefixed("actor_optim", _optim()),
+    **_prefixed("critic_optim", _optim()),
+    "data.kind": OneOf("jsonl", "parquet", "policy_samples"),
+    "data.train": STR,
+    "data.eval": STR,
+    "data.skip_invalid": BOOL,
+    "data.filter_overlong_prompts": BOOL,
+    "data.truncation": OneOf("error", "left"),
+    "data.shuffle": BOOL,
+    "data.eval_rows": Int(ge=1),
+    "data.prompts": STR,
+    "data.prompt_tokens": Seq(Int(ge=1)),
+    "data.heldout_every": Int(ge=0, note=HELDOUT),
+    "data.train_prompts": Int(ge=1),
     "data.eval_prompts": Int(ge=1),
-    "target.checkpoint": STR, "target.trust_remote_code": BOOL, "target.template": STR, "target.system": STR, "target.stop": Seq(STR),
-    **_prefixed("target", _SAMPLING), "target.max_new_tokens": Int(ge=1), "target.max_prompt_tokens": Int(ge=1),
+    "target.checkpoint": STR,
+    "target.trust_remote_code": BOOL,
+    "target.template": STR,
+    "target.system": STR,
+    "target.stop": Seq(STR),
+    **_prefixed("target", _SAMPLING),
+    "target.max_new_tokens": Int(ge=1),
+    "target.max_prompt_tokens": Int(ge=1),
     "target.loop_max_ngram": Int(ge=0, note="0 = off"),
-    "eval.batch_size": Int(ge=1), **_prefixed("eval", _SAMPLING),
-    "mesh.data": MESH_AXIS, "mesh.fsdp": MESH_AXIS, "mesh.tensor": MESH_AXIS,
+    "eval.batch_size": Int(ge=1),
+    **_prefixed("eval", _SAMPLING),
+    "mesh.data": MESH_AXIS,
+    "mesh.fsdp": MESH_AXIS,
+    "mesh.tensor": MESH_AXIS,
 }
 
 POLICY: dict[str, Rule] = {  # a synth pool entry (synth.pool.PolicySpec)
-    "name": STR, "checkpoint": STR, **_SAMPLING, "max_new_tokens": Int(ge=1), "system": STR, "template": STR,
-    "stop": Seq(STR), "max_prompt_tokens": Int(ge=1), "weight": Float(gt=0),
+    "name": STR,
+    "checkpoint": STR,
+    **_SAMPLING,
+    "max_new_tokens": Int(ge=1),
+    "system": STR,
+    "template": STR,
+    "stop": Seq(STR),
+    "max_prompt_tokens": Int(ge=1),
+    "weight": Float(gt=0),
 }
 
 SYNTH: dict[str, Rule] = {
-    "seed": Int(ge=0), "num_triplets": Int(ge=1), "shard_size": Int(ge=1), "batch_size": Int(ge=1),
-    "prompt_bucket": Int(ge=1), "policies": Records(POLICY), "draw_from": Seq(STR), "must_include": Seq(STR),
-    "prompts.corpus": STR, "prompts.split": OneOf("train", "heldout", "all"), "prompts.heldout_every": Int(ge=0, note=HELDOUT),
-    "prompts.min_tokens": Int(ge=1), "prompts.max_tokens": Int(ge=1), "prompts.tokenizer": STR,
-    "prompts.instructions": STR, "prompts.instruction_fraction": PROBABILITY,
+    "seed": Int(ge=0),
+    "num_triplets": Int(ge=1),
+    "shard_size": Int(ge=1),
+    "batch_size": Int(ge=1),
+    "prompt_bucket": Int(ge=1),
+    "policies": Records(POLICY),
+    "draw_from": Seq(STR),
+    "must_include": Seq(STR),
+    "prompts.corpus": STR,
+    "prompts.split": OneOf("train", "heldout", "all"),
+    "prompts.heldout_every": Int(ge=0, note=HELDOUT),
+    "prompts.min_tokens": Int(ge=1),
+    "prompts.max_tokens": Int(ge=1),
+    "prompts.tokenizer": STR,
+    "prompts.instructions": STR,
+    "prompts.instruction_fraction": PROBABILITY,
 }
 
 SCALING: dict[str, Rule] = {
     **_prefixed("train", TRAIN),
-    "family.aspect_ratio": Int(ge=1), "family.head_dim": Int(ge=1), "family.kv_group": Int(ge=1),
-    "family.mlp_multiple": Int(ge=1), "layers": Seq(Int(ge=1)), "base_models": STR,
-    "budget.kind": OneOf("steps", "tokens", "tokens_per_param"), "budget.value": Float(gt=0),
-    "budget.fill": Float(gt=0, le=1), "lr.rule": OneOf("fixed", "paper"), "lr.base_tokens_m": Float(ge=0),
-    "batch.rule": OneOf("fixed", "paper"), "batch.pairs_per_row": Float(gt=0), "batch.multiple": Int(ge=1),
-    "evals_per_run": Int(ge=1), "logs_per_run": Int(ge=1), "checkpoints_per_run": Int(ge=1),
-    "fit_params": OneOf("non_embedding", "total"), "seeds": Seq(Int(ge=0)), "data_dir": STR, "eval_split": STR,
+    "family.aspect_ratio": Int(ge=1),
+    "family.head_dim": Int(ge=1),
+    "family.kv_group": Int(ge=1),
+    "family.mlp_multiple": Int(ge=1),
+    "layers": Seq(Int(ge=1)),
+    "base_models": STR,
+    "budget.kind": OneOf("steps", "tokens", "tokens_per_param"),
+    "budget.value": Float(gt=0),
+    "budget.fill": Float(gt=0, le=1),
+    "lr.rule": OneOf("fixed", "paper"),
+    "lr.base_tokens_m": Float(ge=0),
+    "batch.rule": OneOf("fixed", "paper"),
+    "batch.pairs_per_row": Float(gt=0),
+    "batch.multiple": Int(ge=1),
+    "evals_per_run": Int(ge=1),
+    "logs_per_run": Int(ge=1),
+    "checkpoints_per_run": Int(ge=1),
+    "fit_params": OneOf("non_embedding", "total"),
+    "seeds": Seq(Int(ge=0)),
+    "data_dir": STR,
+    "eval_split": STR,
     "data_hint": STR,
 }
 
@@ -267,8 +389,11 @@ def _check_table(values: Mapping[str, Any], table: Mapping[str, Rule], prefix: s
         rule = table.get(key)
         if rule is None:
             nearest = difflib.get_close_matches(key, list(table), n=3, cutoff=0.6)
-            hint = (f"; did you mean {', '.join(prefix + n for n in nearest)}?" if nearest else
-                    "; remove it, or check the key against the defaults")
+            hint = (
+                f"; did you mean {', '.join(prefix + n for n in nearest)}?"
+                if nearest
+                else "; remove it, or check the key against the defaults"
+            )
             raise ConfigError(f"{name} ({_where(name, source, overrides)}) is not a known key{hint}")
         if not rule.accepts(value):
             raise ConfigError(f"{name}={value!r} ({_where(name, source, overrides)}): must be {rule.describe()}")

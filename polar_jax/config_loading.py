@@ -13,8 +13,9 @@ import ml_collections
 from polar_jax.errors import ConfigError
 
 
-def load_config(path: str | pathlib.Path, overrides: list[str] = (), check: str | None = None
-                ) -> ml_collections.ConfigDict:
+def load_config(
+    path: str | pathlib.Path, overrides: list[str] = (), check: str | None = None
+) -> ml_collections.ConfigDict:
     """Run `get_config()` of a config file (`path:ARG` passes ARG) and apply overrides; with `check`
     (a config_checks kind: train, rft, synth, scaling) validate every key's type and range."""
     path, _, arg = str(path).partition(":")
@@ -49,7 +50,8 @@ def apply_override(config: ml_collections.ConfigDict, item: str, source: str = "
             fields = sorted(node.keys()) if hasattr(node, "keys") else []
             nearest = difflib.get_close_matches(name, fields, n=3, cutoff=0.5)
             hint = (f"did you mean {', '.join(f'{path}.{n}' for n in nearest)}? " if nearest else "") + (
-                f"fields of {path}: {', '.join(fields)}" if fields else f"{path} is not a section")
+                f"fields of {path}: {', '.join(fields)}" if fields else f"{path} is not a section"
+            )
             raise ConfigError(f"override {item!r}: {source} has no field {path}.{name}; {hint}")
         if depth < len(parents):
             node, path = node[name], f"{path}.{name}"
@@ -71,6 +73,12 @@ def apply_override(config: ml_collections.ConfigDict, item: str, source: str = "
 
 def _type_text(value) -> str:
     """'an integer', 'a number', 'a string', ... for error messages."""
-    names = {bool: "a bool (True or False)", int: "an integer", float: "a number", str: "a string",
-             tuple: "a tuple", list: "a list"}
+    names = {
+        bool: "a bool (True or False)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a tuple",
+        list: "a list",
+    }
     return names.get(type(value), f"a {type(value).__name__}")

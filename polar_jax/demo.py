@@ -76,8 +76,14 @@ class DemoConfig:
 
 def paths(workdir: pathlib.Path) -> dict[str, pathlib.Path]:
     """Where each stage writes."""
-    return {"tokenizer": workdir / "tokenizer", "policies": workdir / "policies", "synth": workdir / "synth",
-            "prepared": workdir / "prepared", "rm": workdir / "rm", "results": workdir / "demo_results.json"}
+    return {
+        "tokenizer": workdir / "tokenizer",
+        "policies": workdir / "policies",
+        "synth": workdir / "synth",
+        "prepared": workdir / "prepared",
+        "rm": workdir / "rm",
+        "results": workdir / "demo_results.json",
+    }
 
 
 def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> PolicyPool:
@@ -86,13 +92,24 @@ def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> Policy
     specs = []
     for lm_spec in cfg.lms:
         dirs = demo_lms.train_demo_lm(lm_spec, p["tokenizer"], p["policies"] / f"lm{lm_spec.seed}", progress=progress)
-        specs += [PolicySpec(f"lm{lm_spec.seed}-step{step}", str(path), max_new_tokens=cfg.max_new_tokens)
-                  for step, path in dirs.items()]
+        specs += [
+            PolicySpec(f"lm{lm_spec.seed}-step{step}", str(path), max_new_tokens=cfg.max_new_tokens)
+            for step, path in dirs.items()
+        ]
     template = CHATML.replace("<|im_start|>system\n{system}<|im_end|>\n", "")
     for name, temperature, system in cfg.smollm2:
-        specs.append(PolicySpec(name, SMOLLM2, temperature=temperature, max_new_tokens=cfg.max_new_tokens,
-                                system=system, template=CHATML if system else template, stop=("<|im_end|>",),
-                                weight=cfg.smollm2_weight))
+        specs.append(
+            PolicySpec(
+                name,
+                SMOLLM2,
+                temperature=temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                system=system,
+                template=CHATML if system else template,
+                stop=("<|im_end|>",),
+                weight=cfg.smollm2_weight,
+            )
+        )
     return PolicyPool(specs, batch_size=cfg.sample_batch, prompt_bucket=32)
 
 
@@ -105,15 +122,27 @@ def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, 
     train_policies = tuple(n for n in pool.names if n not in cfg.heldout_policies)
     plans = {
         "train": (train_docs, synthesize.SynthPlan(cfg.triplets[0], cfg.shard_size, cfg.seed, train_policies)),
-        "heldout_prompts": (heldout_docs, synthesize.SynthPlan(cfg.triplets[1], cfg.shard_size, cfg.seed + 1,
-                                                               train_policies)),
-        "heldout_policies": (heldout_docs, synthesize.SynthPlan(cfg.triplets[2], cfg.shard_size, cfg.seed + 2,
-                                                                tuple(pool.names), cfg.heldout_policies)),
+        "heldout_prompts": (
+            heldout_docs,
+            synthesize.SynthPlan(cfg.triplets[1], cfg.shard_size, cfg.seed + 1, train_policies),
+        ),
+        "heldout_policies": (
+            heldout_docs,
+            synthesize.SynthPlan(
+                cfg.triplets[2], cfg.shard_size, cfg.seed + 2, tuple(pool.names), cfg.heldout_policies
+            ),
+        ),
     }
     summaries = {}
     for split, (docs, plan) in plans.items():
-        source = prompts_lib.PromptSource(documents, tokenizer, doc_indices=docs, min_tokens=cfg.prompt_tokens[0],
-                                          max_tokens=cfg.prompt_tokens[1], seed=plan.seed)
+        source = prompts_lib.PromptSource(
+            documents,
+            tokenizer,
+            doc_indices=docs,
+            min_tokens=cfg.prompt_tokens[0],
+            max_tokens=cfg.prompt_tokens[1],
+            seed=plan.seed,
+        )
         summaries[split] = synthesize.synthesize(pool, source, plan, p["synth"] / split, progress=progress)
     return summaries
 
@@ -130,8 +159,14 @@ def prepare_splits(workdir: pathlib.Path, progress: bool) -> None:
         out = p["prepared"] / split
         if (out / "stats.json").exists():
             continue
-        prepare.prepare(sorted((p["synth"] / split).glob("triplets-*.jsonl")), p["tokenizer"], out,
-                        encoding_config(), workers=1, progress=progress)
+        prepare.prepare(
+            sorted((p["synth"] / split).glob("triplets-*.jsonl")),
+            p["tokenizer"],
+            out,
+            encoding_config(),
+            workers=1,
+            progress=progress,
+        )
 
 
 def rm_config(cfg: DemoConfig, workdir: pathlib.Path):
@@ -147,8 +182,15 @@ def rm_config(cfg: DemoConfig, workdir: pathlib.Path):
     c.log_every = 10
     vocab = json.loads((p["prepared"] / "train" / "encoding.json").read_text())["vocab_size"]
     d_model, layers, heads = cfg.rm_size
-    c.model.update(vocab_size=-(-vocab // 64) * 64, d_model=d_model, num_layers=layers, num_heads=heads,
-                   num_kv_heads=max(heads // 2, 1), head_dim=d_model // heads, mlp_dim=2 * d_model)
+    c.model.update(
+        vocab_size=-(-vocab // 64) * 64,
+        d_model=d_model,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=max(heads // 2, 1),
+        head_dim=d_model // heads,
+        mlp_dim=2 * d_model,
+    )
     c.model.dtype = "float32"  # bfloat16 is emulated, and slow, on CPU
     c.data.kind = "array_record"
     c.data.train = str(p["prepared"] / "train")
@@ -169,8 +211,9 @@ def evaluate_splits(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> d
     out = {}
     for split in ("heldout_prompts", "heldout_policies"):
         rows = evaluate.read_triplets(evaluate.expand_paths([p["synth"] / split]))
-        out[split] = evaluate.evaluate_triplets(model, tokenizer, rows, encoding_config(), seen_policies=seen,
-                                                batch_size=32, progress=progress)
+        out[split] = evaluate.evaluate_triplets(
+            model, tokenizer, rows, encoding_config(), seen_policies=seen, batch_size=32, progress=progress
+        )
     return out
 
 
@@ -196,8 +239,9 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig = DemoConfig(), progre
     stage("prepare", prepare_splits, workdir, progress)
     training = stage("reward model", trainer.train, rm_config(cfg, workdir), p["rm"], progress)
     if training.stopped_by != "done":
-        raise KeyboardInterrupt(f"reward-model training stopped at step {training.step} ({training.stopped_by}); "
-                                f"rerun the demo to resume")
+        raise KeyboardInterrupt(
+            f"reward-model training stopped at step {training.step} ({training.stopped_by}); rerun the demo to resume"
+        )
     evals = stage("evaluation", evaluate_splits, cfg, workdir, progress)
     results = {
         "heldout_prompt_accuracy": evals["heldout_prompts"]["all"]["accuracy"],
@@ -205,11 +249,16 @@ def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig = DemoConfig(), progre
         "chance": evaluate.CHANCE,
         "heldout_prompts": evals["heldout_prompts"],
         "heldout_policies": evals["heldout_policies"],
-        "policies": {"train": [n for n in pool.names if n not in cfg.heldout_policies],
-                     "heldout": list(cfg.heldout_policies)},
+        "policies": {
+            "train": [n for n in pool.names if n not in cfg.heldout_policies],
+            "heldout": list(cfg.heldout_policies),
+        },
         "triplets": {split: s["triplets"] for split, s in synth.items()},
-        "reward_model": {"steps": training.step, "final_train_metrics": training.metrics,
-                         "heldout_prompt_eval_during_training": training.eval_metrics},
+        "reward_model": {
+            "steps": training.step,
+            "final_train_metrics": training.metrics,
+            "heldout_prompt_eval_during_training": training.eval_metrics,
+        },
         "seconds_this_run": seconds,
         "paths": {k: str(v) for k, v in p.items()},
     }
@@ -231,11 +280,19 @@ def format_results(results: dict) -> str:
         f"  held-out policies:    {', '.join(results['policies']['heldout'])}",
         "",
     ]
-    for what, key in (("tokenizer", "tokenizer"), ("policies (HF dirs)", "policies"), ("triplets (JSONL)", "synth"),
-                      ("prepared (ArrayRecord)", "prepared"), ("reward model run", "rm"), ("results", "results")):
+    for what, key in (
+        ("tokenizer", "tokenizer"),
+        ("policies (HF dirs)", "policies"),
+        ("triplets (JSONL)", "synth"),
+        ("prepared (ArrayRecord)", "prepared"),
+        ("reward model run", "rm"),
+        ("results", "results"),
+    ):
         lines.append(f"  {what:<24} {results['paths'][key]}")
-    lines.append(f"  metrics: {results['paths']['rm']}/metrics.jsonl (TensorBoard: tensorboard --logdir "
-                 f"{results['paths']['rm']})")
+    lines.append(
+        f"  metrics: {results['paths']['rm']}/metrics.jsonl (TensorBoard: tensorboard --logdir "
+        f"{results['paths']['rm']})"
+    )
     lines.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in results["seconds_this_run"].items()))
     lines += ["", "next, on these models and triplets:"] + [f"  {c}" for c in next_commands(results["paths"]["rm"])]
     return "\n".join(lines)
@@ -247,5 +304,7 @@ def next_commands(rm_dir: str) -> list[str]:
     default = workdir.resolve() == pathlib.Path("runs/demo").resolve()
     rft = "configs/rft_demo.py" if default else f"configs/rft_demo.py:{workdir}"
     scaling = "" if default else f" --config.data_dir={workdir / 'prepared'}"
-    return [f"python -m polar_jax rft --config {rft} --workdir runs/rft_demo      # PPO with this reward model",
-            f"python -m polar_jax scaling --config configs/scaling/cpu_demo.py{scaling} --workdir runs/scaling_cpu_demo"]
+    return [
+        f"python -m polar_jax rft --config {rft} --workdir runs/rft_demo      # PPO with this reward model",
+        f"python -m polar_jax scaling --config configs/scaling/cpu_demo.py{scaling} --workdir runs/scaling_cpu_demo",
+    ]

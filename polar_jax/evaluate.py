@@ -57,7 +57,9 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
         if p.is_dir():
             shards = sorted(p.glob("*.jsonl"))
             if not shards:
-                raise FileNotFoundError(f"{p}: a directory without *.jsonl files; give JSONL files or a directory of them")
+                raise FileNotFoundError(
+                    f"{p}: a directory without *.jsonl files; give JSONL files or a directory of them"
+                )
             out.extend(shards)
         elif p.exists():
             out.append(p)
@@ -66,14 +68,17 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
     return out
 
 
-def read_triplets(paths: Iterable[str | os.PathLike], skip_invalid: bool = False,
-                  report: schema.SkipReport | None = None) -> list[dict]:
+def read_triplets(
+    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, report: schema.SkipReport | None = None
+) -> list[dict]:
     """The valid triplet rows of JSONL files and directories of them, in order.
 
     A bad row raises `schema.DataError` naming FILE:LINE, unless `skip_invalid` (then it is
     counted in `report`).
     """
-    return [row.data for path in expand_paths(paths) for row in schema.read_jsonl(path, "triplet", skip_invalid, report)]
+    return [
+        row.data for path in expand_paths(paths) for row in schema.read_jsonl(path, "triplet", skip_invalid, report)
+    ]
 
 
 def row_policies(row: dict) -> set[str]:
@@ -82,8 +87,9 @@ def row_policies(row: dict) -> set[str]:
     return {meta[k] for k in POLICY_KEYS if isinstance(meta.get(k), str) and meta[k]}
 
 
-def policies_in(paths: Iterable[str | os.PathLike], skip_invalid: bool = False,
-                report: schema.SkipReport | None = None) -> set[str]:
+def policies_in(
+    paths: Iterable[str | os.PathLike], skip_invalid: bool = False, report: schema.SkipReport | None = None
+) -> set[str]:
     """The union of policy names in the `meta` of triplet files (or directories of them)."""
     names: set[str] = set()
     for row in read_triplets(paths, skip_invalid, report):
@@ -91,8 +97,14 @@ def policies_in(paths: Iterable[str | os.PathLike], skip_invalid: bool = False,
     return names
 
 
-def pair_rewards(model: Model, tokenizer, rows: list[dict], enc_cfg: encoding.EncodingConfig | None = None,
-                 batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def pair_rewards(
+    model: Model,
+    tokenizer,
+    rows: list[dict],
+    enc_cfg: encoding.EncodingConfig | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """(r_chosen_n, r_rejected_n): float32 rewards of each triplet's chosen and rejected
     candidates against its prompt and reference, in row order."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()
@@ -100,11 +112,16 @@ def pair_rewards(model: Model, tokenizer, rows: list[dict], enc_cfg: encoding.En
     pairs = [encoding.encode_triplet(tokenizer, row, enc_cfg, reward_id) for row in rows]
     truncated = sum(bool(p.truncated) for p in pairs)
     if truncated:
-        log.warning("%d of %d triplets were truncated to max_length=%d / max_response_length=%d",
-                    truncated, len(rows), enc_cfg.max_length, enc_cfg.max_response_length)
+        log.warning(
+            "%d of %d triplets were truncated to max_length=%d / max_response_length=%d",
+            truncated,
+            len(rows),
+            enc_cfg.max_length,
+            enc_cfg.max_response_length,
+        )
     sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rewards_2n = scoring.reward_scores(model.cfg, model.params, sequences, batch_size=batch_size, progress=progress)
-    return rewards_2n[: len(rows)], rewards_2n[len(rows):]
+    return rewards_2n[: len(rows)], rewards_2n[len(rows) :]
 
 
 def pair_stats(r_chosen_n: np.ndarray, r_rejected_n: np.ndarray) -> dict:
@@ -150,17 +167,28 @@ def group_masks(rows: list[dict], seen_policies: set[str] | None = None) -> dict
     return masks
 
 
-def group_stats(rows: list[dict], r_chosen_n: np.ndarray, r_rejected_n: np.ndarray,
-                seen_policies: set[str] | None = None) -> dict[str, dict]:
+def group_stats(
+    rows: list[dict], r_chosen_n: np.ndarray, r_rejected_n: np.ndarray, seen_policies: set[str] | None = None
+) -> dict[str, dict]:
     """Group name -> `pair_stats` of the rows in that group, given each row's two rewards."""
     if not (len(rows) == len(r_chosen_n) == len(r_rejected_n)):
         raise ValueError(f"{len(rows)} rows but {len(r_chosen_n)} chosen and {len(r_rejected_n)} rejected rewards")
     r_chosen_n, r_rejected_n = np.asarray(r_chosen_n), np.asarray(r_rejected_n)
-    return {name: pair_stats(r_chosen_n[mask], r_rejected_n[mask]) for name, mask in group_masks(rows, seen_policies).items()}
+    return {
+        name: pair_stats(r_chosen_n[mask], r_rejected_n[mask])
+        for name, mask in group_masks(rows, seen_policies).items()
+    }
 
 
-def evaluate_triplets(model: Model, tokenizer, rows: list[dict], enc_cfg: encoding.EncodingConfig | None = None,
-                      seen_policies: set[str] | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, dict]:
+def evaluate_triplets(
+    model: Model,
+    tokenizer,
+    rows: list[dict],
+    enc_cfg: encoding.EncodingConfig | None = None,
+    seen_policies: set[str] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Score every triplet's chosen and rejected candidates and return group name -> stats
     (`pair_stats` keys): "all", the seen / unseen split when `seen_policies` is given, categories."""
     if not rows:
@@ -178,7 +206,9 @@ def format_table(results: dict[str, dict]) -> str:
     width = max(len("group"), *(len(name) for name in results))
     lines = [f"{'group':<{width}}  {'n':>7}  {'accuracy':>8}  {'margin':>9}  {'mean r_c':>9}  {'mean r_r':>9}"]
     for name, s in results.items():
-        lines.append(f"{name:<{width}}  {s['n']:>7d}  {num(s['accuracy'], '.4f', 8)}  {num(s['margin'], '+.4f')}  "
-                     f"{num(s['mean_chosen'], '+.4f')}  {num(s['mean_rejected'], '+.4f')}")
+        lines.append(
+            f"{name:<{width}}  {s['n']:>7d}  {num(s['accuracy'], '.4f', 8)}  {num(s['margin'], '+.4f')}  "
+            f"{num(s['mean_chosen'], '+.4f')}  {num(s['mean_rejected'], '+.4f')}"
+        )
     lines.append(f"(accuracy: chosen scored above rejected, ties count 0.5; chance {CHANCE})")
     return "\n".join(lines)

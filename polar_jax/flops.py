@@ -12,8 +12,17 @@ import jax
 from polar_jax.models.config import ModelConfig
 
 # bf16 dense peak per chip, TFLOP/s (datasheets), by a substring of `device.device_kind`.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0,
-               "TPU v5e": 197.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU v4": 275.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "TPU v5p": 459.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+    "TPU v4": 275.0,
+}
 
 
 def peak_tflops(configured: float = 0.0) -> tuple[float | None, str]:

@@ -97,8 +97,12 @@ def use_rules(mesh: Mesh, rules=RULES):
         yield
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, auto: bool = False) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
     """Join a multi-process run (TPU pod slice, GPU cluster); nothing to do for one process.
 
     `auto`: let JAX detect the cluster (TPU pod slices, Slurm, ...). Otherwise pass all three
@@ -113,10 +117,16 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if auto:
         jax.distributed.initialize()
     else:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+    log.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def _cluster_detected() -> bool:

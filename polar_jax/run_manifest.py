@@ -102,12 +102,14 @@ def fingerprint(value):
     if path.is_file():
         return {"path": str(path), **_hash_file(path)}
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         listing = [(str(p.relative_to(path)), _hash_file(p)) for p in files]
         digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-        return {"path": str(path), "files": len(listing), "bytes": sum(f["size"] for _, f in listing),
-                "sha256": digest}
+        return {"path": str(path), "files": len(listing), "bytes": sum(f["size"] for _, f in listing), "sha256": digest}
     return str(value)
 
 
@@ -132,11 +134,15 @@ def seeds(config) -> dict:
 
 def train_inputs(config) -> dict:
     """The inputs of a train config: data.train / data.eval (comma-separated) and model.init."""
+
     def items(spec):
         return [item for item in str(spec or "").split(",") if item]
 
-    return {"data.train": items(config.data.train), "data.eval": items(config.data.get("eval", "")),
-            "model.init": config.model.get("init", None)}
+    return {
+        "data.train": items(config.data.train),
+        "data.eval": items(config.data.get("eval", "")),
+        "model.init": config.model.get("init", None),
+    }
 
 
 def _mesh_shape(mesh) -> dict | None:
@@ -177,8 +183,7 @@ def build(config, inputs: dict, argv: list[str] | None = None, mesh=None, hash_i
     }
 
 
-def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list[str] | None = None,
-          mesh=None) -> dict:
+def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list[str] | None = None, mesh=None) -> dict:
     """Write `workdir/run.json` (process 0 only, atomically), keeping earlier starts under
     "previous"; warn once per change of code version or input since the last start. Returns it."""
     if jax.process_index() != 0:  # only the writer reads the inputs
@@ -203,8 +208,11 @@ def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list
 
 def _warn_changes(old: dict, new: dict) -> None:
     if old.get("code") != new["code"]:
-        log.warning("resuming with another code version: %s -> %s", _describe_code(old.get("code") or {}),
-                    _describe_code(new["code"]))
+        log.warning(
+            "resuming with another code version: %s -> %s",
+            _describe_code(old.get("code") or {}),
+            _describe_code(new["code"]),
+        )
     old_inputs = old.get("inputs") or {}
     for name, fp in new["inputs"].items():
         if name in old_inputs and old_inputs[name] != fp:

@@ -73,8 +73,15 @@ class SamplingConfig:
     def polar(cls, stop_ids=(), max_new_tokens: int = 4096, **changes) -> SamplingConfig:
         """The paper's trajectory sampling: temperature 1.0, top-p 0.9, top-k 50, 4096 tokens,
         loops truncated (blocks of up to 32 tokens repeated 4 times: a choice of this library)."""
-        base = dict(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=max_new_tokens,
-                    stop_ids=tuple(stop_ids), loop_max_ngram=32, loop_repeats=4)
+        base = dict(
+            temperature=1.0,
+            top_k=50,
+            top_p=0.9,
+            max_new_tokens=max_new_tokens,
+            stop_ids=tuple(stop_ids),
+            loop_max_ngram=32,
+            loop_repeats=4,
+        )
         return cls(**{**base, **changes})
 
 
@@ -160,8 +167,15 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
     mask_bt = jnp.arange(prompt_len)[None] < prompt_lengths_b[:, None]
     positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
     cache = T.KVCache.empty(cfg, batch, prompt_len + n_new)
-    out = T.forward(cfg, params, prompt_bt * mask_bt, positions_bt, segment_ids_bt, cache,
-                    logits_at_bn=(prompt_lengths_b - 1)[:, None])
+    out = T.forward(
+        cfg,
+        params,
+        prompt_bt * mask_bt,
+        positions_bt,
+        segment_ids_bt,
+        cache,
+        logits_at_bn=(prompt_lengths_b - 1)[:, None],
+    )
     last_logits_bv = out.logits_btv[:, 0]
     stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
     periods_m = jnp.arange(1, n_periods + 1, dtype=jnp.int32)
@@ -186,10 +200,19 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
             lengths_b = jnp.where(loop_b, s.step + 1 - (sampling.loop_repeats - 1) * period_b, lengths_b)
             truncated_b = truncated_b | loop_b
             done_b = done_b | loop_b
-        out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None],
-                        jnp.ones_like(token_b)[:, None], s.cache)
-        return _State(s.step + 1, out.logits_btv[:, 0], s.position_b + 1, done_b, tokens_bn,
-                      logprobs_bn, lengths_b, truncated_b, runs_bm, out.cache)
+        out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None], jnp.ones_like(token_b)[:, None], s.cache)
+        return _State(
+            s.step + 1,
+            out.logits_btv[:, 0],
+            s.position_b + 1,
+            done_b,
+            tokens_bn,
+            logprobs_bn,
+            lengths_b,
+            truncated_b,
+            runs_bm,
+            out.cache,
+        )
 
     def cond(s: _State):
         return (s.step < n_new) & ~jnp.all(s.done_b)
@@ -208,8 +231,12 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
     )
     final = jax.lax.while_loop(cond, body, init)
     kept_bn = jnp.arange(n_new)[None] < final.lengths_b[:, None]
-    return Generation(jnp.where(kept_bn, final.tokens_bn, 0), jnp.where(kept_bn, final.logprobs_bn, 0.0),
-                      final.lengths_b, final.truncated_b)
+    return Generation(
+        jnp.where(kept_bn, final.tokens_bn, 0),
+        jnp.where(kept_bn, final.logprobs_bn, 0.0),
+        final.lengths_b,
+        final.truncated_b,
+    )
 
 
 def find_repetition_loop(tokens_bn, lengths_b, max_ngram: int, repeats: int):
@@ -223,8 +250,12 @@ def find_repetition_loop(tokens_bn, lengths_b, max_ngram: int, repeats: int):
     new_lengths_b, looped_b = lengths_b.copy(), np.zeros(len(lengths_b), bool)
     for b, (row, length) in enumerate(zip(tokens_bn, lengths_b)):
         for t in range(int(length)):
-            hits = [n for n in range(1, max_ngram + 1) if t + 1 >= repeats * n
-                    and np.array_equal(row[t + 1 - (repeats - 1) * n: t + 1], row[t + 1 - repeats * n: t + 1 - n])]
+            hits = [
+                n
+                for n in range(1, max_ngram + 1)
+                if t + 1 >= repeats * n
+                and np.array_equal(row[t + 1 - (repeats - 1) * n : t + 1], row[t + 1 - repeats * n : t + 1 - n])
+            ]
             if hits:
                 new_lengths_b[b], looped_b[b] = t + 1 - (repeats - 1) * hits[0], True
                 break

@@ -31,8 +31,12 @@ def reward_token_id_for(model: Model, tokenizer, enc_cfg: encoding.EncodingConfi
         from_tokenizer = tokenizer.convert_tokens_to_ids(enc_cfg.reward_token)
     if from_config is not None:
         if from_tokenizer is not None and from_tokenizer != from_config:
-            log.warning("config reward_token_id %d differs from the tokenizer's %r = %d; using the config's",
-                        from_config, enc_cfg.reward_token, from_tokenizer)
+            log.warning(
+                "config reward_token_id %d differs from the tokenizer's %r = %d; using the config's",
+                from_config,
+                enc_cfg.reward_token,
+                from_tokenizer,
+            )
         return int(from_config)
     return encoding.resolve_reward_token_id(tokenizer, enc_cfg)
 
@@ -45,8 +49,14 @@ def _last_token_rewards(cfg: ModelConfig, params, tokens_bt, lengths_b):
     return T.gather_rows(reward_bt, (lengths_b - 1)[:, None])[:, 0]
 
 
-def reward_scores(cfg: ModelConfig, params, sequences: list[np.ndarray], batch_size: int = 8,
-                  pad_multiple: int = 128, progress: bool = True) -> np.ndarray:
+def reward_scores(
+    cfg: ModelConfig,
+    params,
+    sequences: list[np.ndarray],
+    batch_size: int = 8,
+    pad_multiple: int = 128,
+    progress: bool = True,
+) -> np.ndarray:
     """Reward at the last token of each id sequence; float32 [N], in input order.
 
     Sequences are sorted by length and padded to a multiple of `pad_multiple`, so a run
@@ -77,8 +87,14 @@ def reward_scores(cfg: ModelConfig, params, sequences: list[np.ndarray], batch_s
     return scores
 
 
-def score_rows(model: Model, tokenizer, rows: list[dict], enc_cfg: encoding.EncodingConfig | None = None,
-               batch_size: int = 8, progress: bool = True) -> np.ndarray:
+def score_rows(
+    model: Model,
+    tokenizer,
+    rows: list[dict],
+    enc_cfg: encoding.EncodingConfig | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
     """Rewards of `{prompt, reference, output[, wrapper]}` rows under the official encoding
     (a row's `wrapper` overrides `enc_cfg.wrapper`, as in the official client)."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()

@@ -47,8 +47,10 @@ def test_convert_a_missing_model_is_one_line(capsys, tmp_path):
 
 def test_convert_old_spellings_still_work(capsys, tmp_path):
     out = tmp_path / "polar"
-    assert main(["convert", "--from", str(ROOT / "tests/fixtures/hf/qwen2_reward"), "--to", str(out),
-                 "--format", "polar"]) == 0
+    assert (
+        main(["convert", "--from", str(ROOT / "tests/fixtures/hf/qwen2_reward"), "--to", str(out), "--format", "polar"])
+        == 0
+    )
     assert (out / "polar_model.json").exists()
 
 
@@ -58,14 +60,28 @@ def test_generate_a_missing_model_is_one_line(capsys):
 
 
 def test_prepare_a_missing_input_is_one_line(capsys, tmp_path):
-    assert main(["prepare", "--input", str(tmp_path / "none.jsonl"), "--tokenizer", str(tmp_path),
-                 "--output", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--input",
+                str(tmp_path / "none.jsonl"),
+                "--tokenizer",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "none.jsonl does not exist" in error_line(capsys, "prepare")
 
 
 def test_score_a_bad_row_is_one_line_with_its_file_and_line(capsys, tmp_path):
-    rows = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "reference": "r", "output": "o"},
-                                            {"prompt": "p", "reference": "r", "output": 3}])
+    rows = _jsonl(
+        tmp_path / "rows.jsonl",
+        [{"prompt": "p", "reference": "r", "output": "o"}, {"prompt": "p", "reference": "r", "output": 3}],
+    )
     assert main(["score", "--model", str(SCORE_MODEL), "--input", str(rows), "--output", str(tmp_path / "o")]) == 2
     assert f"{rows}:2: field 'output'" in error_line(capsys, "score")
     assert not (tmp_path / "o").exists()
@@ -95,9 +111,12 @@ def test_train_a_missing_config_file_is_one_line(capsys, tmp_path):
 
 
 def test_synth_old_out_spelling_reaches_the_config_check(capsys, tmp_path):
-    assert main(["synth", "--config", "configs/synth_smollm2.py", "--out", str(tmp_path),
-                 "--config.num_triplets=0"]) == 2
-    assert "config.num_triplets=0 (set by --config.num_triplets=0): must be an integer >= 1" in error_line(capsys, "synth")
+    assert (
+        main(["synth", "--config", "configs/synth_smollm2.py", "--out", str(tmp_path), "--config.num_triplets=0"]) == 2
+    )
+    assert "config.num_triplets=0 (set by --config.num_triplets=0): must be an integer >= 1" in error_line(
+        capsys, "synth"
+    )
     assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
@@ -110,20 +129,33 @@ def test_synth_a_bad_policy_field_names_its_index(capsys, tmp_path):
 
 
 def test_rft_a_missing_model_is_one_line(capsys, tmp_path):
-    assert main(["rft", "--config", "configs/rft_demo.py", "--workdir", str(tmp_path / "w"),
-                 "--config.policy.init=/nonexistent/policy", "--config.reward.model=/nonexistent/rm"]) == 2
+    assert (
+        main(
+            [
+                "rft",
+                "--config",
+                "configs/rft_demo.py",
+                "--workdir",
+                str(tmp_path / "w"),
+                "--config.policy.init=/nonexistent/policy",
+                "--config.reward.model=/nonexistent/rm",
+            ]
+        )
+        == 2
+    )
     assert "/nonexistent/policy" in error_line(capsys, "rft")
 
 
 def test_scaling_an_unknown_run_is_one_line(capsys, tmp_path):
-    assert main(["scaling", "--config", "configs/scaling/cpu_synthetic.py", "--workdir", str(tmp_path),
-                 "--only", "9K"]) == 2
+    assert (
+        main(["scaling", "--config", "configs/scaling/cpu_synthetic.py", "--workdir", str(tmp_path), "--only", "9K"])
+        == 2
+    )
     assert "--only 9K: no such run or size" in error_line(capsys, "scaling")
 
 
 def test_compile_a_bad_value_is_refused_before_compiling(capsys):
-    assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", "v5p-8",
-                 "--config.optim.lr=-1"]) == 2
+    assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", "v5p-8", "--config.optim.lr=-1"]) == 2
     assert "config.optim.lr=-1.0 (set by --config.optim.lr=-1): must be a number > 0" in error_line(capsys, "compile")
 
 
@@ -188,10 +220,21 @@ def test_the_pytorch_notice_is_gone(tmp_path):
 
     rows = _jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "reference": "r", "chosen": "c", "rejected": "d"}])
     env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
-    argv = ["prepare", "--input", str(rows), "--tokenizer", str(gguf.smollm2_gguf_path()), "--output",
-            str(tmp_path / "out"), "--workers", "1"]
-    code = f"import sys; from polar_jax.__main__ import main; rc = main({argv!r}); " \
-           "print('transformers' in sys.modules); sys.exit(rc)"
+    argv = [
+        "prepare",
+        "--input",
+        str(rows),
+        "--tokenizer",
+        str(gguf.smollm2_gguf_path()),
+        "--output",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+    ]
+    code = (
+        f"import sys; from polar_jax.__main__ import main; rc = main({argv!r}); "
+        "print('transformers' in sys.modules); sys.exit(rc)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout.strip() == "True"  # transformers was imported, and said nothing
     lines = proc.stderr.splitlines()
@@ -206,7 +249,8 @@ def test_override_errors_name_the_key_and_the_expected_type(capsys, tmp_path):
     base = ["train", "--config", "configs/pretrain_tiny.py", "--workdir", str(tmp_path / "w")]
     assert main([*base, "--config.optim.lr=abc"]) == 2
     assert error_line(capsys, "train").endswith(
-        "override '--config.optim.lr=abc': config.optim.lr expects a number, got a string 'abc'")
+        "override '--config.optim.lr=abc': config.optim.lr expects a number, got a string 'abc'"
+    )
     assert main([*base, "--config.optim.lrr=1"]) == 2
     assert "no field config.optim.lrr; did you mean config.optim.lr?" in error_line(capsys, "train")
     assert main([*base, "--config.optimm.lr=1"]) == 2
@@ -218,8 +262,14 @@ def test_override_errors_name_the_key_and_the_expected_type(capsys, tmp_path):
 
 def test_config_key_space_value_is_joined(capsys, tmp_path):
     assert cli_module.join_config_values(["--config.steps", "3", "--config", "c.py", "--config.mesh.data", "-1"]) == [
-        "--config.steps=3", "--config", "c.py", "--config.mesh.data=-1"]
-    assert main(["train", "--config", "configs/pretrain_tiny.py", "--workdir", str(tmp_path), "--config.steps", "-5"]) == 2
+        "--config.steps=3",
+        "--config",
+        "c.py",
+        "--config.mesh.data=-1",
+    ]
+    assert (
+        main(["train", "--config", "configs/pretrain_tiny.py", "--workdir", str(tmp_path), "--config.steps", "-5"]) == 2
+    )
     assert "config.steps=-5 (set by --config.steps=-5): must be an integer >= 1" in error_line(capsys, "train")
 
 
@@ -260,7 +310,9 @@ def test_each_range_check_is_one_line_exit_2(command, config, override, rule, ca
     assert main([command, "--config", config, out_flag, str(tmp_path / "w"), f"--config.{override}"]) == 2
     key = override.partition("=")[0]
     line = error_line(capsys, command)
-    assert re.search(rf"config\.{re.escape(key)}=\S.* \(set by --config\.{re.escape(override)}\): {re.escape(rule)}$", line), line
+    assert re.search(
+        rf"config\.{re.escape(key)}=\S.* \(set by --config\.{re.escape(override)}\): {re.escape(rule)}$", line
+    ), line
     assert not (tmp_path / "w").exists()  # refused before any work
 
 
@@ -291,12 +343,21 @@ def test_the_policy_table_covers_the_policy_spec():
     assert sorted(config_checks.POLICY) == sorted(f.name for f in dataclasses.fields(PolicySpec))
 
 
-@pytest.mark.parametrize("path, kind", [
-    ("configs/pretrain_tiny.py", "train"), ("configs/sft_tiny.py", "train"), ("configs/polar_7b.py", "train"),
-    ("configs/polar_7b.py:sft", "train"), ("configs/polar_1_8b.py", "train"), ("configs/rft_demo.py", "rft"),
-    ("configs/synth_smollm2.py", "synth"), ("configs/scaling/cpu_demo.py", "scaling"),
-    ("configs/scaling/cpu_synthetic.py", "scaling"), ("configs/scaling/family.py", "scaling"),
-])
+@pytest.mark.parametrize(
+    "path, kind",
+    [
+        ("configs/pretrain_tiny.py", "train"),
+        ("configs/sft_tiny.py", "train"),
+        ("configs/polar_7b.py", "train"),
+        ("configs/polar_7b.py:sft", "train"),
+        ("configs/polar_1_8b.py", "train"),
+        ("configs/rft_demo.py", "rft"),
+        ("configs/synth_smollm2.py", "synth"),
+        ("configs/scaling/cpu_demo.py", "scaling"),
+        ("configs/scaling/cpu_synthetic.py", "scaling"),
+        ("configs/scaling/family.py", "scaling"),
+    ],
+)
 def test_shipped_configs_pass_their_checks(path, kind):
     load_config(ROOT / path, check=kind)
 
@@ -304,8 +365,14 @@ def test_shipped_configs_pass_their_checks(path, kind):
 def test_zero_means_never_for_log_and_checkpoint_cadence(tmp_path):
     from polar_jax.train import trainer
 
-    overrides = ["--config.steps=3", "--config.log_every=0", "--config.checkpoint_every=0", "--config.eval_every=0",
-                 "--config.data.synthetic_train_examples=64", "--config.checkpoint_minutes=1000.0"]
+    overrides = [
+        "--config.steps=3",
+        "--config.log_every=0",
+        "--config.checkpoint_every=0",
+        "--config.eval_every=0",
+        "--config.data.synthetic_train_examples=64",
+        "--config.checkpoint_minutes=1000.0",
+    ]
     config = load_config(ROOT / "configs/pretrain_tiny.py", overrides, check="train")
     result = trainer.train(config, tmp_path, progress=False)
     assert (result.step, result.stopped_by) == (3, "done")
@@ -346,4 +413,8 @@ def test_score_a_model_without_a_tokenizer_is_one_line_and_convert_still_works(c
     # generation_config.json alone is not a tokenizer: the export simply has none
     lm = ROOT / "tests/fixtures/hf/llama_untied"
     assert main(["convert", "--model", str(lm), "--output", str(tmp_path / "hf"), "--format", "hf"]) == 0
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]

@@ -10,8 +10,15 @@ from polar_jax.errors import ConfigError
 from polar_jax.models.config import ModelConfig
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-SHIPPED = ["base.py", "pretrain_tiny.py", "sft_tiny.py", "polar_1_8b.py", "polar_1_8b.py:sft", "polar_7b.py",
-           "polar_7b.py:sft"]
+SHIPPED = [
+    "base.py",
+    "pretrain_tiny.py",
+    "sft_tiny.py",
+    "polar_1_8b.py",
+    "polar_1_8b.py:sft",
+    "polar_7b.py",
+    "polar_7b.py:sft",
+]
 SIZES = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
 
 
@@ -23,8 +30,9 @@ def test_config_loads_and_has_every_base_key(name):
     for section in ("model", "data", "optim", "mesh"):
         assert set(config[section].keys()) == set(base[section].keys()), section
     if name != "base.py":  # base leaves sizes to each experiment (or to its checkpoint)
-        ModelConfig(**{k: config.model[k] for k in SIZES}, heads=("reward",), dtype=config.model.dtype,
-                    remat=config.model.remat)
+        ModelConfig(
+            **{k: config.model[k] for k in SIZES}, heads=("reward",), dtype=config.model.dtype, remat=config.model.remat
+        )
 
 
 def test_replicas_carry_the_papers_numbers():

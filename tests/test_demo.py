@@ -9,8 +9,10 @@ from polar_jax.synth import demo_lms
 
 SMALL = demo.DemoConfig(
     tokenizer_vocab=512,
-    lms=(demo_lms.DemoLMSpec(seed=0, save_at=(5, 40), batch_size=8, seq_len=32),
-         demo_lms.DemoLMSpec(seed=1, save_at=(20,), batch_size=8, seq_len=32)),
+    lms=(
+        demo_lms.DemoLMSpec(seed=0, save_at=(5, 40), batch_size=8, seq_len=32),
+        demo_lms.DemoLMSpec(seed=1, save_at=(20,), batch_size=8, seq_len=32),
+    ),
     smollm2=(),  # SmolLM2 sampling is minutes on a CPU; the full demo covers it
     heldout_policies=("lm1-step20",),
     max_new_tokens=8,

@@ -37,8 +37,12 @@ def _tokenizer():
 
 
 def _triplet(i: int, meta: dict | None = None) -> dict:
-    row = {"prompt": f"question {i}?", "reference": f"answer {i}.", "chosen": WORDS[i % len(WORDS)],
-           "rejected": WORDS[(3 * i + 2) % len(WORDS)]}
+    row = {
+        "prompt": f"question {i}?",
+        "reference": f"answer {i}.",
+        "chosen": WORDS[i % len(WORDS)],
+        "rejected": WORDS[(3 * i + 2) % len(WORDS)],
+    }
     if meta is not None:
         row["meta"] = meta
     return row
@@ -64,8 +68,17 @@ ROWS = [
 def setup(tmp_path_factory):
     """(model, tokenizer, model_dir): a random 1-layer reward model saved as HF with its tokenizer."""
     tok = _tokenizer()
-    cfg = ModelConfig(vocab_size=len(tok), d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                      mlp_dim=32, heads=("reward",), init_std=0.5)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        heads=("reward",),
+        init_std=0.5,
+    )
     model = Model(cfg, T.init_params(cfg, jax.random.key(0)), "llama", {"reward_token_id": REWARD})
     out = tmp_path_factory.mktemp("rm")
     hf.save_hf(model, out)
@@ -81,10 +94,13 @@ def _write(path, rows):
 def _own_scores(model, tok, rows):
     """The model's rewards for chosen and rejected, through the plain client encoding."""
     cfg = encoding.EncodingConfig()
-    seqs = [encoding.encode(tok, r["prompt"], r["reference"], r[k], cfg, REWARD).ids
-            for k in ("chosen", "rejected") for r in rows]
+    seqs = [
+        encoding.encode(tok, r["prompt"], r["reference"], r[k], cfg, REWARD).ids
+        for k in ("chosen", "rejected")
+        for r in rows
+    ]
     scores = scoring.reward_scores(model.cfg, model.params, seqs, batch_size=4, progress=False)
-    return scores[: len(rows)], scores[len(rows):]
+    return scores[: len(rows)], scores[len(rows) :]
 
 
 def test_pair_stats_counts_ties_as_half():
@@ -97,9 +113,22 @@ def test_groups_by_seen_policies_and_category():
     r_c = np.array([1.0, 2.0, 0.0, 5.0, 1.0, 3.0, 2.0])
     r_r = np.array([0.0, 3.0, 0.0, 1.0, 4.0, 1.0, 2.0])  # wins: 1, 0, tie, 1, 0, 1, tie
     out = ev.group_stats(ROWS, r_c, r_r, seen_policies={"a", "b"})
-    assert list(out) == ["all", "seen_policies", "unseen_policies", "no_provenance", "category=stem", "category=writing"]
+    assert list(out) == [
+        "all",
+        "seen_policies",
+        "unseen_policies",
+        "no_provenance",
+        "category=stem",
+        "category=writing",
+    ]
     assert {k: v["n"] for k, v in out.items()} == {
-        "all": 7, "seen_policies": 3, "unseen_policies": 2, "no_provenance": 2, "category=stem": 3, "category=writing": 1}
+        "all": 7,
+        "seen_policies": 3,
+        "unseen_policies": 2,
+        "no_provenance": 2,
+        "category=stem": 3,
+        "category=writing": 1,
+    }
     assert out["all"]["accuracy"] == pytest.approx(4 / 7)
     assert out["seen_policies"]["accuracy"] == pytest.approx(0.5)  # 1 + 0 + 0.5 of 3
     assert out["seen_policies"]["margin"] == pytest.approx((1 - 1 + 0) / 3)
@@ -121,17 +150,21 @@ def test_accuracy_equals_the_models_own_scores(setup):
     assert 0 < expected < 1  # the random model does not rank all pairs one way
     assert out["all"]["accuracy"] == pytest.approx(expected)
     np.testing.assert_allclose(out["all"]["margin"], np.mean(r_c - r_r), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose([out["all"]["mean_chosen"], out["all"]["mean_rejected"]], [r_c.mean(), r_r.mean()],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [out["all"]["mean_chosen"], out["all"]["mean_rejected"]], [r_c.mean(), r_r.mean()], rtol=1e-5, atol=1e-6
+    )
     seen = [0, 1, 2]
-    assert out["seen_policies"]["accuracy"] == pytest.approx(np.mean((r_c[seen] > r_r[seen]) + 0.5 * (r_c[seen] == r_r[seen])))
+    assert out["seen_policies"]["accuracy"] == pytest.approx(
+        np.mean((r_c[seen] > r_r[seen]) + 0.5 * (r_c[seen] == r_r[seen]))
+    )
 
 
 def test_zero_reward_head_scores_exactly_chance(setup):
     model, tok, _ = setup
     params = {**model.params, "reward_head": np.zeros_like(model.params["reward_head"])}
-    out = ev.evaluate_triplets(Model(model.cfg, params, model.family, model.hf_config), tok, ROWS,
-                               batch_size=4, progress=False)
+    out = ev.evaluate_triplets(
+        Model(model.cfg, params, model.family, model.hf_config), tok, ROWS, batch_size=4, progress=False
+    )
     assert out["all"] == {"n": 7, "accuracy": 0.5, "margin": 0.0, "mean_chosen": 0.0, "mean_rejected": 0.0, "ties": 7}
 
 
@@ -179,7 +212,16 @@ def test_cli_bad_row_stops_with_file_line_or_is_skipped(setup, tmp_path, capsys)
     _, _, model_dir = setup
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "rejected": ""}) + "\n")
-    args = ["evaluate", "--model", str(model_dir), "--data", str(bad), "--no-progress", "--output", str(tmp_path / "o.json")]
+    args = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(bad),
+        "--no-progress",
+        "--output",
+        str(tmp_path / "o.json"),
+    ]
     assert cli(args) == 2  # a user error
     assert f"{bad}:2: field 'rejected'" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()

@@ -33,8 +33,13 @@ def _shards(root: pathlib.Path) -> pathlib.Path:
 
 def test_fields_hold_the_real_values(tmp_path):
     mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    m = M.write(tmp_path, _config(), {"data.train": str(_shards(tmp_path / "d")), "model.init": "scratch"},
-                argv=["polar-jax", "train", "--workdir", str(tmp_path)], mesh=mesh)
+    m = M.write(
+        tmp_path,
+        _config(),
+        {"data.train": str(_shards(tmp_path / "d")), "model.init": "scratch"},
+        argv=["polar-jax", "train", "--workdir", str(tmp_path)],
+        mesh=mesh,
+    )
     on_disk = json.loads((tmp_path / "run.json").read_text())
     assert on_disk == json.loads(json.dumps(m)) and on_disk["previous"] == []
     assert m["argv"] == ["polar-jax", "train", "--workdir", str(tmp_path)]
@@ -118,7 +123,8 @@ def test_resume_with_another_code_version_warns(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
         M.write(tmp_path, None, {})
     assert [r.getMessage() for r in caplog.records] == [
-        "resuming with another code version: aaaaaaaaaaaa -> bbbbbbbbbbbb (dirty)"]
+        "resuming with another code version: aaaaaaaaaaaa -> bbbbbbbbbbbb (dirty)"
+    ]
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):
@@ -181,9 +187,16 @@ def test_each_scaling_run_dir_gets_a_run_json(tmp_path):
     from polar_jax.config_loading import load_config
     from polar_jax.scaling import sweep
 
-    config = load_config(REPO / "configs" / "scaling" / "cpu_synthetic.py",
-                         ["--config.budget.value=4", "--config.layers=(1, 2)", "--config.family.aspect_ratio=16",
-                          "--config.family.head_dim=16", "--config.train.data.seq_len=256"])
+    config = load_config(
+        REPO / "configs" / "scaling" / "cpu_synthetic.py",
+        [
+            "--config.budget.value=4",
+            "--config.layers=(1, 2)",
+            "--config.family.aspect_ratio=16",
+            "--config.family.head_dim=16",
+            "--config.train.data.seq_len=256",
+        ],
+    )
     plans = sweep.plan(config, tmp_path)
 
     def fake_train(c, workdir, progress):  # a trainer that writes no manifest itself
@@ -212,16 +225,30 @@ def test_train_writes_run_json_and_a_resume_after_a_changed_shard_warns(tmp_path
     def shard(directory, seed):
         rng = np.random.default_rng(seed)
         directory.mkdir(parents=True, exist_ok=True)
-        sources.write_array_record(directory / sources.shard_name(0, 1), [
-            records.encode_record(rng.integers(1, 128, 40), rng.integers(1, 128, 40)) for _ in range(32)])
+        sources.write_array_record(
+            directory / sources.shard_name(0, 1),
+            [records.encode_record(rng.integers(1, 128, 40), rng.integers(1, 128, 40)) for _ in range(32)],
+        )
 
     data = tmp_path / "data"
     shard(data, seed=0)
-    cfg = load_config(REPO / "configs" / "pretrain_tiny.py", [
-        "--config.steps=2", "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=2",
-        "--config.data.batch_size=8", "--config.model.d_model=32", "--config.model.mlp_dim=64",
-        "--config.data.seq_len=256", "--config.data.max_pairs_per_row=2", "--config.data.kind=array_record",
-        f"--config.data.train={data}", f"--config.data.eval={data}"])
+    cfg = load_config(
+        REPO / "configs" / "pretrain_tiny.py",
+        [
+            "--config.steps=2",
+            "--config.log_every=1",
+            "--config.eval_every=0",
+            "--config.checkpoint_every=2",
+            "--config.data.batch_size=8",
+            "--config.model.d_model=32",
+            "--config.model.mlp_dim=64",
+            "--config.data.seq_len=256",
+            "--config.data.max_pairs_per_row=2",
+            "--config.data.kind=array_record",
+            f"--config.data.train={data}",
+            f"--config.data.eval={data}",
+        ],
+    )
     trainer.train(cfg, tmp_path / "run", progress=False)
     m = json.loads((tmp_path / "run" / "run.json").read_text())
     assert m["previous"] == [] and m["versions"]["flax"] == importlib.metadata.version("flax")

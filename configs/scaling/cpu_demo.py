@@ -39,8 +39,10 @@ def get_config():
     c = load_config(pathlib.Path(__file__).with_name("cpu_synthetic.py"))
     c.data_dir = "runs/demo/prepared"
     c.eval_split = "heldout_prompts"
-    c.data_hint = ("Run `python -m polar_jax demo --workdir runs/demo` first (it writes runs/demo/prepared/), "
-                   "or point --config.data_dir at a directory with `prepare` outputs train/ and heldout_prompts/.")
+    c.data_hint = (
+        "Run `python -m polar_jax demo --workdir runs/demo` first (it writes runs/demo/prepared/), "
+        "or point --config.data_dir at a directory with `prepare` outputs train/ and heldout_prompts/."
+    )
     c.layers = (2, 3, 4, 5)
     c.seeds = (0, 1, 2)
     c.budget.update(kind="steps", value=60.0)

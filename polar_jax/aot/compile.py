@@ -18,9 +18,16 @@ class StageUnavailable(RuntimeError):
     """The asked-for stage has no step to compile (yet)."""
 
 
-def compile_step(config, topology: str | Topology, stage: str = "train", config_name: str = "config",
-                 sample_batch: int | None = None, prompt_len: int = 1024, max_new_tokens: int = 4096,
-                 hlo_path: str | None = None) -> Report:
+def compile_step(
+    config,
+    topology: str | Topology,
+    stage: str = "train",
+    config_name: str = "config",
+    sample_batch: int | None = None,
+    prompt_len: int = 1024,
+    max_new_tokens: int = 4096,
+    hlo_path: str | None = None,
+) -> Report:
     """Lower and compile `stage`'s step of `config` for `topology`; the report says if it fits.
 
     "train": the trainer's update step over the config's batch. "sample": the KV-cache
@@ -43,8 +50,9 @@ def compile_step(config, topology: str | Topology, stage: str = "train", config_
     elif stage == "rft":
         lowered, report = rft_stage.lower(config, mesh, *rft_models)
     else:
-        lowered, report = sample_stage.lower(config, mesh, sample_batch or config.data.batch_size, prompt_len,
-                                             max_new_tokens)
+        lowered, report = sample_stage.lower(
+            config, mesh, sample_batch or config.data.batch_size, prompt_len, max_new_tokens
+        )
     report.config, report.stage, report.topology = config_name, stage, topo.name
     report.device_kind, report.chips, report.devices = topo.device_kind, topo.chips, len(topo.devices)
     report.mesh, report.hbm_bytes = dict(mesh.shape), topo.hbm_bytes
@@ -80,8 +88,10 @@ def _compile(lowered, report: Report, hlo_path: str | None = None) -> Report:
     report.collectives = count_collectives(hlo)
     report.pallas_calls = hlo.count('custom_call_target="tpu_custom_call"')
     if report.pallas_calls:
-        report.notes.append(f"{report.pallas_calls} Pallas TPU kernel calls (tpu_custom_call) in the compiled HLO; "
-                            "FLOP counts see nothing inside them")
+        report.notes.append(
+            f"{report.pallas_calls} Pallas TPU kernel calls (tpu_custom_call) in the compiled HLO; "
+            "FLOP counts see nothing inside them"
+        )
     report.fits = report.total_bytes <= report.hbm_bytes
     return report
 

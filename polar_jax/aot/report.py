@@ -48,11 +48,17 @@ class Report:
         plus what a run keeps resident beside the step (`resident_bytes`)."""
         if self.argument_bytes is None:
             return None
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
-                + self.resident_bytes)
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.code_bytes
+            + self.resident_bytes
+        )
 
     def mesh_text(self) -> str:
-        """"data=1 fsdp=64 tensor=1"."""
+        """ "data=1 fsdp=64 tensor=1"."""
         return " ".join(f"{k}={v}" for k, v in self.mesh.items())
 
     def format(self) -> str:
@@ -76,13 +82,16 @@ class Report:
             ]
         if self.error:
             lines.append(f"the TPU compiler refused the program: {self.error}")
-            lines.append(f"per {unit}: the state alone is {gib_text(self.state_bytes)} of "
-                         f"{gib_text(self.hbm_bytes)} usable HBM")
+            lines.append(
+                f"per {unit}: the state alone is {gib_text(self.state_bytes)} of {gib_text(self.hbm_bytes)} usable HBM"
+            )
         lines += self._flops_lines()
         if self.collectives:
             listed = ", ".join(f"{k} {v}" for k, v in self.collectives.items() if v) or "none"
-            lines.append(f"collectives in the compiled HLO: {sum(self.collectives.values())} ({listed}); "
-                         "one inside the layer scan counts once")
+            lines.append(
+                f"collectives in the compiled HLO: {sum(self.collectives.values())} ({listed}); "
+                "one inside the layer scan counts once"
+            )
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"compiled in {self.compile_seconds:.1f} s: {'FITS' if self.fits else 'DOES NOT FIT'}")
         return "\n".join(lines)
@@ -93,12 +102,16 @@ class Report:
             return []
         lines = [f"FLOPs per step: model {self.model_flops:.4g} ({self.model_flops_rule})"]
         if self.traced_flops:
-            lines.append(f"  traced step {self.traced_flops:.4g} = {self.traced_flops / self.model_flops:.2f} x "
-                         "model (matmuls of the jitted step, loops expanded: remat recompute and attention as "
-                         "computed; Pallas kernels excluded)")
+            lines.append(
+                f"  traced step {self.traced_flops:.4g} = {self.traced_flops / self.model_flops:.2f} x "
+                "model (matmuls of the jitted step, loops expanded: remat recompute and attention as "
+                "computed; Pallas kernels excluded)"
+            )
         if self.compiled_flops is not None:
-            lines.append(f"  compiled {self.compiled_flops:.4g} (XLA cost analysis x {self.devices} devices; "
-                         "XLA counts a loop body once, so the scanned layers count as one)")
+            lines.append(
+                f"  compiled {self.compiled_flops:.4g} (XLA cost analysis x {self.devices} devices; "
+                "XLA counts a loop body once, so the scanned layers count as one)"
+            )
         return lines
 
     def to_dict(self) -> dict:
@@ -108,8 +121,9 @@ class Report:
 
 def empty_report(**fields) -> Report:
     """A `Report` with only a stage's own `fields` set; `compile_step` fills in the topology and mesh."""
-    return Report(config="", stage="", topology="", device_kind="", chips=0, devices=0, mesh={}, hbm_bytes=0,
-                  fits=False, **fields)
+    return Report(
+        config="", stage="", topology="", device_kind="", chips=0, devices=0, mesh={}, hbm_bytes=0, fits=False, **fields
+    )
 
 
 def attention_text(impl: str, configured: str) -> str:

@@ -18,21 +18,25 @@ def rft_model_configs(config):
     algorithm.estimator=group) the policy's or reward.model's trunk with a "value" head."""
     missing = [k for k in ("policy", "rollout", "algorithm", "critic", "reward", "actor_optim") if k not in config]
     if missing:
-        raise ValueError(f"--stage rft needs an RFT config (from polar_jax.rft.defaults.base_config, as "
-                         f"configs/rft_demo.py); this one has no {', '.join(missing)}")
+        raise ValueError(
+            f"--stage rft needs an RFT config (from polar_jax.rft.defaults.base_config, as "
+            f"configs/rft_demo.py); this one has no {', '.join(missing)}"
+        )
     from polar_jax.io import models
     from polar_jax.rft import setup as rft_setup
 
-    actor = models.read_model_config(_model_path(config.policy.init, "policy.init", config),
-                                     **rft_setup.policy_runtime(config))
+    actor = models.read_model_config(
+        _model_path(config.policy.init, "policy.init", config), **rft_setup.policy_runtime(config)
+    )
     if not rft_setup.ppo_config(config).uses_critic:
         rft_setup.require_heads(config, actor)
         return actor, None
     reward = None
     if config.critic.init == "reward_model":
         # heads given: a directory of config.json alone has no tensor names to tell a reward head from an LM's
-        reward = models.read_model_config(_model_path(config.reward.model, "reward.model", config),
-                                          heads=("reward",), dtype=config.reward.dtype)
+        reward = models.read_model_config(
+            _model_path(config.reward.model, "reward.model", config), heads=("reward",), dtype=config.reward.dtype
+        )
     rft_setup.require_heads(config, actor, reward)
     return actor, rft_setup.critic_config(config, actor, reward)
 
@@ -41,8 +45,10 @@ def _model_path(path: str, what: str, config) -> str:
     """`path` if it exists, else a FileNotFoundError naming the config key `what` and the config's setup hint."""
     if not path or not pathlib.Path(path).exists():
         hint = config.get("setup_hint", "")
-        raise FileNotFoundError(f"{what} {path!r} not found (--stage rft reads its config.json / metadata, not its "
-                                f"weights)" + (f"; {hint}" if hint else f"; set --config.{what}"))
+        raise FileNotFoundError(
+            f"{what} {path!r} not found (--stage rft reads its config.json / metadata, not its "
+            f"weights)" + (f"; {hint}" if hint else f"; set --config.{what}")
+        )
     return path
 
 
@@ -59,16 +65,31 @@ def lower(config, mesh, actor_cfg, critic_cfg):
     state = plan.abstract_state(actor_cfg, critic_cfg, mesh)
     actor, critic = state["actor"], state.get("critic")
     with tracing_context(mesh):
-        traced = rft_step.ppo_update.trace(actor, critic, _abstract_experience(plan, mesh), abstract_rng(mesh),
-                                           actor_cfg=actor_cfg, critic_cfg=critic_cfg, ppo=plan.ppo,
-                                           actor_optim=plan.actor_optim, critic_optim=plan.critic_optim,
-                                           total_steps=plan.total_steps, mesh=mesh)
+        traced = rft_step.ppo_update.trace(
+            actor,
+            critic,
+            _abstract_experience(plan, mesh),
+            abstract_rng(mesh),
+            actor_cfg=actor_cfg,
+            critic_cfg=critic_cfg,
+            ppo=plan.ppo,
+            actor_optim=plan.actor_optim,
+            critic_optim=plan.critic_optim,
+            total_steps=plan.total_steps,
+            mesh=mesh,
+        )
         lowered = traced.lower()
         impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, plan.width)
     state_bytes = shard_bytes(actor) + (shard_bytes(critic) if critic else 0)
-    report = _update_report(config, plan, actor_cfg, critic_cfg, state_bytes,
-                            attention=attention_text(impl, actor_cfg.attention_impl),
-                            traced_flops=traced_matmul_flops(traced.jaxpr))
+    report = _update_report(
+        config,
+        plan,
+        actor_cfg,
+        critic_cfg,
+        state_bytes,
+        attention=attention_text(impl, actor_cfg.attention_impl),
+        traced_flops=traced_matmul_flops(traced.jaxpr),
+    )
     _add_resident(report, config, plan.ppo, actor.params, mesh)
     return lowered, report
 
@@ -95,21 +116,32 @@ def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fiel
     report = empty_report(
         tokens_per_step=batch * width * ppo.epochs,
         num_params=actor_cfg.num_params() + (critic_cfg.num_params() if critic_cfg else 0),
-        state_bytes=state_bytes, model_flops=per_row * batch * ppo.epochs,
-        model_flops_rule=("per epoch and rollout row of W tokens: actor 6 N W + 6 L W^2 d + LM head 6 d V x R "
-                          "response positions" + (", critic 6 N W + 6 L W^2 d" if critic_cfg else "")
-                          + "; N = decoder parameters without embedding and heads"), **fields)
+        state_bytes=state_bytes,
+        model_flops=per_row * batch * ppo.epochs,
+        model_flops_rule=(
+            "per epoch and rollout row of W tokens: actor 6 N W + 6 L W^2 d + LM head 6 d V x R "
+            "response positions"
+            + (", critic 6 N W + 6 L W^2 d" if critic_cfg else "")
+            + "; N = decoder parameters without embedding and heads"
+        ),
+        **fields,
+    )
     ro = config.rollout
     report.notes.append(
         f"PPO update: {ppo.epochs} epoch(s) x {ppo.minibatches} mini-batch(es) of {batch // ppo.minibatches} "
         f"rollouts x {width} tokens ({prompt_len} prompt + {new_tokens} response), estimator {ppo.estimator}; "
         f"tokens per step = rollouts ({ro.prompts} prompts x {ro.samples_per_prompt}) x width x epochs; rollout, "
-        "scoring, experience making and the reference policy are not in this step")
+        "scoring, experience making and the reference policy are not in this step"
+    )
     report.notes.append(
         f"trained: actor {count_text(actor_cfg.num_params())} parameters"
-        + (f" + critic {count_text(critic_cfg.num_params())} (critic.init={config.critic.init})" if critic_cfg
-           else " (no critic: algorithm.estimator=group)")
-        + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device")
+        + (
+            f" + critic {count_text(critic_cfg.num_params())} (critic.init={config.critic.init})"
+            if critic_cfg
+            else " (no critic: algorithm.estimator=group)"
+        )
+        + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device"
+    )
     return report
 
 
@@ -128,5 +160,7 @@ def _add_resident(report, config, ppo, actor_params, mesh) -> None:
         report.resident_bytes += shard_bytes(params)
         resident.append(f"reward model {gib_text(shard_bytes(params))}")
     if resident:
-        report.notes.append(f"also held on the devices during a run, outside this step (float32 parameters; counted in "
-                            f"the total): {', '.join(resident)} per device")
+        report.notes.append(
+            f"also held on the devices during a run, outside this step (float32 parameters; counted in "
+            f"the total): {', '.join(resident)} per device"
+        )

@@ -29,10 +29,16 @@ def lower(config, mesh, batch: int, prompt_len: int, max_new_tokens: int):
     with tracing_context(mesh):
         lowered = sampling.generate.lower(model_cfg, params, prompt, lengths, policy, rng)
     tokens = batch * (prompt_len + max_new_tokens)
-    report = empty_report(attention="xla (prefill and decode read the KV cache; the fused kernels take none)",
-                          tokens_per_step=tokens, num_params=model_cfg.num_params(), state_bytes=shard_bytes(params),
-                          model_flops=2.0 * model_cfg.num_params(include_embedding=False) * tokens,
-                          model_flops_rule="2 N per token: forward only, attention excluded, every row to the end")
-    report.notes.append(f"one call: {batch} prompts x ({prompt_len} + {max_new_tokens}) tokens, POLAR sampling "
-                        "(T 1.0, top-p 0.9, top-k 50); XLA's figure counts the decode loop's body once")
+    report = empty_report(
+        attention="xla (prefill and decode read the KV cache; the fused kernels take none)",
+        tokens_per_step=tokens,
+        num_params=model_cfg.num_params(),
+        state_bytes=shard_bytes(params),
+        model_flops=2.0 * model_cfg.num_params(include_embedding=False) * tokens,
+        model_flops_rule="2 N per token: forward only, attention excluded, every row to the end",
+    )
+    report.notes.append(
+        f"one call: {batch} prompts x ({prompt_len} + {max_new_tokens}) tokens, POLAR sampling "
+        "(T 1.0, top-p 0.9, top-k 50); XLA's figure counts the decode loop's body once"
+    )
     return lowered, report

@@ -22,12 +22,23 @@ HBM_GIB = {
     "v6e": {"datasheet": 32.0, "usable": 31.24},
 }
 # `device.device_kind` of the compile-only devices -> generation.
-DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p", "TPU v6 lite": "v6e",
-                "TPU v6e": "v6e"}
+DEVICE_KINDS = {
+    "TPU v4": "v4",
+    "TPU v5 lite": "v5e",
+    "TPU v5": "v5p",
+    "TPU v5p": "v5p",
+    "TPU v6 lite": "v6e",
+    "TPU v6e": "v6e",
+}
 # Accelerator-type prefixes of Cloud TPU: generation, whether the number counts TensorCores
 # (v4, v5p: 2 per chip) or chips, and the rank of the chip torus.
-_ACCELERATOR_TYPES = {"v4": ("v4", 2, 3), "v5p": ("v5p", 2, 3), "v5litepod": ("v5e", 1, 2), "v5e": ("v5e", 1, 2),
-                      "v6e": ("v6e", 1, 2)}
+_ACCELERATOR_TYPES = {
+    "v4": ("v4", 2, 3),
+    "v5p": ("v5p", 2, 3),
+    "v5litepod": ("v5e", 1, 2),
+    "v5e": ("v5e", 1, 2),
+    "v6e": ("v6e", 1, 2),
+}
 GIB = 2**30
 
 
@@ -82,13 +93,17 @@ def canonical_topology(name: str) -> tuple[str, str, tuple[int, ...]]:
         return f"{'v5e' if generation == 'v5e' else m.group(1)}:{m.group(2)}", generation, dims
     m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
     if not m:
-        raise ValueError(f"topology {name!r}: use GEN:AxB[xC] (v5p:4x4x4, v5e:16x16, v6e:8x8, v4:2x2x2) "
-                         f"or a Cloud accelerator type (v5p-128, v5litepod-256, v6e-64, v4-32)")
+        raise ValueError(
+            f"topology {name!r}: use GEN:AxB[xC] (v5p:4x4x4, v5e:16x16, v6e:8x8, v4:2x2x2) "
+            f"or a Cloud accelerator type (v5p-128, v5litepod-256, v6e-64, v4-32)"
+        )
     generation, per_chip, rank = _ACCELERATOR_TYPES[m.group(1)]
     count = int(m.group(2))
     if count % per_chip or (count // per_chip) & (count // per_chip - 1):
-        raise ValueError(f"topology {name!r}: the count must be a power of two"
-                         + (" of TensorCores (2 per chip)" if per_chip == 2 else " of chips"))
+        raise ValueError(
+            f"topology {name!r}: the count must be a power of two"
+            + (" of TensorCores (2 per chip)" if per_chip == 2 else " of chips")
+        )
     dims = _grid(count // per_chip, rank)
     return f"{generation}:{'x'.join(map(str, dims))}", generation, dims
 
@@ -107,8 +122,10 @@ def _grid(chips: int, rank: int) -> tuple[int, ...]:
 def get_topology(name: str) -> Topology:
     """The compile-only devices of a TPU slice (needs libtpu; no TPU is touched)."""
     if not libtpu_available():
-        raise LibtpuMissing("libtpu is not installed: run `launch/setup.sh --tpu` (or "
-                            "`pip install 'libtpu==0.0.48.*'`) to compile for TPU topologies")
+        raise LibtpuMissing(
+            "libtpu is not installed: run `launch/setup.sh --tpu` (or "
+            "`pip install 'libtpu==0.0.48.*'`) to compile for TPU topologies"
+        )
     prepare_environment()
     from jax.experimental import topologies
 

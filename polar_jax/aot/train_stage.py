@@ -23,18 +23,21 @@ def lower(config, mesh):
     batch_in = setup.abstract_batch(config, mesh)
     abstract = train_state.abstract_state(model_cfg, optimizer, mesh)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-    step_fn = setup.jit_train_step(config, model_cfg, optimizer, schedule, state_sharding,
-                                   setup.batch_shardings(mesh))
+    step_fn = setup.jit_train_step(config, model_cfg, optimizer, schedule, state_sharding, setup.batch_shardings(mesh))
     with tracing_context(mesh):
         traced = step_fn.trace(abstract, batch_in)
         lowered = traced.lower()
         impl = resolve_impl(model_cfg.attention_impl, model_cfg.dtype, config.data.seq_len)
     batch, seq_len = config.data.batch_size, config.data.seq_len
     tokens = batch * seq_len
-    report = empty_report(attention=attention_text(impl, model_cfg.attention_impl), tokens_per_step=tokens,
-                          num_params=model_cfg.num_params(), traced_flops=traced_matmul_flops(traced.jaxpr),
-                          state_bytes=shard_bytes(abstract),
-                          model_flops=flops.train_flops_per_token(model_cfg, seq_len) * tokens)
+    report = empty_report(
+        attention=attention_text(impl, model_cfg.attention_impl),
+        tokens_per_step=tokens,
+        num_params=model_cfg.num_params(),
+        traced_flops=traced_matmul_flops(traced.jaxpr),
+        state_bytes=shard_bytes(abstract),
+        model_flops=flops.train_flops_per_token(model_cfg, seq_len) * tokens,
+    )
     if config.accum_steps > 1:
         report.notes.append(f"accum_steps={config.accum_steps}: micro-batches of {batch // config.accum_steps} rows")
     return lowered, report

@@ -84,7 +84,9 @@ def main(argv=None) -> None:
     valid = np.asarray(seg) != 0
 
     # The reference runs in float32 from the same (rounded) inputs.
-    ref_fwd, ref_grad = run_impl("xla", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg, pos, w)
+    ref_fwd, ref_grad = run_impl(
+        "xla", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg, pos, w
+    )
     ref_out = np.asarray(ref_fwd(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)))
     ref_dq = np.asarray(ref_grad(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32)))
     # Causal attention FLOPs (half of full): forward 2 matmuls, backward 2.5x forward.
@@ -96,18 +98,23 @@ def main(argv=None) -> None:
         dq = np.asarray(grad(q, k, v)).astype(np.float32)
         f_s = time_call(fwd, q, k, v)
         g_s = time_call(grad, q, k, v)
-        rows.append({
-            "impl": impl,
-            "max |out - ref|": f"{np.abs(out - ref_out)[valid].max():.4f}",
-            "max |dq - ref|": f"{np.abs(dq - ref_dq)[valid].max():.4f}",
-            "fwd ms": f"{f_s * 1e3:.2f}",
-            "fwd TFLOP/s": f"{fwd_flops / f_s / 1e12:.1f}",
-            "fwd+bwd ms": f"{g_s * 1e3:.2f}",
-            "fwd+bwd TFLOP/s": f"{3.5 * fwd_flops / g_s / 1e12:.1f}",
-        })
+        rows.append(
+            {
+                "impl": impl,
+                "max |out - ref|": f"{np.abs(out - ref_out)[valid].max():.4f}",
+                "max |dq - ref|": f"{np.abs(dq - ref_dq)[valid].max():.4f}",
+                "fwd ms": f"{f_s * 1e3:.2f}",
+                "fwd TFLOP/s": f"{fwd_flops / f_s / 1e12:.1f}",
+                "fwd+bwd ms": f"{g_s * 1e3:.2f}",
+                "fwd+bwd TFLOP/s": f"{3.5 * fwd_flops / g_s / 1e12:.1f}",
+            }
+        )
     device = jax.devices()[0]
-    print_table(rows, f"packed-row attention, B {b} T {t} H {h} K {kv} D {d}, {args.dtype}, "
-                      f"{device.platform} ({device.device_kind}); reference: xla in float32")
+    print_table(
+        rows,
+        f"packed-row attention, B {b} T {t} H {h} K {kv} D {d}, {args.dtype}, "
+        f"{device.platform} ({device.device_kind}); reference: xla in float32",
+    )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,10 @@ def grain_first_fit_fraction(lengths: np.ndarray, seq_len: int, max_pairs_per_ro
 
     ds = grain.MapDataset.source([np.zeros(int(n), np.int32) for n in lengths]).map(lambda x: {"tokens": x})
     ds = grain.experimental.FirstFitPackIterDataset(
-        ds.to_iter_dataset(), length_struct={"tokens": seq_len}, num_packing_bins=bins, shuffle_bins=False,
+        ds.to_iter_dataset(),
+        length_struct={"tokens": seq_len},
+        num_packing_bins=bins,
+        shuffle_bins=False,
         max_sequences_per_bin=max_pairs_per_row,
     )
     real = rows = 0
@@ -113,21 +116,36 @@ def efficiency_table(num_pairs: int, seed: int = 0, row_lens=(4096, 8192, 16384)
         packed = float(pair_n.sum()) / (len(rows) * t)
         buckets = packing.default_buckets(t)
         padded = float(pair_n.sum()) / sum(packing.bucket_for(int(n), buckets) for n in pair_n)
-        table.append({
-            "row length T": t, "pairs": num_pairs, "max pairs/row P": p, "rows (packed)": len(rows),
-            "packed (16 open rows)": f"{packed:.4f}",
-            "grain first-fit (16 bins)": f"{grain_first_fit_fraction(pair_n, t, p):.4f}",
-            "padded (buckets)": f"{padded:.4f}", "buckets": "/".join(str(b) for b in buckets),
-        })
+        table.append(
+            {
+                "row length T": t,
+                "pairs": num_pairs,
+                "max pairs/row P": p,
+                "rows (packed)": len(rows),
+                "packed (16 open rows)": f"{packed:.4f}",
+                "grain first-fit (16 bins)": f"{grain_first_fit_fraction(pair_n, t, p):.4f}",
+                "padded (buckets)": f"{padded:.4f}",
+                "buckets": "/".join(str(b) for b in buckets),
+            }
+        )
     return table
 
 
-def pipeline_throughput(source, *, seq_len: int, batch_size: int, mode: str, num_workers: int,
-                        seconds: float = 6.0) -> dict:
+def pipeline_throughput(
+    source, *, seq_len: int, batch_size: int, mode: str, num_workers: int, seconds: float = 6.0
+) -> dict:
     """Batches from `make_pipeline` for about `seconds` after the first: rows/s, pairs/s, real tokens/s."""
     ds = pipeline.make_pipeline(
-        source, batch_size=batch_size, seq_len=seq_len, max_pairs_per_row=max(8, seq_len // 512), seed=0,
-        num_epochs=None, shard_index=0, shard_count=1, mode=mode, num_workers=num_workers,
+        source,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        max_pairs_per_row=max(8, seq_len // 512),
+        seed=0,
+        num_epochs=None,
+        shard_index=0,
+        shard_count=1,
+        mode=mode,
+        num_workers=num_workers,
     )
     it = iter(ds)
     start = time.perf_counter()
@@ -145,10 +163,14 @@ def pipeline_throughput(source, *, seq_len: int, batch_size: int, mode: str, num
     if hasattr(it, "close"):
         it.close()
     return {
-        "stage": f"pipeline, {mode}", "row length": seq_len if mode == "packed" else f"<= {seq_len}",
+        "stage": f"pipeline, {mode}",
+        "row length": seq_len if mode == "packed" else f"<= {seq_len}",
         "batch": batch_size,
-        "workers": num_workers, "first batch s": f"{first_s:.2f}", "rows/s": f"{rows / elapsed:.1f}",
-        "pairs/s": f"{pairs / elapsed:.0f}", "real tokens/s": f"{real / elapsed / 1e6:.2f}M",
+        "workers": num_workers,
+        "first batch s": f"{first_s:.2f}",
+        "rows/s": f"{rows / elapsed:.1f}",
+        "pairs/s": f"{pairs / elapsed:.0f}",
+        "real tokens/s": f"{real / elapsed / 1e6:.2f}M",
         "useful fraction": f"{real / slots:.4f}",
     }
 
@@ -161,8 +183,10 @@ def synthetic_triplet_rows(n: int, seed: int = 0) -> list[dict]:
     def text(median: float) -> str:
         return " ".join(rng.choice(words, max(1, int(rng.lognormal(np.log(median), 0.8)))))
 
-    return [{"prompt": text(150), "reference": text(80), "chosen": text(80), "rejected": text(80),
-             "meta": {"i": i}} for i in range(n)]
+    return [
+        {"prompt": text(150), "reference": text(80), "chosen": text(80), "rejected": text(80), "meta": {"i": i}}
+        for i in range(n)
+    ]
 
 
 def measure_prepare_throughput(num_rows: int = 1000, workers: int = 2) -> dict | None:
@@ -191,13 +215,18 @@ def measure_prepare_throughput(num_rows: int = 1000, workers: int = 2) -> dict |
             f.writelines(json.dumps(row) + "\n" for row in synthetic_triplet_rows(num_rows))
         encoder = prepare.load_encoder(tokenizer_path, cfg, add_special_tokens=True)  # not timed
         start = time.perf_counter()
-        prepare.prepare([src], tokenizer_path, os.path.join(tmp, "out"), cfg, encoder=encoder, workers=workers,
-                        progress=False)
+        prepare.prepare(
+            [src], tokenizer_path, os.path.join(tmp, "out"), cfg, encoder=encoder, workers=workers, progress=False
+        )
         seconds = time.perf_counter() - start
         written = ArrayRecordTriplets(find_shards(os.path.join(tmp, "out")))
         tokens = sum(len(r["chosen"]) + len(r["rejected"]) for r in written)
-    return {"stage": "prepare (JSONL -> ArrayRecord)", "workers": workers, "pairs/s": f"{num_rows / seconds:.0f}",
-            "real tokens/s": f"{tokens / seconds / 1e6:.2f}M"}
+    return {
+        "stage": "prepare (JSONL -> ArrayRecord)",
+        "workers": workers,
+        "pairs/s": f"{num_rows / seconds:.0f}",
+        "real tokens/s": f"{tokens / seconds / 1e6:.2f}M",
+    }
 
 
 def main(argv=None) -> None:
@@ -209,8 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per throughput measurement")
     args = parser.parse_args(argv)
 
-    print_table(efficiency_table(args.efficiency_pairs),
-                "Packing efficiency: useful-token fraction (real tokens / B*T)")
+    print_table(
+        efficiency_table(args.efficiency_pairs), "Packing efficiency: useful-token fraction (real tokens / B*T)"
+    )
 
     table = [measure_prepare_throughput() or {"stage": "prepare: n/a (see measure_prepare_throughput)"}]
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,13 +251,22 @@ def main(argv=None) -> None:
             source = open_source(write_synthetic_array_records(sub, recs))
             for mode in ("packed", "padded"):
                 for workers in args.workers:
-                    row = pipeline_throughput(source, seq_len=seq_len, batch_size=batch_size, mode=mode,
-                                              num_workers=workers, seconds=args.seconds)
+                    row = pipeline_throughput(
+                        source,
+                        seq_len=seq_len,
+                        batch_size=batch_size,
+                        mode=mode,
+                        num_workers=workers,
+                        seconds=args.seconds,
+                    )
                     table.append(row)
     # print_table takes its columns from the first row: put the widest row first.
     table = table[1:] + table[:1]
-    print_table(table, f"Throughput ({os.cpu_count()} CPUs; pipeline source: {type(source).__name__}; "
-                       "prepare: SmolLM2 tokenizer, whole call)")
+    print_table(
+        table,
+        f"Throughput ({os.cpu_count()} CPUs; pipeline source: {type(source).__name__}; "
+        "prepare: SmolLM2 tokenizer, whole call)",
+    )
 
 
 if __name__ == "__main__":

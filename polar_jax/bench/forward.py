@@ -76,14 +76,19 @@ def main(argv=None) -> None:
         rows.append({"impl": f"transformers + torch {theirs['torch']} (eager)", **_fmt(theirs, cfg, args)})
     else:
         print("(no torch here: pass --torch-python to add the transformers column)", file=sys.stderr)
-    print_table(rows, f"SmolLM2-135M forward, batch {args.batch} x {args.seq}, {args.dtype}, on "
-                      f"{device.platform} ({device.device_kind}, {os.cpu_count()} host cores); weights: {ours['source']}")
+    print_table(
+        rows,
+        f"SmolLM2-135M forward, batch {args.batch} x {args.seq}, {args.dtype}, on "
+        f"{device.platform} ({device.device_kind}, {os.cpu_count()} host cores); weights: {ours['source']}",
+    )
     if theirs:
         print(f"\nratio polar_jax / transformers: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
 
 
 def _fmt(result: dict, cfg, args) -> dict:
-    flops_per_token = 2 * cfg.num_params(include_embedding=False) + 2 * cfg.num_layers * args.seq * cfg.num_heads * cfg.head_dim
+    flops_per_token = (
+        2 * cfg.num_params(include_embedding=False) + 2 * cfg.num_layers * args.seq * cfg.num_heads * cfg.head_dim
+    )
     return {
         "ms / forward": f"{result['seconds'] * 1e3:.1f}",
         "tokens/s": f"{result['tokens_per_s']:,.0f}",

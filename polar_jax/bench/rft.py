@@ -32,8 +32,12 @@ from polar_jax.rft import data as data_lib
 from polar_jax.rft import setup, trainer
 from polar_jax.rft.defaults import base_config
 
-PHASES = (("rollout", "time_rollout_s"), ("scoring", "time_score_s"), ("experience", "time_experience_s"),
-          ("update", "time_update_s"))
+PHASES = (
+    ("rollout", "time_rollout_s"),
+    ("scoring", "time_score_s"),
+    ("experience", "time_experience_s"),
+    ("update", "time_update_s"),
+)
 # d_model, layers, heads, kv heads, head_dim, mlp
 SIZES = {"tiny": (64, 2, 4, 2, 16, 128), "100m": (768, 12, 12, 4, 64, 2048), "800m": (1536, 24, 12, 4, 128, 5632)}
 
@@ -48,8 +52,17 @@ def synthetic(size: str, dtype: str, prompts: int, new: int, prompt_tokens: int,
     tok_dir = demo_lms.train_tokenizer(corpus.corpus_documents(), 32000, workdir / "tokenizer")
     tok = tokenizers.load_tokenizer(tok_dir)
     d, layers, heads, kv, head_dim, mlp = SIZES[size]
-    cfg = ModelConfig(vocab_size=-(-len(tok) // 128) * 128, d_model=d, num_layers=layers, num_heads=heads,
-                      num_kv_heads=kv, head_dim=head_dim, mlp_dim=mlp, dtype=dtype, scan_unroll=1)
+    cfg = ModelConfig(
+        vocab_size=-(-len(tok) // 128) * 128,
+        d_model=d,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        mlp_dim=mlp,
+        dtype=dtype,
+        scan_unroll=1,
+    )
     policy = Model(cfg, numpy_init_params(cfg, 0), "llama", families.hf_config_for(cfg, "llama", "lm"))
     rm_cfg = cfg.replace(heads=("reward",))
     reward = Model(rm_cfg, numpy_init_params(rm_cfg, 1), "llama", families.hf_config_for(rm_cfg, "llama", "reward"))
@@ -128,26 +141,34 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(args.workdir or tmp)
         if args.synthetic:
-            config, m, examples = synthetic(args.synthetic, args.dtype, args.prompts, args.new, args.prompt_tokens,
-                                            workdir)
+            config, m, examples = synthetic(
+                args.synthetic, args.dtype, args.prompts, args.new, args.prompt_tokens, workdir
+            )
             for item in overrides:
                 from polar_jax.config_loading import apply_override
 
                 apply_override(config, item)
-            what = (f"random {args.synthetic} policy ({m.policy.cfg.num_params() / 1e6:.0f}M), critic and reward "
-                    f"model, {args.dtype}")
+            what = (
+                f"random {args.synthetic} policy ({m.policy.cfg.num_params() / 1e6:.0f}M), critic and reward "
+                f"model, {args.dtype}"
+            )
         else:
             config, m, examples = from_config(args.config, overrides, workdir)
-            what = f"{args.config}: policy {m.policy.cfg.num_params() / 1e6:.2f}M, reward model " \
-                   f"{m.reward.cfg.num_params() / 1e6:.2f}M"
+            what = (
+                f"{args.config}: policy {m.policy.cfg.num_params() / 1e6:.2f}M, reward model "
+                f"{m.reward.cfg.num_params() / 1e6:.2f}M"
+            )
         rows = time_iterations(config, m, examples, args.warmup, args.repeats)
     device = jax.devices()[0]
     a = config.algorithm
-    print_table(table(rows), f"One RFT iteration ({what}); {config.rollout.prompts} prompts x "
-                             f"{config.rollout.samples_per_prompt}, up to {config.rollout.max_new_tokens} new tokens, "
-                             f"{a.estimator}, {a.epochs} epochs x {a.minibatches} mini-batches; median of "
-                             f"{args.repeats} after {args.warmup} warm-up; jax {jax.__version__} on {device.platform} "
-                             f"({device.device_kind}, {os.cpu_count()} host cores)")
+    print_table(
+        table(rows),
+        f"One RFT iteration ({what}); {config.rollout.prompts} prompts x "
+        f"{config.rollout.samples_per_prompt}, up to {config.rollout.max_new_tokens} new tokens, "
+        f"{a.estimator}, {a.epochs} epochs x {a.minibatches} mini-batches; median of "
+        f"{args.repeats} after {args.warmup} warm-up; jax {jax.__version__} on {device.platform} "
+        f"({device.device_kind}, {os.cpu_count()} host cores)",
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ def bench_one(cfg, params, batch: int, prompt_len: int, new: int, repeats: int) 
     rng = jax.random.key(2)
     full = sampling.SamplingConfig.polar(max_new_tokens=new, loop_max_ngram=0)
     one = sampling.SamplingConfig.polar(max_new_tokens=1, loop_max_ngram=0)
+
     def run(config):
         return sampling.generate(cfg, params, tokens, lengths, config, rng).tokens_bn
+
     seconds = time_call(run, full, repeats=repeats)
     prefill = time_call(run, one, repeats=repeats)
     decode = max(seconds - prefill, 1e-9)
@@ -92,9 +94,12 @@ def main(argv=None) -> None:
             row["transformers tok/s"] = f"{theirs['new_tokens_per_s']:,.0f} (torch {theirs['torch']})"
         rows.append(row)
     device = jax.devices()[0]
-    print_table(rows, f"SmolLM2-135M sampling (T 1.0, top-k 50, top-p 0.9), {args.dtype}, polar_jax "
-                      f"(jax {jax.__version__}) on {device.platform} ({device.device_kind}, "
-                      f"{os.cpu_count()} host cores); weights: {source}")
+    print_table(
+        rows,
+        f"SmolLM2-135M sampling (T 1.0, top-k 50, top-p 0.9), {args.dtype}, polar_jax "
+        f"(jax {jax.__version__}) on {device.platform} ({device.device_kind}, "
+        f"{os.cpu_count()} host cores); weights: {source}",
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ def main(config_json: str, batch: int, seq: int, dtype: str, device: str, repeat
             torch.cuda.synchronize()
 
     seconds = median_seconds(run, repeats)
-    return {"seconds": seconds, "tokens_per_s": batch * seq / seconds, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": seconds,
+        "tokens_per_s": batch * seq / seconds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -21,8 +21,16 @@ def main(config_json: str, batch: int, prompt: int, new: int, device: str, repea
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config).eval()
     tokens = torch.randint(1, config.vocab_size, (batch, prompt), device=device)
-    kwargs = dict(do_sample=True, temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=new, min_new_tokens=new,
-                  attention_mask=torch.ones_like(tokens), pad_token_id=0)
+    kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=50,
+        top_p=0.9,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        attention_mask=torch.ones_like(tokens),
+        pad_token_id=0,
+    )
 
     def run():
         with torch.inference_mode():
@@ -31,8 +39,12 @@ def main(config_json: str, batch: int, prompt: int, new: int, device: str, repea
             torch.cuda.synchronize()
 
     seconds = median_seconds(run, repeats)
-    return {"seconds": seconds, "new_tokens_per_s": batch * new / seconds, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "seconds": seconds,
+        "new_tokens_per_s": batch * new / seconds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

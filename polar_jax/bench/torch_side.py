@@ -36,6 +36,11 @@ def run_baseline(module: str, args: tuple, torch_python: str | None) -> dict | N
     if not torch_python:
         return None
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
-    out = subprocess.run([torch_python, "-m", f"polar_jax.bench.{module}", *map(str, args)],
-                         check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [torch_python, "-m", f"polar_jax.bench.{module}", *map(str, args)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])

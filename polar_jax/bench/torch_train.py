@@ -49,9 +49,14 @@ def main(config_json: str, batch: int, seq: int, mode: str, steps: int = 10) -> 
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
-    return {"seconds": seconds, "tokens_per_s": batch * seq / seconds, "torch": torch.__version__,
-            "transformers": transformers.__version__, "attention": config._attn_implementation,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "seconds": seconds,
+        "tokens_per_s": batch * seq / seconds,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attention": config._attn_implementation,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 if __name__ == "__main__":

@@ -34,13 +34,24 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `compile` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
+    parser.add_argument(
+        "--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)"
+    )
     parser.add_argument("--topology", required=True, help="v5p:4x4x4, v5e:16x16, v6e:8x8, v5p-128, v5litepod-256, ...")
-    parser.add_argument("--stage", choices=aot.STAGES, default="train",
-                        help="train: the trainer's update step; sample: the KV-cache sampler of the "
-                             "config's model as a causal LM; rft: the PPO update of an RFT config (configs/rft_*.py), "
-                             "actor and critic, shapes from the policy's config.json")
-    parser.add_argument("--sample-batch", type=int, default=None, help="sample: prompts per call (default: the config's data.batch_size)")
+    parser.add_argument(
+        "--stage",
+        choices=aot.STAGES,
+        default="train",
+        help="train: the trainer's update step; sample: the KV-cache sampler of the "
+        "config's model as a causal LM; rft: the PPO update of an RFT config (configs/rft_*.py), "
+        "actor and critic, shapes from the policy's config.json",
+    )
+    parser.add_argument(
+        "--sample-batch",
+        type=int,
+        default=None,
+        help="sample: prompts per call (default: the config's data.batch_size)",
+    )
     parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON to this file")
@@ -58,9 +69,16 @@ def run(args: argparse.Namespace) -> int:
     if (kind == "rft") == ("iterations" in config):  # else the wrong kind: compile_step says so
         config_checks.check(config, kind, source=args.config, overrides=args.overrides)
     try:
-        report = aot.compile_step(config, args.topology, args.stage, config_name=args.config,
-                                  sample_batch=args.sample_batch, prompt_len=args.prompt_len,
-                                  max_new_tokens=args.max_new_tokens, hlo_path=args.hlo)
+        report = aot.compile_step(
+            config,
+            args.topology,
+            args.stage,
+            config_name=args.config,
+            sample_batch=args.sample_batch,
+            prompt_len=args.prompt_len,
+            max_new_tokens=args.max_new_tokens,
+            hlo_path=args.hlo,
+        )
     except (aot.LibtpuMissing, aot.StageUnavailable) as e:
         raise UserError(str(e)) from e
     print(report.format(), flush=True)

@@ -17,8 +17,13 @@ from polar_jax.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `demo`."""
     parser.add_argument("--workdir", default="runs/demo", help="where every stage writes (a rerun resumes)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change a DemoConfig field (JSON value), e.g. --set rm_steps=100 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a DemoConfig field (JSON value), e.g. --set rm_steps=100 (repeatable)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -35,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise UserError(f"--set {item!r}: VALUE must be JSON (a number, true/false, \"a string\", [a, list]): {e}") from e
+            raise UserError(
+                f'--set {item!r}: VALUE must be JSON (a number, true/false, "a string", [a, list]): {e}'
+            ) from e
         changes[name] = tuple(value) if isinstance(value, list) else value
     results = demo.run_demo(args.workdir, demo.DemoConfig(**changes), progress=not args.no_progress)
     print(demo.format_results(results))

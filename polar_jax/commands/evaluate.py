@@ -30,16 +30,36 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `evaluate`."""
     parser.add_argument("--model", required=True, metavar="DIR", help="reward model: HF directory, polar_jax directory")
-    parser.add_argument("--input", "--data", dest="data", required=True, nargs="+", metavar="FILE_OR_DIR",
-                        help="triplet JSONL files, or directories of *.jsonl shards (--data: the old spelling)")
+    parser.add_argument(
+        "--input",
+        "--data",
+        dest="data",
+        required=True,
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="triplet JSONL files, or directories of *.jsonl shards (--data: the old spelling)",
+    )
     seen = parser.add_mutually_exclusive_group()
-    seen.add_argument("--seen-policies", default=None, metavar="A,B,C",
-                      help="comma-separated policy names seen in training (splits seen / unseen)")
-    seen.add_argument("--train-data", nargs="+", default=None, metavar="FILE_OR_DIR",
-                      help="training triplets: the policy names in their meta are the seen set")
+    seen.add_argument(
+        "--seen-policies",
+        default=None,
+        metavar="A,B,C",
+        help="comma-separated policy names seen in training (splits seen / unseen)",
+    )
+    seen.add_argument(
+        "--train-data",
+        nargs="+",
+        default=None,
+        metavar="FILE_OR_DIR",
+        help="training triplets: the policy names in their meta are the seen set",
+    )
     parser.add_argument("--output", default=None, metavar="FILE.json", help="write the results as JSON")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run a checkpoint's own tokenizer code (InternLM2); read it first",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="rows scored per forward pass")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,10 +78,14 @@ def _seen_policies(args: argparse.Namespace) -> set[str] | None:
     report = schema.SkipReport()
     names = evaluate.policies_in(args.train_data, args.skip_invalid, report)
     if report.invalid:
-        log.warning("skipped %d invalid training rows while collecting policy names:\n%s", report.invalid, report.summary())
+        log.warning(
+            "skipped %d invalid training rows while collecting policy names:\n%s", report.invalid, report.summary()
+        )
     if not names:
-        raise ValueError(f"--train-data {' '.join(args.train_data)}: no row names a policy in meta "
-                         f"({', '.join(evaluate.POLICY_KEYS)}); give --seen-policies instead")
+        raise ValueError(
+            f"--train-data {' '.join(args.train_data)}: no row names a policy in meta "
+            f"({', '.join(evaluate.POLICY_KEYS)}); give --seen-policies instead"
+        )
     return names
 
 
@@ -78,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         log.warning("skipped %d invalid rows:\n%s", report.invalid, report.summary())
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
-    results = evaluate.evaluate_triplets(model, tokenizer, rows, enc_cfg, seen_policies=seen,
-                                         batch_size=args.batch_size, progress=not args.no_progress)
+    results = evaluate.evaluate_triplets(
+        model, tokenizer, rows, enc_cfg, seen_policies=seen, batch_size=args.batch_size, progress=not args.no_progress
+    )
     print(evaluate.format_table(results))
     if args.output:
         out = {

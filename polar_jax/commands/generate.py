@@ -19,14 +19,25 @@ DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `generate`."""
-    parser.add_argument("--model", default=None, metavar="SRC", help="HF directory, .gguf file or polar_jax directory (default: SmolLM2-135M-Instruct, packaged)")
-    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: two built-in prompts)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="SRC",
+        help="HF directory, .gguf file or polar_jax directory (default: SmolLM2-135M-Instruct, packaged)",
+    )
+    parser.add_argument(
+        "--prompt", action="append", default=None, help="a prompt (repeatable; default: two built-in prompts)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run a checkpoint's own tokenizer code (InternLM2); read it first",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = models.load_model(src)
     tokenizer = tokenizers.load_tokenizer(src, args.trust_remote_code)
-    print(f"loaded {src} ({model.family}, {model.cfg.num_params() / 1e6:.1f}M parameters) "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(
+        f"loaded {src} ({model.family}, {model.cfg.num_params() / 1e6:.1f}M parameters) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     lengths = np.array([len(i) for i in ids], np.int32)
@@ -46,11 +59,15 @@ def run(args: argparse.Namespace) -> int:
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
     start = time.perf_counter()
     config = sampling.SamplingConfig(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, stop_ids=(eos,) if eos >= 0 else (),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        stop_ids=(eos,) if eos >= 0 else (),
     )
-    out = sampling.generate(model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths),
-                            config, jax.random.key(args.seed))
+    out = sampling.generate(
+        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), config, jax.random.key(args.seed)
+    )
     new, new_lengths = np.asarray(out.tokens_bn), np.asarray(out.lengths_b)
     seconds = time.perf_counter() - start
     for prompt, row, n in zip(prompts, new, new_lengths):

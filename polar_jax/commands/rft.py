@@ -24,8 +24,14 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `rft` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
-    parser.add_argument("--workdir", required=True, help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, policy/, rft_results.json (a rerun resumes)")
+    parser.add_argument(
+        "--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)"
+    )
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, policy/, rft_results.json (a rerun resumes)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

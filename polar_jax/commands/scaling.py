@@ -29,16 +29,24 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `scaling` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/scaling/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
+    parser.add_argument(
+        "--config", required=True, help="configs/scaling/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)"
+    )
     parser.add_argument("--workdir", required=True, help="the sweep's directory: runs/, scaling.csv, fit.json, *.png")
-    parser.add_argument("--launch", choices=("local", "pod"), default="local",
-                        help="local: train the runs here, one after another; pod: print a launch/tpu_pod.sh "
-                             "command per unfinished run (and DIR/launch_pod.sh), then fit what has finished")
+    parser.add_argument(
+        "--launch",
+        choices=("local", "pod"),
+        default="local",
+        help="local: train the runs here, one after another; pod: print a launch/tpu_pod.sh "
+        "command per unfinished run (and DIR/launch_pod.sh), then fit what has finished",
+    )
     parser.add_argument("--tpu", default="TPU_NAME", help="pod: the TPU VM name written into the launch lines")
     parser.add_argument("--zone", default="ZONE", help="pod: the TPU VM's zone written into the launch lines")
-    parser.add_argument("--only", default="",
-                        help="comma-separated run or size names to train (a size: all its seeds; the fit uses every "
-                             "finished run)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated run or size names to train (a size: all its seeds; the fit uses every finished run)",
+    )
     parser.add_argument("--collect-only", action="store_true", help="train nothing; fit and plot the finished runs")
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     only = {n for n in args.only.split(",") if n}
     unknown = only - {p.name for p in plans} - {p.size for p in plans}
     if unknown:
-        raise UserError(f"--only {','.join(sorted(unknown))}: no such run or size; the runs are "
-                        f"{', '.join(p.name for p in plans)}")
+        raise UserError(
+            f"--only {','.join(sorted(unknown))}: no such run or size; the runs are {', '.join(p.name for p in plans)}"
+        )
     chosen = [p for p in plans if not only or p.name in only or p.size in only]
     if args.collect_only:
         pass
@@ -69,8 +78,11 @@ def run(args: argparse.Namespace) -> int:
         script.write_text(sweep.launch_script(commands))
         script.chmod(0o755)
         print("\n".join(commands) if commands else "# every run has finished")
-        log.info("%d launch command(s) (also in %s); rerun this command when they are done to fit and plot",
-                 len(commands), script)
+        log.info(
+            "%d launch command(s) (also in %s); rerun this command when they are done to fit and plot",
+            len(commands),
+            script,
+        )
     else:
         sweep.run_local(chosen, progress=not args.no_progress)
     rows, curves = sweep.collect(plans, config.fit_params)

@@ -30,9 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `score`."""
     parser.add_argument("--model", required=True, metavar="DIR", help="reward model: HF directory, polar_jax directory")
     parser.add_argument("--input", required=True, metavar="FILE", help="JSONL rows {prompt, reference, output[, meta]}")
-    parser.add_argument("--output", required=True, metavar="FILE", help="JSONL written: each row with its \"reward\"")
+    parser.add_argument("--output", required=True, metavar="FILE", help='JSONL written: each row with its "reward"')
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run a checkpoint's own tokenizer code (InternLM2); read it first")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run a checkpoint's own tokenizer code (InternLM2); read it first",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="rows scored per forward pass")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     add_encoding_arguments(parser)
@@ -43,17 +47,32 @@ def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
 
     Each encoding flag defaults to the model directory's `encoding.json` (what `train` used),
     else to the official client's value; a flag given on the command line wins."""
+
     def default(name: str) -> str:
         return f"default: the model's encoding.json, else {getattr(_DEFAULTS, name)}"
 
-    parser.add_argument("--wrapper", choices=("sft", "pretrain"), default=None,
-                        help=f"text template for rows without a \"wrapper\" field ({default('wrapper')})")
+    parser.add_argument(
+        "--wrapper",
+        choices=("sft", "pretrain"),
+        default=None,
+        help=f'text template for rows without a "wrapper" field ({default("wrapper")})',
+    )
     parser.add_argument("--max-length", type=int, default=None, help=f"tokens per sequence ({default('max_length')})")
-    parser.add_argument("--max-response-length", type=int, default=None,
-                        help=f"tokens kept of the reference and of the output ({default('max_response_length')})")
-    parser.add_argument("--response-cut-side", choices=("right", "left"), default=None,
-                        help=f"which end of a long response is kept ({default('response_cut_side')})")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    parser.add_argument(
+        "--max-response-length",
+        type=int,
+        default=None,
+        help=f"tokens kept of the reference and of the output ({default('max_response_length')})",
+    )
+    parser.add_argument(
+        "--response-cut-side",
+        choices=("right", "left"),
+        default=None,
+        help=f"which end of a long response is kept ({default('response_cut_side')})",
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)"
+    )
 
 
 ENCODING_FLAGS = ("max_length", "max_response_length", "response_cut_side", "wrapper")
@@ -66,8 +85,11 @@ def encoding_config_from_args(args: argparse.Namespace, model_dir: str | None = 
     given = {k: getattr(args, k) for k in ENCODING_FLAGS if getattr(args, k, None) is not None}
     cfg = dataclasses.replace(base, **given)
     log.debug("encoding %s", cfg.to_dict())
-    log.info("encoding: %s%s", f"{model_dir}/{encoding.ENCODING_FILE}" if saved else "the official client's defaults",
-             " with --" + ", --".join(k.replace("_", "-") for k in given) if given else "")
+    log.info(
+        "encoding: %s%s",
+        f"{model_dir}/{encoding.ENCODING_FILE}" if saved else "the official client's defaults",
+        " with --" + ", --".join(k.replace("_", "-") for k in given) if given else "",
+    )
     return cfg
 
 

@@ -24,8 +24,14 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `synth` (config overrides come as extra --config.KEY=VALUE arguments)."""
     parser.add_argument("--config", required=True, help="configs/synth_NAME.py")
-    parser.add_argument("--output", "--out", dest="output", required=True, metavar="DIR",
-                        help="directory for triplets-*.jsonl (a rerun resumes); --out is the old spelling")
+    parser.add_argument(
+        "--output",
+        "--out",
+        dest="output",
+        required=True,
+        metavar="DIR",
+        help="directory for triplets-*.jsonl (a rerun resumes); --out is the old spelling",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -36,7 +42,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, check="synth")
     pool, prompts, plan = from_config.build(config)
     summary = synthesize.synthesize(pool, prompts, plan, args.output, progress=not args.no_progress)
-    log.info("%d triplets in %s (%d dropped for an empty response, %d responses cut at a repetition loop); "
-             "%d new tokens in %.1fs this run", summary["triplets"], args.output, summary["empty_response"],
-             summary["loop_truncated"], summary["new_tokens"], summary["seconds_this_run"])
+    log.info(
+        "%d triplets in %s (%d dropped for an empty response, %d responses cut at a repetition loop); "
+        "%d new tokens in %.1fs this run",
+        summary["triplets"],
+        args.output,
+        summary["empty_response"],
+        summary["loop_truncated"],
+        summary["new_tokens"],
+        summary["seconds_this_run"],
+    )
     return 0

@@ -20,13 +20,24 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `train` (config overrides come as extra --config.KEY=VALUE arguments)."""
-    parser.add_argument("--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)")
-    parser.add_argument("--workdir", required=True, help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, config.json, model/ (a rerun resumes)")
-    parser.add_argument("--multihost", action="store_true",
-                        help="one process per host of a TPU pod slice or Slurm job (JAX detects the cluster)")
+    parser.add_argument(
+        "--config", required=True, help="configs/NAME.py (optionally NAME.py:ARG: ARG goes to its get_config)"
+    )
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, config.json, model/ (a rerun resumes)",
+    )
+    parser.add_argument(
+        "--multihost",
+        action="store_true",
+        help="one process per host of a TPU pod slice or Slurm job (JAX detects the cluster)",
+    )
     parser.add_argument("--coordinator", default=None, help="multi-process by hand: host:port of process 0")
     parser.add_argument("--num-processes", type=int, default=None, help="multi-process by hand: how many processes")
-    parser.add_argument("--process-id", type=int, default=None, help="multi-process by hand: this process's index, 0 .. N-1")
+    parser.add_argument(
+        "--process-id", type=int, default=None, help="multi-process by hand: this process's index, 0 .. N-1"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -31,14 +31,27 @@ class Field:
 
 FIELDS = (
     Field("tokens_bt", "bt", np.dtype(np.int32), "token ids, PAD_ID on padding"),
-    Field("segment_ids_bt", "bt", np.dtype(np.int32),
-          "0 = padding; pair p of a row is segments 2p+1 (chosen) and 2p+2 (rejected), chosen laid out first"),
+    Field(
+        "segment_ids_bt",
+        "bt",
+        np.dtype(np.int32),
+        "0 = padding; pair p of a row is segments 2p+1 (chosen) and 2p+2 (rejected), chosen laid out first",
+    ),
     Field("positions_bt", "bt", np.dtype(np.int32), "restart at 0 per segment; 0 on padding"),
-    Field("reward_index_bp2", "bp2", np.dtype(np.int32),
-          "index in the row of the last token (the reward token) of pair p's chosen / rejected sequence; 0 if no pair"),
+    Field(
+        "reward_index_bp2",
+        "bp2",
+        np.dtype(np.int32),
+        "index in the row of the last token (the reward token) of pair p's chosen / rejected sequence; 0 if no pair",
+    ),
     Field("pair_mask_bp", "bp", np.dtype(np.bool_), "which pairs are real"),
-    Field("record_index_bp", "bp", np.dtype(np.int32),
-          "the pair's record index in its source; -1 if no pair (bookkeeping: the step does not read it)", step=False),
+    Field(
+        "record_index_bp",
+        "bp",
+        np.dtype(np.int32),
+        "the pair's record index in its source; -1 if no pair (bookkeeping: the step does not read it)",
+        step=False,
+    ),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 ALL_KEYS = tuple(f.name for f in FIELDS)
@@ -94,14 +107,17 @@ def _check_row(batch: Mapping[str, np.ndarray], r: int) -> None:
     is_start_t[1:] = seg_t[1:n_real] != seg_t[: max(n_real - 1, 0)]
     starts = idx_t[is_start_t]
     if seg_t[starts].tolist() != list(range(1, 2 * k + 1)):
-        raise ValueError(f"row {r}: segments {seg_t[starts].tolist()} are not 1..{2 * k} in order "
-                         f"for its {k} real pairs")
+        raise ValueError(
+            f"row {r}: segments {seg_t[starts].tolist()} are not 1..{2 * k} in order for its {k} real pairs"
+        )
     start_of_t = np.maximum.accumulate(np.where(is_start_t, idx_t, 0))
     if (pos_t[:n_real] != idx_t - start_of_t).any() or pos_t[n_real:].any():
         raise ValueError(f"row {r}: positions do not restart at 0 per segment (or are not 0 on padding)")
     ends = np.append(starts[1:] - 1, n_real - 1) if n_real else starts
     if (reward_p2[:k].reshape(-1) != ends).any() or reward_p2[k:].any():
-        raise ValueError(f"row {r}: reward_index_bp2 {reward_p2[:k].tolist()} is not each "
-                         f"segment's last token {ends.tolist()} (or 0 for empty slots)")
+        raise ValueError(
+            f"row {r}: reward_index_bp2 {reward_p2[:k].tolist()} is not each "
+            f"segment's last token {ends.tolist()} (or 0 for empty slots)"
+        )
     if (batch["tokens_bt"][r, n_real:] != PAD_ID).any() or (batch["record_index_bp"][r, k:] != -1).any():
         raise ValueError(f"row {r}: padding tokens are not PAD_ID={PAD_ID} or empty slots' record_index not -1")

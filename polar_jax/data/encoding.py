@@ -81,7 +81,9 @@ class EncodingConfig:
         d = {k: v for k, v in d.items() if k not in _RETIRED_KEYS}
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown encoding keys {unknown}; known: {', '.join(f.name for f in dataclasses.fields(cls))}")
+            raise ValueError(
+                f"unknown encoding keys {unknown}; known: {', '.join(f.name for f in dataclasses.fields(cls))}"
+            )
         return cls(**d)
 
 
@@ -134,8 +136,15 @@ def _tokenize(tokenizer, part: Text) -> list[int]:
     return tokenizer.encode(flatten(part), add_special_tokens=True)
 
 
-def build_texts(tokenizer, prompt: Text, reference: Text, candidates: dict[str, Text], cfg: EncodingConfig,
-                wrapper: str | None = None, training: bool = False) -> tuple[dict[str, str], tuple[str, ...]]:
+def build_texts(
+    tokenizer,
+    prompt: Text,
+    reference: Text,
+    candidates: dict[str, Text],
+    cfg: EncodingConfig,
+    wrapper: str | None = None,
+    training: bool = False,
+) -> tuple[dict[str, str], tuple[str, ...]]:
     """The model's input text (no reward token) for each named candidate, and the parts cut.
 
     All candidates share one cut prompt, the tightest of their budgets (xtuner's pair rule;
@@ -145,8 +154,11 @@ def build_texts(tokenizer, prompt: Text, reference: Text, candidates: dict[str, 
     wrapper = check_wrapper(wrapper or cfg.wrapper, "wrapper")
     prompt_ids, reference_ids = _tokenize(tokenizer, prompt), _tokenize(tokenizer, reference)
     candidate_ids = {name: _tokenize(tokenizer, text) for name, text in candidates.items()}
-    truncated = [name for name, ids in [("reference", reference_ids), *candidate_ids.items()]
-                 if len(ids) > cfg.max_response_length]
+    truncated = [
+        name
+        for name, ids in [("reference", reference_ids), *candidate_ids.items()]
+        if len(ids) > cfg.max_response_length
+    ]
     reference_ids = _cut(reference_ids, cfg.max_response_length, cfg.response_cut_side)
     candidate_ids = {n: _cut(ids, cfg.max_response_length, cfg.response_cut_side) for n, ids in candidate_ids.items()}
     budget = min(cfg.prompt_budget(len(reference_ids), len(ids)) for ids in candidate_ids.values())
@@ -165,15 +177,17 @@ def build_texts(tokenizer, prompt: Text, reference: Text, candidates: dict[str, 
     return texts, tuple(truncated)
 
 
-def build_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig,
-               wrapper: str | None = None):
+def build_text(
+    tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig, wrapper: str | None = None
+):
     """The client's input text without the reward token, and which parts were truncated."""
     texts, truncated = build_texts(tokenizer, prompt, reference, {"candidate": candidate}, cfg, wrapper)
     return texts["candidate"], truncated
 
 
-def client_text(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig,
-                wrapper: str | None = None) -> str:
+def client_text(
+    tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig, wrapper: str | None = None
+) -> str:
     """The exact string the official client sends to a server (reward token as text)."""
     return build_text(tokenizer, prompt, reference, candidate, cfg, wrapper)[0] + cfg.reward_token
 
@@ -182,8 +196,15 @@ def _ids(tokenizer, text: str, reward_token_id: int) -> np.ndarray:
     return np.asarray(tokenizer.encode(text, add_special_tokens=True) + [reward_token_id], np.int32)
 
 
-def encode(tokenizer, prompt: Text, reference: Text, candidate: Text, cfg: EncodingConfig, reward_token_id: int,
-           wrapper: str | None = None) -> Encoded:
+def encode(
+    tokenizer,
+    prompt: Text,
+    reference: Text,
+    candidate: Text,
+    cfg: EncodingConfig,
+    reward_token_id: int,
+    wrapper: str | None = None,
+) -> Encoded:
     """Token ids of one (prompt, reference, candidate) as the client scores it, reward token last."""
     text, truncated = build_text(tokenizer, prompt, reference, candidate, cfg, wrapper)
     return Encoded(_ids(tokenizer, text, reward_token_id), truncated)
@@ -193,10 +214,14 @@ def encode_triplet(tokenizer, row: dict, cfg: EncodingConfig, reward_token_id: i
     """A `{prompt, reference, chosen, rejected[, wrapper]}` row as its chosen and rejected
     sequences, exactly as xtuner's `tokenize_ref` builds a training pair."""
     candidates = {"chosen": row["chosen"], "rejected": row["rejected"]}
-    texts, truncated = build_texts(tokenizer, row["prompt"], row["reference"], candidates, cfg,
-                                   row.get("wrapper"), training=True)
-    return TripletEncoding(_ids(tokenizer, texts["chosen"], reward_token_id),
-                           _ids(tokenizer, texts["rejected"], reward_token_id), truncated)
+    texts, truncated = build_texts(
+        tokenizer, row["prompt"], row["reference"], candidates, cfg, row.get("wrapper"), training=True
+    )
+    return TripletEncoding(
+        _ids(tokenizer, texts["chosen"], reward_token_id),
+        _ids(tokenizer, texts["rejected"], reward_token_id),
+        truncated,
+    )
 
 
 def is_single_token(tokenizer, token: str) -> bool:

@@ -46,8 +46,10 @@ def record_source(meta: Mapping[str, Any] | None, fallback: str) -> str:
 def check_pair_fits(chosen_len: int, rejected_len: int, limit: int, where: str) -> None:
     """Raise `PairTooLongError` naming `where` if chosen + rejected exceed `limit` tokens."""
     if chosen_len < 1 or rejected_len < 1:
-        raise ValueError(f"{where}: empty sequence (chosen {chosen_len}, rejected {rejected_len} tokens); "
-                         "every sequence ends with the reward token, re-run `prepare`")
+        raise ValueError(
+            f"{where}: empty sequence (chosen {chosen_len}, rejected {rejected_len} tokens); "
+            "every sequence ends with the reward token, re-run `prepare`"
+        )
     if chosen_len + rejected_len > limit:
         raise PairTooLongError(
             f"{where}: pair of {chosen_len} (chosen) + {rejected_len} (rejected) = "
@@ -124,7 +126,7 @@ class PackedPlanner:
         out = []
         while len(self._closed) >= self.batch_size:
             out.append(BatchPlan(self.seq_len, self._closed[: self.batch_size]))
-            self._closed = self._closed[self.batch_size:]
+            self._closed = self._closed[self.batch_size :]
         return out
 
     def add(self, key: int, length: int) -> list[BatchPlan]:
@@ -189,8 +191,9 @@ class BucketPlanner:
     def __init__(self, *, batch_size: int, buckets: Sequence[int]):
         buckets = tuple(int(b) for b in buckets)
         if batch_size < 1 or not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 2:
-            raise ValueError(f"batch_size={batch_size} must be >= 1 and buckets={buckets} strictly "
-                             "increasing boundaries >= 2")
+            raise ValueError(
+                f"batch_size={batch_size} must be >= 1 and buckets={buckets} strictly increasing boundaries >= 2"
+            )
         self.batch_size, self.buckets = batch_size, buckets
         self._pending: list[list[int]] = [[] for _ in buckets]
 
@@ -227,11 +230,13 @@ class BucketPlanner:
         self._pending = [[int(k) for k in keys] for keys in state["pending"]]
 
 
-def plan_packed_rows(lengths: Iterable[int], *, seq_len: int, max_pairs_per_row: int,
-                     max_open_rows: int = 16) -> list[list[int]]:
+def plan_packed_rows(
+    lengths: Iterable[int], *, seq_len: int, max_pairs_per_row: int, max_open_rows: int = 16
+) -> list[list[int]]:
     """Pack pairs of the given total lengths; rows of pair indices (all pairs, in closing order)."""
-    planner = PackedPlanner(batch_size=1, seq_len=seq_len, max_pairs_per_row=max_pairs_per_row,
-                            max_open_rows=max_open_rows)
+    planner = PackedPlanner(
+        batch_size=1, seq_len=seq_len, max_pairs_per_row=max_pairs_per_row, max_open_rows=max_open_rows
+    )
     rows = []
     for i, n in enumerate(lengths):
         rows += [p.rows[0] for p in planner.add(i, int(n))]
@@ -244,8 +249,9 @@ def plan_packed_rows(lengths: Iterable[int], *, seq_len: int, max_pairs_per_row:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_batch(rows: Sequence[Sequence[Mapping[str, Any]]], *, row_len: int, max_pairs_per_row: int,
-               batch_size: int | None = None) -> dict[str, np.ndarray]:
+def make_batch(
+    rows: Sequence[Sequence[Mapping[str, Any]]], *, row_len: int, max_pairs_per_row: int, batch_size: int | None = None
+) -> dict[str, np.ndarray]:
     """Lay out rows of pairs ({"chosen", "rejected"[, "record_index"]}) as one batch (`data.batch` contract).
 
     Rows beyond `len(rows)` up to `batch_size` are all padding (no pairs), so shapes stay static.
@@ -279,28 +285,47 @@ def make_batch(rows: Sequence[Sequence[Mapping[str, Any]]], *, row_len: int, max
             pair_mask_bp[r, p] = True
             record_index_bp[r, p] = pair.get("record_index", -1)
     return {
-        "tokens_bt": tokens_bt, "segment_ids_bt": segment_ids_bt, "positions_bt": positions_bt,
-        "reward_index_bp2": reward_index_bp2, "pair_mask_bp": pair_mask_bp, "record_index_bp": record_index_bp,
+        "tokens_bt": tokens_bt,
+        "segment_ids_bt": segment_ids_bt,
+        "positions_bt": positions_bt,
+        "reward_index_bp2": reward_index_bp2,
+        "pair_mask_bp": pair_mask_bp,
+        "record_index_bp": record_index_bp,
     }
 
 
-def pack_pairs(pairs: Sequence[Mapping[str, Any]], *, batch_size: int, seq_len: int, max_pairs_per_row: int,
-               max_open_rows: int = 16) -> list[dict[str, np.ndarray]]:
+def pack_pairs(
+    pairs: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int,
+    seq_len: int,
+    max_pairs_per_row: int,
+    max_open_rows: int = 16,
+) -> list[dict[str, np.ndarray]]:
     """Packed mode over an in-memory list of pairs: all batches (the last padded with empty rows)."""
-    planner = PackedPlanner(batch_size=batch_size, seq_len=seq_len, max_pairs_per_row=max_pairs_per_row,
-                            max_open_rows=max_open_rows)
+    planner = PackedPlanner(
+        batch_size=batch_size, seq_len=seq_len, max_pairs_per_row=max_pairs_per_row, max_open_rows=max_open_rows
+    )
     plans = []
     for i, pair in enumerate(pairs):
         lc, lr = len(pair["chosen"]), len(pair["rejected"])
         check_pair_fits(lc, lr, seq_len, record_source(pair.get("meta"), f"pair {i}"))
         plans += planner.add(i, lc + lr)
     plans += planner.flush()
-    return [make_batch([[pairs[k] for k in row] for row in plan.rows], row_len=plan.row_len,
-                       max_pairs_per_row=max_pairs_per_row, batch_size=batch_size) for plan in plans]
+    return [
+        make_batch(
+            [[pairs[k] for k in row] for row in plan.rows],
+            row_len=plan.row_len,
+            max_pairs_per_row=max_pairs_per_row,
+            batch_size=batch_size,
+        )
+        for plan in plans
+    ]
 
 
-def pad_pairs(pairs: Sequence[Mapping[str, Any]], *, batch_size: int,
-              buckets: Sequence[int]) -> list[dict[str, np.ndarray]]:
+def pad_pairs(
+    pairs: Sequence[Mapping[str, Any]], *, batch_size: int, buckets: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
     """Padding mode over an in-memory list of pairs: one pair per row, batches per bucket."""
     planner = BucketPlanner(batch_size=batch_size, buckets=buckets)
     plans = []
@@ -309,8 +334,15 @@ def pad_pairs(pairs: Sequence[Mapping[str, Any]], *, batch_size: int,
         check_pair_fits(lc, lr, planner.buckets[-1], record_source(pair.get("meta"), f"pair {i}"))
         plans += planner.add(i, lc + lr)
     plans += planner.flush()
-    return [make_batch([[pairs[k] for k in row] for row in plan.rows], row_len=plan.row_len,
-                       max_pairs_per_row=1, batch_size=batch_size) for plan in plans]
+    return [
+        make_batch(
+            [[pairs[k] for k in row] for row in plan.rows],
+            row_len=plan.row_len,
+            max_pairs_per_row=1,
+            batch_size=batch_size,
+        )
+        for plan in plans
+    ]
 
 
 def useful_token_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:
@@ -332,9 +364,13 @@ def unpack_batch(batch: Mapping[str, np.ndarray]) -> list[dict]:
     out = []
     for r, p in zip(*np.nonzero(batch["pair_mask_bp"])):
         seg_t = batch["segment_ids_bt"][r]
-        out.append({
-            "row": int(r), "slot": int(p), "record_index": int(batch["record_index_bp"][r, p]),
-            "chosen": batch["tokens_bt"][r, seg_t == 2 * p + 1],
-            "rejected": batch["tokens_bt"][r, seg_t == 2 * p + 2],
-        })
+        out.append(
+            {
+                "row": int(r),
+                "slot": int(p),
+                "record_index": int(batch["record_index_bp"][r, p]),
+                "chosen": batch["tokens_bt"][r, seg_t == 2 * p + 1],
+                "rejected": batch["tokens_bt"][r, seg_t == 2 * p + 2],
+            }
+        )
     return out

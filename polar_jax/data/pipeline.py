@@ -129,10 +129,20 @@ def make_pipeline(
 
         shard_index, shard_count = jax.process_index(), jax.process_count()
     cfg = PipelineConfig(
-        batch_size=batch_size, seq_len=seq_len, max_pairs_per_row=max_pairs_per_row, seed=seed,
-        shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index, shard_count=shard_count,
-        mode=mode, buckets=tuple(buckets) if buckets is not None else None, max_open_rows=max_open_rows,
-        num_workers=num_workers, worker_buffer_size=worker_buffer_size, read_threads=read_threads,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        max_pairs_per_row=max_pairs_per_row,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        mode=mode,
+        buckets=tuple(buckets) if buckets is not None else None,
+        max_open_rows=max_open_rows,
+        num_workers=num_workers,
+        worker_buffer_size=worker_buffer_size,
+        read_threads=read_threads,
     )
     return build_pipeline(source, cfg)
 
@@ -148,7 +158,7 @@ def build_pipeline(source: Any, cfg: PipelineConfig) -> grain.IterDataset:
     limit = cfg.row_buckets[-1]
     ds = grain.MapDataset.source(source).map_with_index(functools.partial(_to_pair, num_records=n, limit=limit))
     # Shard before shuffling: each host owns a fixed subset, so hosts stay disjoint in every epoch.
-    ds = ds[cfg.shard_index::cfg.shard_count]
+    ds = ds[cfg.shard_index :: cfg.shard_count]
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
     # repeat sits above shuffle: the shuffle sees the global index, hence a new order each epoch.
@@ -232,8 +242,9 @@ class PlannedBatchIterator(grain.DatasetIterator):
             self._ready.extend(self._planner.add(key, len(pair["chosen"]) + len(pair["rejected"])))
         plan = self._ready.popleft()
         rows = [[self._pairs.pop(k) for k in row] for row in plan.rows]
-        return make_batch(rows, row_len=plan.row_len, max_pairs_per_row=self._cfg.pairs_per_row,
-                          batch_size=self._cfg.batch_size)
+        return make_batch(
+            rows, row_len=plan.row_len, max_pairs_per_row=self._cfg.pairs_per_row, batch_size=self._cfg.batch_size
+        )
 
     def get_state(self) -> dict:
         """JSON-ready: the parent's state, the planner's open rows and the batches not yet emitted."""
@@ -258,6 +269,10 @@ class PlannedBatchIterator(grain.DatasetIterator):
 
 def _new_planner(cfg: PipelineConfig) -> PackedPlanner | BucketPlanner:
     if cfg.mode == "packed":
-        return PackedPlanner(batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                             max_pairs_per_row=cfg.max_pairs_per_row, max_open_rows=cfg.max_open_rows)
+        return PackedPlanner(
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            max_pairs_per_row=cfg.max_pairs_per_row,
+            max_open_rows=cfg.max_open_rows,
+        )
     return BucketPlanner(batch_size=cfg.batch_size, buckets=cfg.row_buckets)

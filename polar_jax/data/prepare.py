@@ -79,8 +79,12 @@ def load_tokenizer(src: str | os.PathLike, trust_remote_code: bool = False):
     return tokenizers.load_tokenizer(src, trust_remote_code)
 
 
-def load_encoder(tokenizer_src: str | os.PathLike, cfg: encoding.EncodingConfig, add_special_tokens: bool = False,
-                 trust_remote_code: bool = False) -> Encoder:
+def load_encoder(
+    tokenizer_src: str | os.PathLike,
+    cfg: encoding.EncodingConfig,
+    add_special_tokens: bool = False,
+    trust_remote_code: bool = False,
+) -> Encoder:
     """Load a tokenizer (HF directory or .gguf) and resolve the reward token, adding tokens if asked."""
     tokenizer = load_tokenizer(tokenizer_src, trust_remote_code)
     base = len(tokenizer)
@@ -89,7 +93,9 @@ def load_encoder(tokenizer_src: str | os.PathLike, cfg: encoding.EncodingConfig,
     except ValueError as e:
         hint = "" if "--add-special-tokens" in str(e) else "; --add-special-tokens adds the missing tokens"
         raise PrepareError(f"tokenizer {tokenizer_src}: {e}{hint}") from None
-    added = {token: int(i) for token, i in sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]) if i >= base}
+    added = {
+        token: int(i) for token, i in sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]) if i >= base
+    }
     return Encoder(tokenizer, cfg, int(reward_id), os.path.abspath(tokenizer_src), base, added)
 
 
@@ -132,7 +138,9 @@ def encode_rows(
     """Yield (row, its TripletEncoding) in input order, encoding on `workers` processes (1: here)."""
     if workers <= 1:
         for batch in _batches(rows, rows_per_task):
-            encoded = _encode_batch([(r.source, r.data) for r in batch], encoder.tokenizer, encoder.cfg, encoder.reward_token_id)
+            encoded = _encode_batch(
+                [(r.source, r.data) for r in batch], encoder.tokenizer, encoder.cfg, encoder.reward_token_id
+            )
             yield from zip(batch, encoded)
         return
     init_args = (pickle.dumps(encoder.tokenizer), encoder.cfg.to_dict(), encoder.reward_token_id)
@@ -149,7 +157,9 @@ def encode_rows(
             yield from zip(done, result.get())
 
 
-def iter_rows(inputs: Sequence[str | os.PathLike], skip_invalid: bool, report: schema.SkipReport | None) -> Iterator[schema.Row]:
+def iter_rows(
+    inputs: Sequence[str | os.PathLike], skip_invalid: bool, report: schema.SkipReport | None
+) -> Iterator[schema.Row]:
     """The valid triplet rows of all inputs, file after file."""
     for path in inputs:
         yield from schema.read_jsonl(path, "triplet", skip_invalid=skip_invalid, report=report)
@@ -195,7 +205,9 @@ def length_stats(length_counts: collections.Counter) -> dict:
 
 def _check_output(output: str) -> None:
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise PrepareError(f"output {output} exists and is not an empty directory; delete it or choose another --output")
+        raise PrepareError(
+            f"output {output} exists and is not an empty directory; delete it or choose another --output"
+        )
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -239,7 +251,10 @@ def prepare(
     report = schema.SkipReport()
     n_rows = sum(1 for _ in iter_rows(inputs, skip_invalid, report))
     if n_rows == 0:
-        raise PrepareError(f"no valid triplet rows in {', '.join(inputs)}" + (f"; skipped:\n{report.summary()}" if report.counts else ""))
+        raise PrepareError(
+            f"no valid triplet rows in {', '.join(inputs)}"
+            + (f"; skipped:\n{report.summary()}" if report.counts else "")
+        )
     if encoder is None:
         encoder = load_encoder(tokenizer, cfg, add_special_tokens, trust_remote_code)
     elif encoder.cfg != cfg:
@@ -309,7 +324,9 @@ def _write_shards(tmp, encoded: Iterator, n_rows: int, shards: int, progress: bo
                 for _ in range(bounds[k + 1] - bounds[k]):
                     row, enc = next(encoded, (None, None))
                     if row is None:
-                        raise RuntimeError(f"the inputs changed while prepare ran ({n_rows} valid rows in the first pass, fewer now)")
+                        raise RuntimeError(
+                            f"the inputs changed while prepare ran ({n_rows} valid rows in the first pass, fewer now)"
+                        )
                     meta = {"source": row.source, "row_meta": row.data.get("meta", {})}
                     writer.write(records.encode_record(enc.chosen, enc.rejected, meta))
                     written.length_counts[len(enc.chosen)] += 1
@@ -329,13 +346,17 @@ def _write_encoding(tmp, encoder: Encoder, n_rows: int, shard_info: list[dict]) 
     encoder.tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_DIR))
     info = encoder.info()
     info.update(
-        tokenizer_dir=TOKENIZER_DIR, record_version=records.VERSION, records=n_rows, shards=[s["file"] for s in shard_info]
+        tokenizer_dir=TOKENIZER_DIR,
+        record_version=records.VERSION,
+        records=n_rows,
+        shards=[s["file"] for s in shard_info],
     )
     _write_json(os.path.join(tmp, "encoding.json"), info)
 
 
-def _stats(inputs: list[str], report: schema.SkipReport, written: _Written, workers: int, seconds: float,
-           encode_seconds: float) -> dict:
+def _stats(
+    inputs: list[str], report: schema.SkipReport, written: _Written, workers: int, seconds: float, encode_seconds: float
+) -> dict:
     """The content of DIR/stats.json."""
     n_rows = written.rows
     return {

@@ -135,7 +135,9 @@ def _check_text(field: str, value: Any) -> None:
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            raise _Invalid("wrong_type", f"expected a message object {{role, content}}, got {_type_name(message)}", where)
+            raise _Invalid(
+                "wrong_type", f"expected a message object {{role, content}}, got {_type_name(message)}", where
+            )
         unknown = sorted(set(message) - set(MESSAGE_KEYS) - set(MESSAGE_OPTIONAL_KEYS))
         if unknown:
             raise _Invalid(
@@ -169,8 +171,9 @@ def _validate(obj: Any, kind: str) -> dict:
     required, optional = TEXT_FIELDS[kind], OPTIONAL_FIELDS[kind]
     unknown = sorted(set(obj) - set(required) - set(optional))
     if unknown:
-        looks_like = [k for k, fields in TEXT_FIELDS.items()
-                      if k != kind and set(obj) - set(OPTIONAL_FIELDS[k]) == set(fields)]
+        looks_like = [
+            k for k, fields in TEXT_FIELDS.items() if k != kind and set(obj) - set(OPTIONAL_FIELDS[k]) == set(fields)
+        ]
         hint = f"; this looks like a {looks_like[0]} row" if looks_like else ""
         raise _Invalid(
             "unknown_field",
@@ -185,7 +188,7 @@ def _validate(obj: Any, kind: str) -> dict:
     if "meta" in obj and not isinstance(obj["meta"], dict):
         raise _Invalid("wrong_type", f"expected a JSON object, got {_type_name(obj['meta'])}", "meta")
     if "wrapper" in obj and obj["wrapper"] not in WRAPPERS:
-        raise _Invalid("bad_value", f"expected \"sft\" or \"pretrain\", got {json.dumps(obj['wrapper'])}", "wrapper")
+        raise _Invalid("bad_value", f'expected "sft" or "pretrain", got {json.dumps(obj["wrapper"])}', "wrapper")
     return obj
 
 
@@ -194,7 +197,9 @@ def parse_line(raw: bytes, kind: str, source: str, first_line: bool = False) -> 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(source, "bad_utf8", f"invalid UTF-8 at byte {e.start} ({raw[e.start:e.start + 4]!r})") from None
+        raise DataError(
+            source, "bad_utf8", f"invalid UTF-8 at byte {e.start} ({raw[e.start : e.start + 4]!r})"
+        ) from None
     if first_line and text.startswith("\ufeff"):  # a BOM some editors write
         text = text[1:]
     if not text.strip():

@@ -47,7 +47,9 @@ def find_shards(directory: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"no triplets-*-of-*.array_record shards in {directory}; run `prepare` first")
     counts = {re.search(r"-of-(\d+)\.array_record$", p).group(1) for p in paths}
     if len(counts) != 1 or len(paths) != int(counts.pop()):
-        raise ValueError(f"{directory} holds an incomplete or mixed set of shards: {[os.path.basename(p) for p in paths]}")
+        raise ValueError(
+            f"{directory} holds an incomplete or mixed set of shards: {[os.path.basename(p) for p in paths]}"
+        )
     return paths
 
 

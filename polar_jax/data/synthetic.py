@@ -74,5 +74,8 @@ class SyntheticTriplets:
         def sequence(candidate):
             return np.concatenate([[BOS], prompt, reference, [SPLIT], prompt, candidate, [REWARD]]).astype(np.int32)
 
-        return {"chosen": sequence(chosen), "rejected": sequence(rejected),
-                "meta": {"policy_a": int(a), "policy_b": int(b), "index": self.offset + int(index)}}
+        return {
+            "chosen": sequence(chosen),
+            "rejected": sequence(rejected),
+            "meta": {"policy_a": int(a), "policy_b": int(b), "index": self.offset + int(index)},
+        }

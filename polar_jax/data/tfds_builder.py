@@ -64,7 +64,12 @@ class PolarPreferences(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         ids = tfds.features.Tensor(shape=(None,), dtype=np.int32)
-        features = {"chosen_ids": ids, "rejected_ids": ids, "meta": tfds.features.Text(), "source": tfds.features.Text()}
+        features = {
+            "chosen_ids": ids,
+            "rejected_ids": ids,
+            "meta": tfds.features.Text(),
+            "source": tfds.features.Text(),
+        }
         features.update({part: tfds.features.Text() for part in TEXT_PARTS})
         # builder=self: the builder is not in a TFDS-registered dataset package, so DatasetInfo
         # cannot find its identity (name, version, config) any other way.

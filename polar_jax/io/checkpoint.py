@@ -25,8 +25,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
@@ -54,16 +53,24 @@ class Checkpointer:
         """
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
-                ))
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )
                 return step, restored.state
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
                 aside = self._set_aside(step)
-                log.warning("checkpoint step %d in %s cannot be restored (%s: %s); moved to %s; trying the "
-                            "previous one", step, self.directory, type(e).__name__, str(e).splitlines()[0][:200],
-                            aside.name)
+                log.warning(
+                    "checkpoint step %d in %s cannot be restored (%s: %s); moved to %s; trying the previous one",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                    aside.name,
+                )
         return None, None
 
     def _set_aside(self, step: int) -> pathlib.Path:

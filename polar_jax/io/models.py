@@ -15,7 +15,7 @@ from polar_jax.models import families
 
 
 def source_format(src: str | pathlib.Path) -> str:
-    """"gguf", "polar" or "hf" for a path, or an error saying what was expected."""
+    """ "gguf", "polar" or "hf" for a path, or an error saying what was expected."""
     src = pathlib.Path(src)
     if src.is_file() and src.suffix == ".gguf":
         return "gguf"
@@ -100,8 +100,9 @@ def export_token_ids(model: Model, src, trust_remote_code: bool = False) -> dict
     return ids
 
 
-def convert(src, dst, fmt: str, head: str | None = None, dtype: str = "float32",
-            trust_remote_code: bool = False) -> Model:
+def convert(
+    src, dst, fmt: str, head: str | None = None, dtype: str = "float32", trust_remote_code: bool = False
+) -> Model:
     """Read `src` (any format) and write it to `dst` as `fmt` ("hf" | "polar"), with the tokenizer,
     remote code and `encoding.json`; the export's config carries `reward_token_id` and `pad_token_id`."""
     if fmt not in ("hf", "polar"):

@@ -1,9 +1,9 @@
 """The library's own model format: a directory with `polar_model.json` and Orbax parameters.
 
-    DIR/polar_model.json   {"format": "polar_jax.model", "version": 1, "family", "model_config", "hf_config"}
-    DIR/params/            Orbax checkpoint of the parameter tree (restorable onto any sharding)
-    DIR/tokenizer*.json    the tokenizer files that travel with the weights
-    DIR/*.py               the base checkpoint's remote code (InternLM2), for an HF export
+DIR/polar_model.json   {"format": "polar_jax.model", "version": 1, "family", "model_config", "hf_config"}
+DIR/params/            Orbax checkpoint of the parameter tree (restorable onto any sharding)
+DIR/tokenizer*.json    the tokenizer files that travel with the weights
+DIR/*.py               the base checkpoint's remote code (InternLM2), for an HF export
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def load_polar(path: str | pathlib.Path, shardings=None, **runtime) -> Model:
         raise FileNotFoundError(f"{path}: no {META_FILE}; not a polar_jax model directory")
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT} v{VERSION}")
+        raise ValueError(
+            f"{meta_path}: format {meta.get('format')!r} v{meta.get('version')} is not {FORMAT} v{VERSION}"
+        )
     cfg = ModelConfig.from_dict(meta["model_config"]).replace(**runtime)
     with ocp.StandardCheckpointer() as ckptr:
         abstract = ckptr.metadata(path / "params").item_metadata.tree

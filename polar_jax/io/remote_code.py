@@ -72,23 +72,35 @@ def check_tokenizer(src: str | pathlib.Path, trust_remote_code: bool, flag: str 
         return False
     class_name, ref = found
     if ref is not None and "--" in ref:
-        raise RemoteCodeError(f"{src}: tokenizer_config.json takes its tokenizer {class_name} from another "
-                              f"repository ({ref}); nothing is downloaded here: copy that code into {src}")
+        raise RemoteCodeError(
+            f"{src}: tokenizer_config.json takes its tokenizer {class_name} from another "
+            f"repository ({ref}); nothing is downloaded here: copy that code into {src}"
+        )
     if ref is not None:
         module_file = pathlib.Path(src) / (ref.rsplit(".", 1)[0].replace(".", "/") + ".py")
         if not module_file.exists():
-            raise RemoteCodeError(f"{src}: tokenizer_config.json names {ref} for its tokenizer {class_name}, but "
-                                  f"{module_file.name} is not in the directory: copy it from the checkpoint's release")
+            raise RemoteCodeError(
+                f"{src}: tokenizer_config.json names {ref} for its tokenizer {class_name}, but "
+                f"{module_file.name} is not in the directory: copy it from the checkpoint's release"
+            )
     if not trust_remote_code and ref is not None:
-        raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which needs its own code ({ref}); loading it "
-                              f"runs that code: read it, then allow it with {flag}")
+        raise RemoteCodeError(
+            f"{src}: the tokenizer is {class_name}, which needs its own code ({ref}); loading it "
+            f"runs that code: read it, then allow it with {flag}"
+        )
     if not trust_remote_code:
-        raise RemoteCodeError(f"{src}: the tokenizer is {class_name}, which transformers does not have, and the "
-                              f"directory names no code for it (tokenizer_config.json auto_map); transformers' generic "
-                              f"fast tokenizer may give other ids: check them, then allow it with {flag}")
+        raise RemoteCodeError(
+            f"{src}: the tokenizer is {class_name}, which transformers does not have, and the "
+            f"directory names no code for it (tokenizer_config.json auto_map); transformers' generic "
+            f"fast tokenizer may give other ids: check them, then allow it with {flag}"
+        )
     if ref is None:
-        log.warning("%s: tokenizer class %s is not in transformers and the directory names no code for it; "
-                    "loading transformers' generic fast tokenizer from its files", src, class_name)
+        log.warning(
+            "%s: tokenizer class %s is not in transformers and the directory names no code for it; "
+            "loading transformers' generic fast tokenizer from its files",
+            src,
+            class_name,
+        )
     return ref is not None
 
 
@@ -125,6 +137,6 @@ def defines_class(files, class_name: str) -> bool:
     needle = f"class {class_name}"
     for f in files:
         for line in pathlib.Path(f).read_text(errors="replace").splitlines():
-            if line.startswith(needle) and line[len(needle):len(needle) + 1] in ("(", ":"):
+            if line.startswith(needle) and line[len(needle) : len(needle) + 1] in ("(", ":"):
                 return True
     return False

@@ -14,8 +14,15 @@ from polar_jax.io import gguf, remote_code
 
 # Files that make up a Hugging Face tokenizer (copied as found).
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
 )
 # Any one of these defines a tokenizer (the others only accompany it).
 TOKENIZER_DEFINING_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -32,8 +39,10 @@ def is_gguf_file(src: str | pathlib.Path) -> bool:
 
 
 def _not_a_source(src: pathlib.Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{src}: not a model: expected a .gguf file or a directory with a tokenizer "
-                             f"({', '.join(TOKENIZER_DEFINING_FILES)})")
+    return FileNotFoundError(
+        f"{src}: not a model: expected a .gguf file or a directory with a tokenizer "
+        f"({', '.join(TOKENIZER_DEFINING_FILES)})"
+    )
 
 
 def has_tokenizer(src: str | pathlib.Path) -> bool:

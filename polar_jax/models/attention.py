@@ -26,9 +26,7 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs):
     """Boolean [B, T, S]: same non-zero segment and key position <= query position."""
-    same_segment = (q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]) & (
-        kv_segment_bs[:, None, :] != 0
-    )
+    same_segment = (q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]) & (kv_segment_bs[:, None, :] != 0)
     causal = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
     return same_segment & causal
 
@@ -73,7 +71,13 @@ def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt):
     if head_axis is not None and k_bske.shape[2] % mesh.shape[head_axis]:
         head_axis = None  # too few kv heads to split: each device computes all heads
     return attention_pallas.sharded_pallas_attention(
-        q_bthe, k_bske, v_bske, segment_ids_bt, mesh=mesh, batch_axes=batch_axes, head_axis=head_axis,
+        q_bthe,
+        k_bske,
+        v_bske,
+        segment_ids_bt,
+        mesh=mesh,
+        batch_axes=batch_axes,
+        head_axis=head_axis,
         interpret=interpret,
     )
 

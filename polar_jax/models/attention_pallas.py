@@ -108,9 +108,7 @@ def _interpret_value(interpret: Any, kernel: str):
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret):
     """The splash kernel for one example ([H, T, E]); cached, its mask info is numpy-built."""
-    mask = _splash_mask.MultiHeadMask(
-        [_splash_mask.CausalMask(shape=(seq_len, seq_len))] * num_q_heads
-    )
+    mask = _splash_mask.MultiHeadMask([_splash_mask.CausalMask(shape=(seq_len, seq_len))] * num_q_heads)
     block_sizes = _splash.BlockSizes(
         block_q=bq,
         block_kv=bkv,

@@ -54,18 +54,14 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
-            )
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
         for head in self.heads:
             if head not in HEADS:
                 raise ValueError(f"unknown head {head!r}; known heads: {', '.join(HEADS)}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"attention_impl={self.attention_impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}"
-            )
+            raise ValueError(f"attention_impl={self.attention_impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
 
     @property
     def q_per_kv(self) -> int:

@@ -51,8 +51,7 @@ def family_of(hf_config: dict) -> str:
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported model types: "
-            f"{', '.join(FAMILIES)}"
+            f"model_type {model_type!r} is not supported; supported model types: {', '.join(FAMILIES)}"
         )
     return model_type
 
@@ -122,8 +121,12 @@ def hf_config_for(cfg: ModelConfig, family: str, head: str, base: dict | None = 
     out = copy.deepcopy(base or {})
     # The base's own rope keys survive when they mean what `cfg` runs (InternLM2.5's dynamic
     # scaling reads as plain RoPE here, and must reach the remote code unchanged).
-    keep_rope = (family == "internlm2" and "rope_scaling" in out and "rope_theta" in out
-                 and _rope(out) == (cfg.rope_theta, cfg.rope_scaling))
+    keep_rope = (
+        family == "internlm2"
+        and "rope_scaling" in out
+        and "rope_theta" in out
+        and _rope(out) == (cfg.rope_theta, cfg.rope_scaling)
+    )
     kept_rope = {k: out[k] for k in ("rope_scaling", "rope_theta")} if keep_rope else None
     for stale in ("rope_scaling", "rope_theta", "rope_parameters", "num_labels", "id2label", "label2id"):
         out.pop(stale, None)
@@ -147,8 +150,11 @@ def hf_config_for(cfg: ModelConfig, family: str, head: str, base: dict | None = 
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "llama3":
         s = cfg.rope_scaling
         rope = {
-            "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position,
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position,
         }
     elif cfg.rope_scaling is not None:
         rope = {"rope_type": "linear", "factor": cfg.rope_scaling.factor}

@@ -160,9 +160,13 @@ class Attention(nn.Module):
 
         if layer_cache is None:
             out_bthe = attend(
-                q_bthe, k_btke, v_btke,
-                q_segment_bt=segment_ids_bt, kv_segment_bs=segment_ids_bt,
-                q_pos_bt=positions_bt, kv_pos_bs=positions_bt,
+                q_bthe,
+                k_btke,
+                v_btke,
+                q_segment_bt=segment_ids_bt,
+                kv_segment_bs=segment_ids_bt,
+                q_pos_bt=positions_bt,
+                kv_pos_bs=positions_bt,
                 impl=cfg.attention_impl,
             )
             new_cache = None
@@ -172,10 +176,15 @@ class Attention(nn.Module):
             k_bske = jax.lax.dynamic_update_slice(k_bske, k_btke.astype(k_bske.dtype), at)
             v_bske = jax.lax.dynamic_update_slice(v_bske, v_btke.astype(v_bske.dtype), at)
             out_bthe = attend(
-                q_bthe, k_bske.astype(dtype), v_bske.astype(dtype),
-                q_segment_bt=segment_ids_bt, kv_segment_bs=cache_meta.segment_ids_bs,
-                q_pos_bt=positions_bt, kv_pos_bs=cache_meta.positions_bs,
-                impl="xla", self_attention=False,
+                q_bthe,
+                k_bske.astype(dtype),
+                v_bske.astype(dtype),
+                q_segment_bt=segment_ids_bt,
+                kv_segment_bs=cache_meta.segment_ids_bs,
+                q_pos_bt=positions_bt,
+                kv_pos_bs=cache_meta.positions_bs,
+                impl="xla",
+                self_attention=False,
             )
             new_cache = (k_bske, v_bske)
         out_btd = jnp.einsum("bthe,hed->btd", out_bthe, wo_hed.astype(dtype))
@@ -209,7 +218,10 @@ class Block(nn.Module):
     def __call__(self, x_btd, layer_cache, positions_bt, segment_ids_bt, cache_meta):
         attn_out_btd, new_cache = Attention(self.cfg, name="attn")(
             RMSNorm(self.cfg, name="attn_norm")(x_btd),
-            positions_bt, segment_ids_bt, layer_cache, cache_meta,
+            positions_bt,
+            segment_ids_bt,
+            layer_cache,
+            cache_meta,
         )
         x_btd = x_btd + attn_out_btd
         x_btd = x_btd + Mlp(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_btd))
@@ -264,9 +276,7 @@ class Transformer(nn.Module):
     def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache: KVCache | None = None, logits_at_bn=None):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        embedding_vd = _param(
-            self, "embedding", (VOCAB, EMBED), (cfg.vocab_size, cfg.d_model), _normal(cfg)
-        )
+        embedding_vd = _param(self, "embedding", (VOCAB, EMBED), (cfg.vocab_size, cfg.d_model), _normal(cfg))
         x_btd = _constrain(embedding_vd[tokens_bt].astype(dtype), (BATCH, SEQ, EMBED))
 
         cache_meta, layer_caches = None, None
@@ -286,14 +296,13 @@ class Transformer(nn.Module):
         logits_btv = reward_bt = value_bt = None
         if "lm" in cfg.heads:
             # A sampler's prefill needs one position per row, not [B, T, V] logits.
-            lm_in_btd = hidden_btd if logits_at_bn is None else jnp.take_along_axis(
-                hidden_btd, logits_at_bn[..., None], axis=1)
+            lm_in_btd = (
+                hidden_btd if logits_at_bn is None else jnp.take_along_axis(hidden_btd, logits_at_bn[..., None], axis=1)
+            )
             if cfg.tie_embeddings:
                 logits_btv = jnp.einsum("btd,vd->btv", lm_in_btd, embedding_vd.astype(dtype))
             else:
-                w_dv = _param(
-                    self, "lm_head", (EMBED, VOCAB), (cfg.d_model, cfg.vocab_size), _normal(cfg)
-                )
+                w_dv = _param(self, "lm_head", (EMBED, VOCAB), (cfg.d_model, cfg.vocab_size), _normal(cfg))
                 logits_btv = jnp.einsum("btd,dv->btv", lm_in_btd, w_dv.astype(dtype))
             logits_btv = _constrain(logits_btv.astype(jnp.float32), (BATCH, SEQ, VOCAB))
         if "reward" in cfg.heads:
@@ -309,7 +318,10 @@ class Transformer(nn.Module):
         if cache is not None:
             k_lbske, v_lbske = new_layer_caches
             new_cache = KVCache(
-                k_lbske, v_lbske, cache_meta.segment_ids_bs, cache_meta.positions_bs,
+                k_lbske,
+                v_lbske,
+                cache_meta.segment_ids_bs,
+                cache_meta.positions_bs,
                 cache.index + tokens_bt.shape[1],
             )
         return Output(hidden_btd, logits_btv, reward_bt, value_bt, new_cache)

@@ -32,15 +32,19 @@ class Example(NamedTuple):
     source: str  # FILE:LINE (JSONL) or FILE:row N (parquet)
 
 
-def read_jsonl(path: str | pathlib.Path, skip_invalid: bool = False,
-               report: schema.SkipReport | None = None) -> list[Example]:
+def read_jsonl(
+    path: str | pathlib.Path, skip_invalid: bool = False, report: schema.SkipReport | None = None
+) -> list[Example]:
     """The valid `{prompt, reference}` rows of a JSONL file, in file order."""
-    return [Example(r.data["prompt"], r.data["reference"], r.source)
-            for r in schema.read_jsonl(path, "rft", skip_invalid=skip_invalid, report=report)]
+    return [
+        Example(r.data["prompt"], r.data["reference"], r.source)
+        for r in schema.read_jsonl(path, "rft", skip_invalid=skip_invalid, report=report)
+    ]
 
 
-def read_verl_parquet(path: str | pathlib.Path, skip_invalid: bool = False,
-                      report: schema.SkipReport | None = None) -> list[Example]:
+def read_verl_parquet(
+    path: str | pathlib.Path, skip_invalid: bool = False, report: schema.SkipReport | None = None
+) -> list[Example]:
     """Rows of a verl parquet file: `prompt` (messages or a string) and the reference in
     `reward_model.ground_truth` (or a top-level `reference` column); other columns are ignored."""
     import pyarrow.parquet as pq
@@ -48,9 +52,12 @@ def read_verl_parquet(path: str | pathlib.Path, skip_invalid: bool = False,
     path = pathlib.Path(path)
     columns = pq.read_schema(path).names
     if "prompt" not in columns or not {"reward_model", "reference"} & set(columns):
-        raise schema.DataError(str(path), "missing_field",
-                               f"a verl RFT parquet needs columns 'prompt' and 'reward_model' (with 'ground_truth'); "
-                               f"found {columns}", hint="write it as verl's POLAR examples do")
+        raise schema.DataError(
+            str(path),
+            "missing_field",
+            f"a verl RFT parquet needs columns 'prompt' and 'reward_model' (with 'ground_truth'); found {columns}",
+            hint="write it as verl's POLAR examples do",
+        )
     reference_column = "reference" if "reference" in columns else "reward_model"
     table = pq.read_table(path, columns=["prompt", reference_column])
     out = []
@@ -60,11 +67,13 @@ def read_verl_parquet(path: str | pathlib.Path, skip_invalid: bool = False,
             reference = row[reference_column]
             if reference_column == "reward_model":
                 if not isinstance(reference, dict) or "ground_truth" not in reference:
-                    raise schema.DataError(source, "missing_field", "reward_model has no ground_truth",
-                                           "reward_model.ground_truth")
+                    raise schema.DataError(
+                        source, "missing_field", "reward_model has no ground_truth", "reward_model.ground_truth"
+                    )
                 reference = reference["ground_truth"]
-            data = schema.validate_row({"prompt": _messages(row["prompt"]), "reference": _messages(reference)},
-                                       "rft", source)
+            data = schema.validate_row(
+                {"prompt": _messages(row["prompt"]), "reference": _messages(reference)}, "rft", source
+            )
         except schema.DataError as e:
             if not skip_invalid:
                 raise
@@ -103,8 +112,14 @@ def read_examples(spec: str, kind: str, skip_invalid: bool = False) -> list[Exam
 TRUNCATIONS = ("error", "left")
 
 
-def filter_overlong(examples: list[Example], length, max_tokens: int, drop: bool = True, truncation: str = "error",
-                    what: str = "data.train") -> tuple[list[Example], int]:
+def filter_overlong(
+    examples: list[Example],
+    length,
+    max_tokens: int,
+    drop: bool = True,
+    truncation: str = "error",
+    what: str = "data.train",
+) -> tuple[list[Example], int]:
     """(kept examples, how many were dropped) as verl's `filter_overlong_prompts`: a prompt of
     `length(prompt)` > `max_tokens` policy tokens is dropped when `drop`; else `truncation`
     "error" stops at it (its FILE:LINE), "left" keeps it (its last tokens are used)."""
@@ -120,19 +135,30 @@ def filter_overlong(examples: list[Example], length, max_tokens: int, drop: bool
         if drop:
             continue
         if truncation == "error":
-            raise ValueError(f"{ex.source}: the prompt has {n} policy tokens > policy.max_prompt_tokens={max_tokens} "
-                             "(data.truncation=error, as verl's); filter such prompts "
-                             "(data.filter_overlong_prompts=True), keep their last tokens (data.truncation=left) or "
-                             "raise policy.max_prompt_tokens")
+            raise ValueError(
+                f"{ex.source}: the prompt has {n} policy tokens > policy.max_prompt_tokens={max_tokens} "
+                "(data.truncation=error, as verl's); filter such prompts "
+                "(data.filter_overlong_prompts=True), keep their last tokens (data.truncation=left) or "
+                "raise policy.max_prompt_tokens"
+            )
         kept.append(ex)
     dropped = len(examples) - len(kept)
     if examples and not kept:
-        raise ValueError(f"all {len(examples)} prompts of {what} are longer than policy.max_prompt_tokens={max_tokens} "
-                         f"policy tokens (the longest has {longest}); nothing is left to train on: raise "
-                         "policy.max_prompt_tokens, or use shorter prompts")
+        raise ValueError(
+            f"all {len(examples)} prompts of {what} are longer than policy.max_prompt_tokens={max_tokens} "
+            f"policy tokens (the longest has {longest}); nothing is left to train on: raise "
+            "policy.max_prompt_tokens, or use shorter prompts"
+        )
     if dropped:
-        log.warning("%s: dropped %d of %d prompts longer than policy.max_prompt_tokens=%d policy tokens (the longest "
-                    "has %d; data.filter_overlong_prompts)", what, dropped, len(examples), max_tokens, longest)
+        log.warning(
+            "%s: dropped %d of %d prompts longer than policy.max_prompt_tokens=%d policy tokens (the longest "
+            "has %d; data.filter_overlong_prompts)",
+            what,
+            dropped,
+            len(examples),
+            max_tokens,
+            longest,
+        )
     return kept, dropped
 
 
@@ -185,8 +211,10 @@ class PromptIterator:
         """Restore a position saved by `get_state` (the examples must be the same)."""
         d = json.loads(state)
         if d["size"] != len(self.examples):
-            raise ValueError(f"the checkpoint's data had {d['size']} examples, these have {len(self.examples)}: "
-                             "resume with the same data")
+            raise ValueError(
+                f"the checkpoint's data had {d['size']} examples, these have {len(self.examples)}: "
+                "resume with the same data"
+            )
         self.epoch, self.position = d["epoch"], d["position"]
 
     def start_prefetch(self) -> None:

@@ -66,9 +66,16 @@ def base_config() -> ml_collections.ConfigDict:
     # The official encoding's settings (data.encoding.EncodingConfig fields). None = from the reward model's
     # directory (its encoding.json, written by `train`), else the official client's defaults (16384 / 4096,
     # right cut, "sft"); a value set here overrides both.
-    c.reward.encoding = ml_collections.ConfigDict(dict(
-        max_length=None, max_response_length=None, response_cut_side=None, wrapper=None, split_text=None,
-        reward_token=None))
+    c.reward.encoding = ml_collections.ConfigDict(
+        dict(
+            max_length=None,
+            max_response_length=None,
+            response_cut_side=None,
+            wrapper=None,
+            split_text=None,
+            reward_token=None,
+        )
+    )
 
     c.algorithm = ml_collections.ConfigDict()
     c.algorithm.estimator = "gae"  # "gae" (PPO with a critic) | "group" (group baseline, no critic)
@@ -100,10 +107,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.reference = ml_collections.ConfigDict()
     c.reference.keep = True  # a frozen copy of the initial policy: the KL terms need it; else it gives the KL metric
 
-    c.actor_optim = ml_collections.ConfigDict(dict(lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0,
-                                                   warmup_fraction=0.03, final_lr_fraction=1.0))
-    c.critic_optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0,
-                                                    warmup_fraction=0.0, final_lr_fraction=0.1))
+    c.actor_optim = ml_collections.ConfigDict(
+        dict(lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0, warmup_fraction=0.03, final_lr_fraction=1.0)
+    )
+    c.critic_optim = ml_collections.ConfigDict(
+        dict(lr=1e-5, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0, warmup_fraction=0.0, final_lr_fraction=0.1)
+    )
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "jsonl"  # "jsonl" | "parquet" (verl's layout) | "policy_samples" (references sampled here)
@@ -129,9 +138,21 @@ def base_config() -> ml_collections.ConfigDict:
     # The target policy (optional): the references' author for data.kind=policy_samples, and the judge of
     # the `target_loglik` evaluation (its mean per-token log-likelihood of the policy's evaluated responses).
     # Fields as a synth pool's PolicySpec; checkpoint "smollm2" is the packaged SmolLM2-135M-Instruct.
-    c.target = ml_collections.ConfigDict(dict(
-        checkpoint="", template="{prompt}", system="", stop=(), temperature=1.0, top_k=50, top_p=0.9,
-        max_new_tokens=24, max_prompt_tokens=256, loop_max_ngram=32, trust_remote_code=False))
+    c.target = ml_collections.ConfigDict(
+        dict(
+            checkpoint="",
+            template="{prompt}",
+            system="",
+            stop=(),
+            temperature=1.0,
+            top_k=50,
+            top_p=0.9,
+            max_new_tokens=24,
+            max_prompt_tokens=256,
+            loop_max_ngram=32,
+            trust_remote_code=False,
+        )
+    )
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64  # evaluation (and reference sampling) batch

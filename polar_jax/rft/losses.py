@@ -32,8 +32,15 @@ def agg_loss(loss_bn, mask_bn, mode: str = "token-mean"):
     raise ValueError(f"algorithm.loss_agg={mode!r}; choose one of {', '.join(LOSS_AGGS)}")
 
 
-def ppo_policy_loss(logp_bn, old_logp_bn, advantages_bn, mask_bn, clip_ratio: float = 0.2, clip_ratio_c: float = 3.0,
-                    agg: str = "token-mean"):
+def ppo_policy_loss(
+    logp_bn,
+    old_logp_bn,
+    advantages_bn,
+    mask_bn,
+    clip_ratio: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    agg: str = "token-mean",
+):
     """Dual-clip surrogate loss, as verl's `core_algos.compute_policy_loss`, and its metrics
     {clip_frac, clip_frac_lower, ppo_kl}. Where a clip binds (the PPO range in the direction A
     pushes, or the -A c bound for A < 0) the gradient is zero."""
@@ -53,8 +60,7 @@ def ppo_policy_loss(logp_bn, old_logp_bn, advantages_bn, mask_bn, clip_ratio: fl
     return agg_loss(loss_bn, mask_bn, agg), metrics
 
 
-def clipped_value_loss(values_bn, old_values_bn, returns_bn, mask_bn, clip_range: float = 0.5,
-                       agg: str = "token-mean"):
+def clipped_value_loss(values_bn, old_values_bn, returns_bn, mask_bn, clip_range: float = 0.5, agg: str = "token-mean"):
     """0.5 x the larger of the plain and the clipped squared errors, and {vf_clip_frac}, as
     verl's `core_algos.compute_value_loss`."""
     clipped_values_bn = old_values_bn + jnp.clip(values_bn - old_values_bn, -clip_range, clip_range)

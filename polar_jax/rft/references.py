@@ -49,27 +49,46 @@ class TargetPolicy:
         # What ends a response in the target's own format: its first stop string (a chat turn's end), else EOS.
         self.end_id = stop_ids[len(stop_ids) - len(spec.stop)] if spec.stop else (stop_ids or [None])[0]
         self.sampling = sampling_lib.SamplingConfig(
-            temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p, max_new_tokens=spec.max_new_tokens,
-            stop_ids=tuple(stop_ids), loop_max_ngram=spec.loop_max_ngram, loop_repeats=4)
+            temperature=spec.temperature,
+            top_k=spec.top_k,
+            top_p=spec.top_p,
+            max_new_tokens=spec.max_new_tokens,
+            stop_ids=tuple(stop_ids),
+            loop_max_ngram=spec.loop_max_ngram,
+            loop_repeats=4,
+        )
 
     def prompt_ids(self, prompt: Text) -> list[int]:
         """How the target sees a prompt: its template (and system prompt), its last tokens kept."""
-        return rollout.prompt_ids(self.tokenizer, prompt, self.spec.template, self.spec.max_prompt_tokens,
-                                  system=self.spec.system)
+        return rollout.prompt_ids(
+            self.tokenizer, prompt, self.spec.template, self.spec.max_prompt_tokens, system=self.spec.system
+        )
 
     def sample(self, prompts: list[Text], key, batch_size: int) -> rollout.Samples:
         """One sampled response per prompt (the references of `policy_samples`)."""
-        return rollout.sample_texts(self.cfg, self.params, self.tokenizer, prompts, self.sampling, key,
-                                    template=self.spec.template, prompt_width=self.spec.max_prompt_tokens,
-                                    batch_size=batch_size, put=self.put, system=self.spec.system)
+        return rollout.sample_texts(
+            self.cfg,
+            self.params,
+            self.tokenizer,
+            prompts,
+            self.sampling,
+            key,
+            template=self.spec.template,
+            prompt_width=self.spec.max_prompt_tokens,
+            batch_size=batch_size,
+            put=self.put,
+            system=self.spec.system,
+        )
 
     def loglik(self, prompts: list[Text], samples: rollout.Samples, batch_size: int) -> float:
         """Mean per-token log-likelihood under the target of other policies' responses: each
         re-tokenised with the target's tokenizer (a response that stopped gets the target's end
         token) and read after the prompt as the target sees it."""
         ends = [self.end_id] if self.end_id is not None else []
-        responses = [self.tokenizer.encode(text, add_special_tokens=False) + (ends if stopped else [])
-                     for text, stopped in zip(samples.texts, samples.stopped)]
+        responses = [
+            self.tokenizer.encode(text, add_special_tokens=False) + (ends if stopped else [])
+            for text, stopped in zip(samples.texts, samples.stopped)
+        ]
         n = max(8, -(-max(len(r) for r in responses) // 8) * 8)
         width = self.spec.max_prompt_tokens
         total, count = 0.0, 0
@@ -80,8 +99,9 @@ class TargetPolicy:
             response_bn, lengths_b = np.zeros((batch_size, n), np.int32), np.zeros(batch_size, np.int32)
             for row, i in enumerate(chunk):
                 response_bn[row, : len(responses[i])], lengths_b[row] = responses[i], len(responses[i])
-            logp_b, count_b = response_loglik(self.cfg, self.params, *map(
-                self.put, (prompt_bt, prompt_lengths_b, response_bn, lengths_b)))
+            logp_b, count_b = response_loglik(
+                self.cfg, self.params, *map(self.put, (prompt_bt, prompt_lengths_b, response_bn, lengths_b))
+            )
             total += float(np.sum(np.asarray(logp_b)[: len(chunk)]))
             count += int(np.sum(np.asarray(count_b)[: len(chunk)]))
         return total / max(count, 1)
@@ -104,11 +124,13 @@ def load_target(config):
         return None
     path = checkpoint_path(checkpoint)
     if not path.exists():
-        raise FileNotFoundError(f"target.checkpoint {checkpoint!r} not found"
-                                + (f"; {config.setup_hint}" if config.setup_hint else ""))
+        raise FileNotFoundError(
+            f"target.checkpoint {checkpoint!r} not found" + (f"; {config.setup_hint}" if config.setup_hint else "")
+        )
     dtype = config.policy.dtype if jax.default_backend() != "cpu" else "float32"
     return models.load_model(path, dtype=dtype), tokenizers.load_tokenizer(
-        path, config.target.get("trust_remote_code", False), "--config.target.trust_remote_code=true")
+        path, config.target.get("trust_remote_code", False), "--config.target.trust_remote_code=true"
+    )
 
 
 # ------------------------------------------------------------------------------ policy_samples
@@ -129,18 +151,27 @@ def _prompts(d, tokenizer, seed: int) -> dict[str, list[str]]:
         train_docs, heldout_docs = prompts_lib.split_documents(documents, d.heldout_every)
         out = {}
         for i, (split, docs) in enumerate((("train", train_docs), ("eval", heldout_docs))):
-            source = prompts_lib.PromptSource(documents, tokenizer, doc_indices=docs, min_tokens=d.prompt_tokens[0],
-                                              max_tokens=d.prompt_tokens[1], seed=seed + i)
+            source = prompts_lib.PromptSource(
+                documents,
+                tokenizer,
+                doc_indices=docs,
+                min_tokens=d.prompt_tokens[0],
+                max_tokens=d.prompt_tokens[1],
+                seed=seed + i,
+            )
             out[split] = [source.prompt(j).text for j in range(counts[split])]
         return out
     texts = [p.text for p in prompts_lib.read_instructions(d.prompts)]
     train, heldout = prompts_lib.split_documents(texts, d.heldout_every)
-    return {"train": [texts[i] for i in train][: counts["train"]],
-            "eval": [texts[i] for i in heldout][: counts["eval"]]}
+    return {
+        "train": [texts[i] for i in train][: counts["train"]],
+        "eval": [texts[i] for i in heldout][: counts["eval"]],
+    }
 
 
-def ensure_reference_data(config, workdir: str | pathlib.Path, target: TargetPolicy | None,
-                          counting_tokenizer) -> dict[str, pathlib.Path]:
+def ensure_reference_data(
+    config, workdir: str | pathlib.Path, target: TargetPolicy | None, counting_tokenizer
+) -> dict[str, pathlib.Path]:
     """Write (once) the training and held-out `{prompt, reference}` rows; returns their paths.
 
     Prompt lengths are counted with `counting_tokenizer` (the policy's). Deterministic in
@@ -163,6 +194,12 @@ def ensure_reference_data(config, workdir: str | pathlib.Path, target: TargetPol
         examples = [data_lib.Example(prompts[split][j], samples.texts[j], "") for j in kept]
         meta = [{"target": str(config.target.checkpoint), "prompt_source": d.prompts, "index": j} for j in kept]
         data_lib.write_jsonl(examples, out[split], meta)
-        log.info("sampled %d %s references from %s -> %s (%d empty samples left out)", len(examples), split,
-                 config.target.checkpoint, out[split], len(samples.texts) - len(kept))
+        log.info(
+            "sampled %d %s references from %s -> %s (%d empty samples left out)",
+            len(examples),
+            split,
+            config.target.checkpoint,
+            out[split],
+            len(samples.texts) - len(kept),
+        )
     return out

@@ -67,17 +67,24 @@ class RewardModel:
     def sequences(self, prompts: list[Text], references: list[Text], responses: list[str]) -> list[np.ndarray]:
         """The token ids the reward model reads, one per (prompt, reference, response)."""
         responses = [strip_think(r, self.strip_think) for r in responses]
-        return [encoding.encode(self.tokenizer, p, ref, r, self.encoding, self.reward_token_id).ids
-                for p, ref, r in zip(prompts, references, responses)]
+        return [
+            encoding.encode(self.tokenizer, p, ref, r, self.encoding, self.reward_token_id).ids
+            for p, ref, r in zip(prompts, references, responses)
+        ]
 
     def score(self, prompts: list[Text], references: list[Text], responses: list[str]) -> np.ndarray:
         """float32 [B]: the POLAR score of each response against its reference."""
-        return scoring.reward_scores(self.cfg, self.params, self.sequences(prompts, references, responses),
-                                     batch_size=self.batch_size, progress=False)
+        return scoring.reward_scores(
+            self.cfg,
+            self.params,
+            self.sequences(prompts, references, responses),
+            batch_size=self.batch_size,
+            progress=False,
+        )
 
 
 def normalize_scores(scores_b: np.ndarray, how: str) -> np.ndarray:
-    """"none": the raw scores (as released); "batch": whitened over the batch."""
+    """ "none": the raw scores (as released); "batch": whitened over the batch."""
     if how == "none":
         return scores_b
     if how == "batch":

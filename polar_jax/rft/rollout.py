@@ -48,9 +48,11 @@ def full_prompt_ids(tokenizer, prompt: Text, template: str, system: str = "", ch
         try:
             text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         except ImportError as e:  # transformers renders templates with jinja2, an optional dependency
-            raise ImportError(f"policy.chat_template=True puts message-list prompts through the policy tokenizer's "
-                              f"chat template, which needs jinja2 ({e}); install it (pip install jinja2) or set "
-                              "--config.policy.chat_template=False to flatten them") from e
+            raise ImportError(
+                f"policy.chat_template=True puts message-list prompts through the policy tokenizer's "
+                f"chat template, which needs jinja2 ({e}); install it (pip install jinja2) or set "
+                "--config.policy.chat_template=False to flatten them"
+            ) from e
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(template.format(prompt=flatten(prompt), system=system))["input_ids"]
@@ -59,8 +61,9 @@ def full_prompt_ids(tokenizer, prompt: Text, template: str, system: str = "", ch
     return ids
 
 
-def prompt_ids(tokenizer, prompt: Text, template: str, max_tokens: int, system: str = "",
-               chat_template: bool = False) -> list[int]:
+def prompt_ids(
+    tokenizer, prompt: Text, template: str, max_tokens: int, system: str = "", chat_template: bool = False
+) -> list[int]:
     """`full_prompt_ids` with its last `max_tokens` kept (the RFT data were filtered to fit before)."""
     return full_prompt_ids(tokenizer, prompt, template, system, chat_template)[-max_tokens:]
 
@@ -85,13 +88,19 @@ def assemble(prompt_bt, prompt_lengths_b, response_bn, response_lengths_b) -> Ro
     response_mask_bn = jnp.arange(response_bn.shape[1])[None] < response_lengths_b[:, None]
     tokens_bt = jnp.concatenate([left_bt, response_bn], axis=1).astype(jnp.int32)
     mask_bt = jnp.concatenate([prompt_mask_bt, response_mask_bn], axis=1).astype(jnp.int32)
-    return Rollout(tokens_bt, mask_bt, response_bn.astype(jnp.int32), response_mask_bn.astype(jnp.float32),
-                   response_lengths_b.astype(jnp.int32))
+    return Rollout(
+        tokens_bt,
+        mask_bt,
+        response_bn.astype(jnp.int32),
+        response_mask_bn.astype(jnp.float32),
+        response_lengths_b.astype(jnp.int32),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
-def rollout(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: sampling_lib.SamplingConfig,
-            rng) -> Rollout:
+def rollout(
+    cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: sampling_lib.SamplingConfig, rng
+) -> Rollout:
     """Sample one response per right-padded prompt and lay the rows out for the update."""
     gen = sampling_lib.generate(cfg, params, prompt_bt, prompt_lengths_b, sampling, rng)
     return assemble(prompt_bt, prompt_lengths_b, gen.tokens_bn, gen.lengths_b)
@@ -101,8 +110,10 @@ def response_texts(tokenizer, response_bn, lengths_b, stop_ids=()) -> list[str]:
     """Decoded responses: stop tokens and special tokens removed."""
     response_bn, lengths_b = np.asarray(response_bn), np.asarray(lengths_b)
     stop = set(int(i) for i in stop_ids)
-    return [tokenizer.decode([t for t in row[:n].tolist() if t not in stop], skip_special_tokens=True)
-            for row, n in zip(response_bn, lengths_b)]
+    return [
+        tokenizer.decode([t for t in row[:n].tolist() if t not in stop], skip_special_tokens=True)
+        for row, n in zip(response_bn, lengths_b)
+    ]
 
 
 class Samples(NamedTuple):
@@ -113,9 +124,21 @@ class Samples(NamedTuple):
     lengths: list[int]  # tokens per response (a stop token included)
 
 
-def sample_texts(cfg: ModelConfig, params, tokenizer, prompts: list[Text], sampling: sampling_lib.SamplingConfig,
-                 key, *, template: str, prompt_width: int, batch_size: int, put=None, system: str = "",
-                 chat_template: bool = False) -> Samples:
+def sample_texts(
+    cfg: ModelConfig,
+    params,
+    tokenizer,
+    prompts: list[Text],
+    sampling: sampling_lib.SamplingConfig,
+    key,
+    *,
+    template: str,
+    prompt_width: int,
+    batch_size: int,
+    put=None,
+    system: str = "",
+    chat_template: bool = False,
+) -> Samples:
     """One sampled response per prompt, in batches of `batch_size` (the last one padded with
     copies of its first prompt); batch j draws with fold_in(key, j). `put` places each
     batch's arrays on devices (default: as they are); prompts as `prompt_ids` makes them."""

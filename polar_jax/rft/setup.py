@@ -84,25 +84,40 @@ def plan(config, mesh) -> Plan:
     rollouts = ro.prompts * ro.samples_per_prompt
     check_batch_shards("rollout.prompts x rollout.samples_per_prompt", rollouts, mesh)
     if rollouts % ppo.minibatches:
-        raise ValueError(f"{rollouts} rollouts per iteration do not split into "
-                         f"algorithm.minibatches={ppo.minibatches}")
-    return Plan(ppo=ppo, rollouts=rollouts, prompt_len=config.policy.max_prompt_tokens, new_tokens=ro.max_new_tokens,
-                total_steps=config.iterations * ppo.epochs * ppo.minibatches,
-                actor_optim=OptimConfig(**config.actor_optim),
-                critic_optim=OptimConfig(**config.critic_optim) if ppo.uses_critic else None)
+        raise ValueError(f"{rollouts} rollouts per iteration do not split into algorithm.minibatches={ppo.minibatches}")
+    return Plan(
+        ppo=ppo,
+        rollouts=rollouts,
+        prompt_len=config.policy.max_prompt_tokens,
+        new_tokens=ro.max_new_tokens,
+        total_steps=config.iterations * ppo.epochs * ppo.minibatches,
+        actor_optim=OptimConfig(**config.actor_optim),
+        critic_optim=OptimConfig(**config.critic_optim) if ppo.uses_critic else None,
+    )
 
 
 def ppo_config(config) -> step.PPOConfig:
     """The algorithm section as the compiled steps' static settings."""
     a = config.algorithm
     return step.PPOConfig(
-        estimator=a.estimator, gamma=a.gamma, lam=a.lam, clip_ratio=a.clip_ratio, clip_ratio_c=a.clip_ratio_c,
-        value_clip=a.value_clip, loss_agg=a.loss_agg,
-        epochs=a.epochs, minibatches=a.minibatches, whiten_advantages=a.whiten_advantages,
-        group_size=config.rollout.samples_per_prompt, group_normalize_std=a.group_normalize_std,
-        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, kl_loss_coef=a.kl_loss_coef,
-        kl_loss_estimator=a.kl_loss_estimator, temperature=config.rollout.temperature or 1.0)
-
+        estimator=a.estimator,
+        gamma=a.gamma,
+        lam=a.lam,
+        clip_ratio=a.clip_ratio,
+        clip_ratio_c=a.clip_ratio_c,
+        value_clip=a.value_clip,
+        loss_agg=a.loss_agg,
+        epochs=a.epochs,
+        minibatches=a.minibatches,
+        whiten_advantages=a.whiten_advantages,
+        group_size=config.rollout.samples_per_prompt,
+        group_normalize_std=a.group_normalize_std,
+        entropy_coef=a.entropy_coef,
+        kl_coef=a.kl_coef,
+        kl_loss_coef=a.kl_loss_coef,
+        kl_loss_estimator=a.kl_loss_estimator,
+        temperature=config.rollout.temperature or 1.0,
+    )
 
 
 def check_batch_shards(name: str, n: int, mesh) -> None:
@@ -142,9 +157,12 @@ def load_models(config) -> Models:
     reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
     require_heads(config, policy.cfg, reward.cfg)
     target, target_tokenizer = references.load_target(config) or (None, None)
-    policy_tok = tokenizers.load_tokenizer(p.init, p.get("trust_remote_code", False), "--config.policy.trust_remote_code=true")
-    reward_tok = tokenizers.load_tokenizer(r.tokenizer or r.model, r.get("trust_remote_code", False),
-                                       "--config.reward.trust_remote_code=true")
+    policy_tok = tokenizers.load_tokenizer(
+        p.init, p.get("trust_remote_code", False), "--config.policy.trust_remote_code=true"
+    )
+    reward_tok = tokenizers.load_tokenizer(
+        r.tokenizer or r.model, r.get("trust_remote_code", False), "--config.reward.trust_remote_code=true"
+    )
     return Models(policy, policy_tok, reward, reward_tok, target, target_tokenizer, policy_source=p.init)
 
 
@@ -171,13 +189,21 @@ def critic_config(config, policy_cfg, reward_cfg=None):
     elif config.critic.init == "reward_model":
         base = reward_cfg
         if base.vocab_size != policy_cfg.vocab_size:
-            raise ValueError(f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
-                             f"the policy's ({policy_cfg.vocab_size}); the critic reads policy tokens")
+            raise ValueError(
+                f"critic.init=reward_model: the reward model's vocabulary ({base.vocab_size}) is not "
+                f"the policy's ({policy_cfg.vocab_size}); the critic reads policy tokens"
+            )
     else:
         raise ValueError(f"critic.init={config.critic.init!r}; choose policy or reward_model")
-    return base.replace(heads=("value",), tie_embeddings=False, value_head_bias=bool(config.critic.value_head_bias),
-                        dtype=policy_cfg.dtype, remat=policy_cfg.remat, attention_impl=policy_cfg.attention_impl,
-                        scan_unroll=policy_cfg.scan_unroll)
+    return base.replace(
+        heads=("value",),
+        tie_embeddings=False,
+        value_head_bias=bool(config.critic.value_head_bias),
+        dtype=policy_cfg.dtype,
+        remat=policy_cfg.remat,
+        attention_impl=policy_cfg.attention_impl,
+        scan_unroll=policy_cfg.scan_unroll,
+    )
 
 
 def critic_model(config, m: Models) -> Model:
@@ -203,20 +229,26 @@ def reward_encoding(config) -> encoding.EncodingConfig:
     explicit = {k: v for k, v in config.reward.encoding.items() if v is not None}
     unknown = sorted(set(explicit) - fields)
     if unknown:
-        raise ValueError(f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: "
-                         f"{', '.join(sorted(fields))}")
+        raise ValueError(
+            f"config.reward.encoding.{unknown[0]} is not an encoding setting; known: {', '.join(sorted(fields))}"
+        )
     saved = {}
     path = pathlib.Path(config.reward.model or ".") / encoding.ENCODING_FILE
     if config.reward.model and path.is_file():
         try:
             saved = json.loads(path.read_text())["encoding"]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not an encoding file with an \"encoding\" object ({e}); rewrite it with "
-                             "`prepare` / `train`, or remove it to use config.reward.encoding") from e
+            raise ValueError(
+                f'{path}: not an encoding file with an "encoding" object ({e}); rewrite it with '
+                "`prepare` / `train`, or remove it to use config.reward.encoding"
+            ) from e
         saved = {k: v for k, v in saved.items() if k in fields}
     merged = {**saved, **explicit}
-    log.info("reward encoding %s (from %s)", merged or "the client's defaults",
-             ", ".join(w for w, d in (("config.reward.encoding", explicit), (str(path), saved)) if d) or "defaults")
+    log.info(
+        "reward encoding %s (from %s)",
+        merged or "the client's defaults",
+        ", ".join(w for w, d in (("config.reward.encoding", explicit), (str(path), saved)) if d) or "defaults",
+    )
     return encoding.EncodingConfig(**merged)
 
 

@@ -56,13 +56,17 @@ class PPOConfig:
         if self.estimator == "group" and self.group_size < 2:
             raise ValueError("algorithm.estimator=group needs rollout.samples_per_prompt >= 2")
         if self.kl_loss_estimator not in losses.KL_ESTIMATORS:
-            raise ValueError(f"algorithm.kl_loss_estimator={self.kl_loss_estimator!r}; choose one of "
-                             f"{', '.join(losses.KL_ESTIMATORS)}")
+            raise ValueError(
+                f"algorithm.kl_loss_estimator={self.kl_loss_estimator!r}; choose one of "
+                f"{', '.join(losses.KL_ESTIMATORS)}"
+            )
         if self.loss_agg not in losses.LOSS_AGGS:
             raise ValueError(f"algorithm.loss_agg={self.loss_agg!r}; choose one of {', '.join(losses.LOSS_AGGS)}")
         if self.clip_ratio_c <= 1.0:
-            raise ValueError(f"algorithm.clip_ratio_c={self.clip_ratio_c}: the dual-clip bound must be > 1 (verl "
-                             "asserts the same; 3.0 as released)")
+            raise ValueError(
+                f"algorithm.clip_ratio_c={self.clip_ratio_c}: the dual-clip bound must be > 1 (verl "
+                "asserts the same; 3.0 as released)"
+            )
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError("algorithm.epochs and algorithm.minibatches must be >= 1")
 
@@ -133,8 +137,17 @@ def _response(tokens_bt, n: int):
 
 
 @functools.partial(jax.jit, static_argnames=("actor_cfg", "critic_cfg", "ppo"))
-def make_experience(actor_params, critic_params, ref_params, batch: Rollout, scores_b, *, actor_cfg: ModelConfig,
-                    critic_cfg: ModelConfig | None, ppo: PPOConfig):
+def make_experience(
+    actor_params,
+    critic_params,
+    ref_params,
+    batch: Rollout,
+    scores_b,
+    *,
+    actor_cfg: ModelConfig,
+    critic_cfg: ModelConfig | None,
+    ppo: PPOConfig,
+):
     """Log-probs of the sampled tokens (policy and reference), values, token rewards (the
     score at the last token, minus kl_coef x k1 per token), advantages and returns."""
     n = batch.response_bn.shape[1]
@@ -159,8 +172,9 @@ def make_experience(actor_params, critic_params, ref_params, batch: Rollout, sco
     metrics["returns"] = masked_mean(returns_bn, mask_bn)
     if ppo.whiten_advantages:
         advantages_bn = adv_lib.masked_whiten(advantages_bn, mask_bn)
-    exp = Experience(batch.tokens_bt, batch.mask_bt, mask_bn, old_logp_bn, ref_logp_bn, values_bn, advantages_bn,
-                     returns_bn)
+    exp = Experience(
+        batch.tokens_bt, batch.mask_bt, mask_bn, old_logp_bn, ref_logp_bn, values_bn, advantages_bn, returns_bn
+    )
     return exp, metrics
 
 
@@ -174,14 +188,16 @@ def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
     mask_bn = exp.response_mask_bn
     logits_bnv = response_logits(cfg, params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
     logp_bn = token_logprobs(logits_bnv, _response(exp.tokens_bt, n))
-    pg_loss, metrics = losses.ppo_policy_loss(logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio,
-                                              ppo.clip_ratio_c, ppo.loss_agg)
+    pg_loss, metrics = losses.ppo_policy_loss(
+        logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio, ppo.clip_ratio_c, ppo.loss_agg
+    )
     loss = pg_loss
     if ppo.entropy_coef:
         loss = loss - ppo.entropy_coef * losses.agg_loss(losses.entropy(logits_bnv), mask_bn, ppo.loss_agg)
     if ppo.kl_loss_coef:
-        kl_loss = losses.agg_loss(losses.kl_penalty(logp_bn, exp.ref_logp_bn, ppo.kl_loss_estimator), mask_bn,
-                                  ppo.loss_agg)
+        kl_loss = losses.agg_loss(
+            losses.kl_penalty(logp_bn, exp.ref_logp_bn, ppo.kl_loss_estimator), mask_bn, ppo.loss_agg
+        )
         loss = loss + ppo.kl_loss_coef * kl_loss
         metrics["kl_loss"] = kl_loss
     metrics["policy_loss"] = pg_loss
@@ -192,17 +208,32 @@ def critic_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
     """Clipped value loss against the GAE returns, aggregated by `ppo.loss_agg` (verl's `dp_critic`)."""
     n = exp.response_mask_bn.shape[1]
     values_bn = response_values(cfg, params, exp.tokens_bt, exp.mask_bt, n)
-    loss, metrics = losses.clipped_value_loss(values_bn, exp.old_values_bn, exp.returns_bn, exp.response_mask_bn,
-                                              ppo.value_clip, ppo.loss_agg)
+    loss, metrics = losses.clipped_value_loss(
+        values_bn, exp.old_values_bn, exp.returns_bn, exp.response_mask_bn, ppo.value_clip, ppo.loss_agg
+    )
     metrics["value_loss"] = loss
     return loss, metrics
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames=(
-    "actor_cfg", "critic_cfg", "ppo", "actor_optim", "critic_optim", "total_steps", "mesh"))
-def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rng, *, actor_cfg: ModelConfig,
-               critic_cfg: ModelConfig | None, ppo: PPOConfig, actor_optim: OptimConfig,
-               critic_optim: OptimConfig | None, total_steps: int, mesh=None):
+@functools.partial(
+    jax.jit,
+    donate_argnums=(0, 1),
+    static_argnames=("actor_cfg", "critic_cfg", "ppo", "actor_optim", "critic_optim", "total_steps", "mesh"),
+)
+def ppo_update(
+    actor: TrainState,
+    critic: TrainState | None,
+    exp: Experience,
+    rng,
+    *,
+    actor_cfg: ModelConfig,
+    critic_cfg: ModelConfig | None,
+    ppo: PPOConfig,
+    actor_optim: OptimConfig,
+    critic_optim: OptimConfig | None,
+    total_steps: int,
+    mesh=None,
+):
     """`ppo.epochs` passes over the batch, each in `ppo.minibatches` shuffled mini-batches, one
     actor step (and one critic step) per mini-batch; returns (actor, critic, mean metrics).
 
@@ -224,8 +255,9 @@ def ppo_update(actor: TrainState, critic: TrainState | None, exp: Experience, rn
         actor, _, metrics["actor_grad_norm"] = apply_guarded(actor, grads, loss, actor_opt)
         if critic is not None:
             grads, critic_metrics = critic_grad(critic.params, mb)
-            critic, _, metrics["critic_grad_norm"] = apply_guarded(critic, grads, critic_metrics["value_loss"],
-                                                                   critic_opt)
+            critic, _, metrics["critic_grad_norm"] = apply_guarded(
+                critic, grads, critic_metrics["value_loss"], critic_opt
+            )
             metrics.update(critic_metrics)
         return (actor, critic), metrics
 

@@ -66,26 +66,40 @@ class Runner:
         self.critic_cfg = self.critic.cfg if self.critic else None
         ro = config.rollout
         stop_ids = stop_ids_for(m.policy_tokenizer, tuple(ro.stop), "rollout.stop")
-        self.sampling = sampling_lib.SamplingConfig(temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
-                                                    max_new_tokens=ro.max_new_tokens, stop_ids=tuple(stop_ids),
-                                                    loop_max_ngram=ro.loop_max_ngram, loop_repeats=ro.loop_repeats)
-        self.eval_sampling = dataclasses.replace(self.sampling, temperature=config.eval.temperature,
-                                                 top_k=config.eval.top_k, top_p=config.eval.top_p)
+        self.sampling = sampling_lib.SamplingConfig(
+            temperature=ro.temperature,
+            top_k=ro.top_k,
+            top_p=ro.top_p,
+            max_new_tokens=ro.max_new_tokens,
+            stop_ids=tuple(stop_ids),
+            loop_max_ngram=ro.loop_max_ngram,
+            loop_repeats=ro.loop_repeats,
+        )
+        self.eval_sampling = dataclasses.replace(
+            self.sampling, temperature=config.eval.temperature, top_k=config.eval.top_k, top_p=config.eval.top_p
+        )
         self.batch_sharding = parallel.batch_sharding(mesh, ndim=2)
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
         rm = m.reward
         enc_cfg = setup.reward_encoding(config)
-        self.reward = rewards.RewardModel(rm.cfg, setup.place(rm.cfg, rm.params, mesh), m.reward_tokenizer,
-                                          reward_token_id_for(rm, m.reward_tokenizer, enc_cfg), enc_cfg,
-                                          config.reward.batch_size, config.reward.strip_think)
+        self.reward = rewards.RewardModel(
+            rm.cfg,
+            setup.place(rm.cfg, rm.params, mesh),
+            m.reward_tokenizer,
+            reward_token_id_for(rm, m.reward_tokenizer, enc_cfg),
+            enc_cfg,
+            config.reward.batch_size,
+            config.reward.strip_think,
+        )
         keep_reference = config.reference.keep or self.ppo.needs_reference
         self.ref_params = setup.place(self.actor_cfg, m.policy.params, mesh) if keep_reference else None
         self.target = None
         if m.target is not None:
             target_params = setup.place(m.target.cfg, m.target.params, mesh)
-            self.target = references.TargetPolicy(config.target, m.target.cfg, target_params, m.target_tokenizer,
-                                                  put=self.put)
+            self.target = references.TargetPolicy(
+                config.target, m.target.cfg, target_params, m.target_tokenizer, put=self.put
+            )
 
     def initial_params(self):
         """The initial policy's parameters on the mesh (the reference policy's, when kept)."""
@@ -114,14 +128,27 @@ class Runner:
         config, k = self.config, self.config.rollout.samples_per_prompt
         sample_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
         rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
-        ids = [rollout.prompt_ids(self.models.policy_tokenizer, ex.prompt, config.policy.template,
-                                  config.policy.max_prompt_tokens, chat_template=config.policy.chat_template)
-               for ex in rows]
+        ids = [
+            rollout.prompt_ids(
+                self.models.policy_tokenizer,
+                ex.prompt,
+                config.policy.template,
+                config.policy.max_prompt_tokens,
+                chat_template=config.policy.chat_template,
+            )
+            for ex in rows
+        ]
         prompt_bt, prompt_lengths_b = rollout.pad_prompts(ids, config.policy.max_prompt_tokens)
 
         start = time.perf_counter()
-        batch = rollout.rollout(self.actor_cfg, state["actor"].params, self.put(prompt_bt),
-                                self.put(prompt_lengths_b), self.sampling, sample_key)
+        batch = rollout.rollout(
+            self.actor_cfg,
+            state["actor"].params,
+            self.put(prompt_bt),
+            self.put(prompt_lengths_b),
+            self.sampling,
+            sample_key,
+        )
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
         rolled = time.perf_counter()
 
@@ -131,26 +158,44 @@ class Runner:
 
         train_scores_b = rewards.normalize_scores(scores_b, config.reward.normalize)
         exp, exp_metrics = step.make_experience(
-            state["actor"].params, state["critic"].params if self.critic else None, self.ref_params, batch,
-            self.put(train_scores_b.astype(np.float32)), actor_cfg=self.actor_cfg, critic_cfg=self.critic_cfg,
-            ppo=self.ppo)
+            state["actor"].params,
+            state["critic"].params if self.critic else None,
+            self.ref_params,
+            batch,
+            self.put(train_scores_b.astype(np.float32)),
+            actor_cfg=self.actor_cfg,
+            critic_cfg=self.critic_cfg,
+            ppo=self.ppo,
+        )
         jax.block_until_ready(exp)
         experienced = time.perf_counter()
         actor, critic, update_metrics = step.ppo_update(
-            state["actor"], state.get("critic"), exp, update_key, actor_cfg=self.actor_cfg, critic_cfg=self.critic_cfg,
-            ppo=self.ppo, actor_optim=self.plan.actor_optim, critic_optim=self.plan.critic_optim,
+            state["actor"],
+            state.get("critic"),
+            exp,
+            update_key,
+            actor_cfg=self.actor_cfg,
+            critic_cfg=self.critic_cfg,
+            ppo=self.ppo,
+            actor_optim=self.plan.actor_optim,
+            critic_optim=self.plan.critic_optim,
             total_steps=self.plan.total_steps,
-            mesh=self.mesh)
+            mesh=self.mesh,
+        )
         metrics = {k: float(v) for k, v in {**exp_metrics, **update_metrics}.items()}  # waits for the update
         updated = time.perf_counter()
 
         new_state = {"actor": actor, **({"critic": critic} if self.critic else {})}
         stopped = [bool(n) and int(row[n - 1]) in self.sampling.stop_ids for row, n in zip(response_bn, lengths_b)]
         metrics.update(
-            reward=float(np.mean(scores_b)), reward_std=float(np.std(scores_b)),
-            response_length=float(np.mean(lengths_b)), response_length_max=float(np.max(lengths_b)),
+            reward=float(np.mean(scores_b)),
+            reward_std=float(np.std(scores_b)),
+            response_length=float(np.mean(lengths_b)),
+            response_length_max=float(np.max(lengths_b)),
             stopped_fraction=float(np.mean(stopped)),
-            time_rollout_s=rolled - start, time_score_s=scored - rolled, time_experience_s=experienced - scored,
+            time_rollout_s=rolled - start,
+            time_score_s=scored - rolled,
+            time_experience_s=experienced - scored,
             time_update_s=updated - experienced,
             tokens_per_s=float(np.sum(lengths_b) + np.sum(prompt_lengths_b)) / (updated - start),
         )
@@ -164,10 +209,18 @@ class Runner:
         the target's mean per-token log-likelihood of them."""
         config = self.config
         samples = rollout.sample_texts(
-            self.actor_cfg, params, self.models.policy_tokenizer, [ex.prompt for ex in examples], self.eval_sampling,
-            jax.random.key(0), template=config.policy.template, prompt_width=config.policy.max_prompt_tokens,
+            self.actor_cfg,
+            params,
+            self.models.policy_tokenizer,
+            [ex.prompt for ex in examples],
+            self.eval_sampling,
+            jax.random.key(0),
+            template=config.policy.template,
+            prompt_width=config.policy.max_prompt_tokens,
             chat_template=config.policy.chat_template,
-            batch_size=config.eval.batch_size, put=self.put)
+            batch_size=config.eval.batch_size,
+            put=self.put,
+        )
         scores = self.reward.score([ex.prompt for ex in examples], [ex.reference for ex in examples], samples.texts)
         out = {"reward": float(np.mean(scores)), "response_length": float(np.mean(samples.lengths))}
         if self.target is not None:
@@ -175,8 +228,13 @@ class Runner:
         return out
 
 
-def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | None, counting_tokenizer,
-              counts: dict | None = None):
+def read_data(
+    config,
+    workdir: pathlib.Path,
+    target: references.TargetPolicy | None,
+    counting_tokenizer,
+    counts: dict | None = None,
+):
     """(training examples, held-out examples or []); `policy_samples` has `target` write them.
     Prompts longer than policy.max_prompt_tokens in `counting_tokenizer` (the policy's) tokens
     are filtered (`data_lib.filter_overlong`); `counts` receives the kept / dropped numbers."""
@@ -190,16 +248,19 @@ def read_data(config, workdir: pathlib.Path, target: references.TargetPolicy | N
         raise ValueError("data.train is empty: name the {prompt, reference} JSONL or verl parquet files")
     p = config.policy
     if p.chat_template and getattr(counting_tokenizer, "chat_template", None) is None:
-        log.info("the policy's tokenizer has no chat template: message-list prompts are flattened into "
-                 "policy.template (%r)", p.template)
+        log.info(
+            "the policy's tokenizer has no chat template: message-list prompts are flattened into policy.template (%r)",
+            p.template,
+        )
 
     def length(prompt) -> int:
         return len(rollout.full_prompt_ids(counting_tokenizer, prompt, p.template, chat_template=p.chat_template))
 
     def load(spec: str, what: str) -> list:
         rows = data_lib.read_examples(spec, kind, d.skip_invalid)
-        kept, dropped = data_lib.filter_overlong(rows, length, p.max_prompt_tokens, d.filter_overlong_prompts,
-                                                 d.truncation, what)
+        kept, dropped = data_lib.filter_overlong(
+            rows, length, p.max_prompt_tokens, d.filter_overlong_prompts, d.truncation, what
+        )
         if counts is not None:
             counts.update({f"{what.split('.')[-1]}_prompts": len(kept), f"{what.split('.')[-1]}_overlong": dropped})
         return kept
@@ -213,8 +274,12 @@ def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
     """The trained policy as an HF causal-LM directory with its tokenizer (and the base's remote code)."""
     policy = m.policy
     with atomic.directory(out_dir) as tmp:
-        hf.save_hf(Model(policy.cfg, jax.tree.map(np.asarray, params), policy.family, policy.hf_config), tmp,
-                   head="lm", code_from=m.policy_source or None)
+        hf.save_hf(
+            Model(policy.cfg, jax.tree.map(np.asarray, params), policy.family, policy.hf_config),
+            tmp,
+            head="lm",
+            code_from=m.policy_source or None,
+        )
         if m.policy_source:
             tokenizers.copy_tokenizer(m.policy_source, tmp)
         else:
@@ -224,28 +289,51 @@ def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
 
 def run_inputs(config) -> dict:
     """The inputs an RFT run reads (fingerprinted in run.json): models, data files, the target."""
+
     def items(spec):
         return [item for item in str(spec or "").split(",") if item]
 
-    return {"policy.init": config.policy.init, "reward.model": config.reward.model,
-            "reward.tokenizer": config.reward.tokenizer or None, "target.checkpoint": config.target.checkpoint or None,
-            "data.train": items(config.data.train), "data.eval": items(config.data.eval)}
+    return {
+        "policy.init": config.policy.init,
+        "reward.model": config.reward.model,
+        "reward.tokenizer": config.reward.tokenizer or None,
+        "target.checkpoint": config.target.checkpoint or None,
+        "data.train": items(config.data.train),
+        "data.eval": items(config.data.eval),
+    }
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True,
-          models_: Models | None = None, on_iteration: Callable[[int, dict], None] | None = None) -> loop.RunResult:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    progress: bool = True,
+    models_: Models | None = None,
+    on_iteration: Callable[[int, dict], None] | None = None,
+) -> loop.RunResult:
     """Run (or resume) the RFT described by `config` in `workdir`. `models_` replaces loading
     them from the config's paths; `on_iteration(i, metrics)` is called after each iteration."""
-    with loop.Run(config, workdir, inputs=run_inputs(config), total=config.iterations, unit="iteration", desc="rft",
-                  progress=progress, single_process=SINGLE_PROCESS) as run:
+    with loop.Run(
+        config,
+        workdir,
+        inputs=run_inputs(config),
+        total=config.iterations,
+        unit="iteration",
+        desc="rft",
+        progress=progress,
+        single_process=SINGLE_PROCESS,
+    ) as run:
         m = models_ or setup.load_models(config)
-        log.info("policy %.2fM parameters, reward model %.2fM", m.policy.cfg.num_params() / 1e6,
-                 m.reward.cfg.num_params() / 1e6)
+        log.info(
+            "policy %.2fM parameters, reward model %.2fM",
+            m.policy.cfg.num_params() / 1e6,
+            m.reward.cfg.num_params() / 1e6,
+        )
         runner = Runner(config, m, run.mesh)
         data_counts = {}
         train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
-        prompts = data_lib.PromptIterator(train_examples, config.rollout.prompts, seed=config.seed,
-                                          shuffle=config.data.shuffle)
+        prompts = data_lib.PromptIterator(
+            train_examples, config.rollout.prompts, seed=config.seed, shuffle=config.data.shuffle
+        )
         log.info("%d training prompts, %d held-out", len(train_examples), len(heldout))
         state = run.restore_or_init(runner.abstract_state(), runner.initial_state, prompts)
         if run.start == 0:
@@ -255,15 +343,26 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
             (run.workdir / EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
             run.write(0, before, "eval_")
 
-        hooks = [loop.Hook(lambda i, state, metrics: {"eval_": runner.evaluate(state["actor"].params, heldout)},
-                           every=config.eval_every if heldout else 0, at_end=False)]  # the last one is "after"
+        hooks = [
+            loop.Hook(
+                lambda i, state, metrics: {"eval_": runner.evaluate(state["actor"].params, heldout)},
+                every=config.eval_every if heldout else 0,
+                at_end=False,
+            )
+        ]  # the last one is "after"
         if on_iteration is not None:
             hooks.append(loop.Hook(lambda i, state, metrics: on_iteration(i, metrics)))
         state = run.loop(
-            lambda state, i: runner.iteration(state, prompts.next_batch(), i), state, prompts,
-            log_spec=loop.Log(postfix={"reward": ("reward", ".3f"), "len": ("response_length", ".1f")},
-                              hint="lower the learning rates", host_metrics=True),
-            hooks=tuple(hooks))
+            lambda state, i: runner.iteration(state, prompts.next_batch(), i),
+            state,
+            prompts,
+            log_spec=loop.Log(
+                postfix={"reward": ("reward", ".3f"), "len": ("response_length", ".1f")},
+                hint="lower the learning rates",
+                host_metrics=True,
+            ),
+            hooks=tuple(hooks),
+        )
 
         results = {}
         if run.finished:
@@ -278,17 +377,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 def _results(workdir: pathlib.Path, runner: Runner, heldout, after: dict, config, data_counts: dict) -> dict:
     """rft_results.json: the held-out measures before and after, and the training reward curve's ends."""
     before_file = workdir / EVAL_BEFORE_FILE
-    before = (json.loads(before_file.read_text()) if before_file.exists()
-              else runner.evaluate(runner.initial_params(), heldout))
+    before = (
+        json.loads(before_file.read_text())
+        if before_file.exists()
+        else runner.evaluate(runner.initial_params(), heldout)
+    )
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     curve = [r["reward"] for r in rows if "reward" in r]
     window = max(1, min(10, len(curve) // 4))
     results = {f"{k}_{when}": v[k] for k in before for when, v in (("before", before), ("after", after))}
     results.update(
-        heldout_prompts=len(heldout), iterations=config.iterations,
+        heldout_prompts=len(heldout),
+        iterations=config.iterations,
         train_reward_first=float(np.mean(curve[:window])) if curve else None,
         train_reward_last=float(np.mean(curve[-window:])) if curve else None,
-        train_reward_window=window, policy=str(workdir / "policy"),
+        train_reward_window=window,
+        policy=str(workdir / "policy"),
         **{f"data_{k}": v for k, v in data_counts.items()},
     )
     (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")

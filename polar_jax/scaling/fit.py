@@ -43,8 +43,9 @@ class PowerLaw:
 
     def to_dict(self) -> dict:
         """JSON-ready fields (nan -> None)."""
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in dataclasses.asdict(self).items()
+        }
 
     def equation(self, x_name: str = "x", y_name: str = "L") -> str:
         """`L = 0.9 x^-0.0425 (R^2 0.989)` as text."""
@@ -72,8 +73,15 @@ def fit_power_law(x_n, y_n) -> PowerLaw:
     ss_tot = float(((ly_n - ly_n.mean()) ** 2).sum())
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
     stderr = float(np.sqrt(ss_res / (len(x_n) - 2) / sxx)) if len(x_n) > 2 else float("nan")
-    return PowerLaw(a=float(np.exp(log_a)), b=b, r2=float(r2), b_stderr=stderr, n=len(x_n),
-                    x_min=float(x_n.min()), x_max=float(x_n.max()))
+    return PowerLaw(
+        a=float(np.exp(log_a)),
+        b=b,
+        r2=float(r2),
+        b_stderr=stderr,
+        n=len(x_n),
+        x_min=float(x_n.min()),
+        x_max=float(x_n.max()),
+    )
 
 
 def pareto_frontier(x_n, y_n) -> np.ndarray:

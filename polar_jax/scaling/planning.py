@@ -50,9 +50,12 @@ def check_data(sweep: ml_collections.ConfigDict) -> None:
     data = sweep.train.data
     if data.kind != "array_record":
         return
-    missing = [f"{key}={p!r}" if p else f"{key} is empty" for key, spec in (("data.train", data.train),
-                                                                             ("data.eval", data.eval))
-               for p in spec.split(",") if not p or not pathlib.Path(p).exists()]
+    missing = [
+        f"{key}={p!r}" if p else f"{key} is empty"
+        for key, spec in (("data.train", data.train), ("data.eval", data.eval))
+        for p in spec.split(",")
+        if not p or not pathlib.Path(p).exists()
+    ]
     if missing:
         hint = sweep.get("data_hint", "") or "Point --config.data_dir (or --config.train.data.train/eval) at them."
         raise SweepError(f"training data not found ({'; '.join(missing)}). {hint}")
@@ -75,8 +78,11 @@ def sweep_seeds(sweep: ml_collections.ConfigDict) -> tuple[int, ...]:
     """The training seeds of every size: `seeds` (an int or a tuple of distinct ints >= 0)."""
     seeds = sweep.get("seeds", (0,))
     seeds = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
+    if (
+        not seeds
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise SweepError(f"seeds={seeds!r}: give one or more distinct integers >= 0, e.g. (0, 1, 2)")
     return seeds
 
@@ -177,8 +183,10 @@ def _apply_rules(sweep, c, name: str, model_cfg: ModelConfig | None) -> None:
     budget, lr_rule, batch_rule = sweep.budget, sweep.lr, sweep.batch
     needs_n = budget.kind == "tokens_per_param" or "paper" in (lr_rule.rule, batch_rule.rule)
     if needs_n and model_cfg is None:
-        raise SweepError(f"run {name}: the budget or LR/batch rule needs the parameter count, and its base model "
-                         f"{c.model.init} is neither a polar_jax nor an HF directory; use fixed rules and a step budget")
+        raise SweepError(
+            f"run {name}: the budget or LR/batch rule needs the parameter count, and its base model "
+            f"{c.model.init} is neither a polar_jax nor an HF directory; use fixed rules and a step budget"
+        )
     n = counted_params(model_cfg, sweep.fit_params) if model_cfg is not None else None
     if budget.kind == "steps":
         tokens = None
@@ -211,11 +219,15 @@ def _apply_rules(sweep, c, name: str, model_cfg: ModelConfig | None) -> None:
 
 def describe_plans(plans: list[RunPlan]) -> str:
     """A table of the planned runs: shape, parameters, steps, batch, LR, planned tokens."""
-    lines = [f"{'run':>8} {'seed':>4} {'layers':>6} {'d_model':>7} {'params (non-emb.)':>17} {'steps':>7} "
-             f"{'batch':>6} {'seq_len':>7} {'lr':>9}  workdir"]
+    lines = [
+        f"{'run':>8} {'seed':>4} {'layers':>6} {'d_model':>7} {'params (non-emb.)':>17} {'steps':>7} "
+        f"{'batch':>6} {'seq_len':>7} {'lr':>9}  workdir"
+    ]
     for p in plans:
         m, c = p.model_cfg, p.config
-        lines.append(f"{p.name:>8} {p.seed:>4} {m.num_layers if m else '?':>6} {m.d_model if m else '?':>7} "
-                     f"{format(m.num_params(include_embedding=False), ',d') if m else '?':>17} {p.steps:>7} "
-                     f"{c.data.batch_size:>6} {c.data.seq_len:>7} {c.optim.lr:>9.3g}  {p.workdir}")
+        lines.append(
+            f"{p.name:>8} {p.seed:>4} {m.num_layers if m else '?':>6} {m.d_model if m else '?':>7} "
+            f"{format(m.num_params(include_embedding=False), ',d') if m else '?':>17} {p.steps:>7} "
+            f"{c.data.batch_size:>6} {c.data.seq_len:>7} {c.optim.lr:>9.3g}  {p.workdir}"
+        )
     return "\n".join(lines)

@@ -109,16 +109,37 @@ def plot_loss_vs_params(rows: list[dict], fit: dict, path: pathlib.Path) -> path
     seeded = _seeded(fit)
     fig, ax = plt.subplots(figsize=(7, 5))
     if seeded:
-        ax.scatter([r[key] for r in done], [r["eval_loss"] for r in done], s=22, color="tab:blue", alpha=0.3,
-                   lw=0, zorder=2, label="each seed (final eval)")
-    ax.scatter(x_n, y_n, s=55, color="tab:blue", edgecolors="black", lw=0.8, zorder=3,
-               label="mean over seeds" if seeded else "runs (final eval)")
+        ax.scatter(
+            [r[key] for r in done],
+            [r["eval_loss"] for r in done],
+            s=22,
+            color="tab:blue",
+            alpha=0.3,
+            lw=0,
+            zorder=2,
+            label="each seed (final eval)",
+        )
+    ax.scatter(
+        x_n,
+        y_n,
+        s=55,
+        color="tab:blue",
+        edgecolors="black",
+        lw=0.8,
+        zorder=3,
+        label="mean over seeds" if seeded else "runs (final eval)",
+    )
     for m, x, y in zip(means, x_n, y_n):
         ax.annotate(m["size"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     law = fit["loss_vs_params"]
     if "b" in law:
-        ax.plot(*_line(law, x_n.min() / 1.5, x_n.max() * 1.5), "-", color="tab:blue", lw=1.5,
-                label=f"fit: L = {law['a']:.3g} N^{law['b']:.4f}  (R² {law['r2']:.3f})")
+        ax.plot(
+            *_line(law, x_n.min() / 1.5, x_n.max() * 1.5),
+            "-",
+            color="tab:blue",
+            lw=1.5,
+            label=f"fit: L = {law['a']:.3g} N^{law['b']:.4f}  (R² {law['r2']:.3f})",
+        )
     if len(means) >= 2:
         b = fitting.PAPER["loss_vs_params"]["b"]
         _paper_slope(ax, b, x_n, y_n, f"paper exponent {b} (L = 0.9 N^{b}), through our centre")
@@ -144,8 +165,14 @@ def plot_loss_vs_compute(rows: list[dict], curves: dict, fit: dict, path: pathli
         if seeded:
             for r in (r for r in done if r["name"] in m["runs"]):
                 pts = curves.get(r["name"], [])
-                ax.plot([p["compute_pfs_days"] for p in pts], [p["eval_loss"] for p in pts], "-", color=colour,
-                        lw=0.8, alpha=0.3)
+                ax.plot(
+                    [p["compute_pfs_days"] for p in pts],
+                    [p["eval_loss"] for p in pts],
+                    "-",
+                    color=colour,
+                    lw=0.8,
+                    alpha=0.3,
+                )
         c_n = np.array([p["compute_pfs_days"] for p in m["curve"]])
         l_n = np.array([p["eval_loss"] for p in m["curve"]])
         label = f"{m['size']} (mean of {len(m['runs'])} seeds)" if seeded else f"{m['size']} (eval curve)"
@@ -155,22 +182,35 @@ def plot_loss_vs_compute(rows: list[dict], curves: dict, fit: dict, path: pathli
     if fr["points"]:
         fc_n = np.array([p["compute_pfs_days"] for p in fr["points"]])
         fl_n = np.array([p["eval_loss"] for p in fr["points"]])
-        ax.scatter(fc_n, fl_n, s=90, facecolors="none", edgecolors="black", lw=1.2, zorder=4,
-                   label="compute-optimal frontier")
+        ax.scatter(
+            fc_n, fl_n, s=90, facecolors="none", edgecolors="black", lw=1.2, zorder=4, label="compute-optimal frontier"
+        )
         if fr["loss_vs_compute"]:
             law = fr["loss_vs_compute"]
-            ax.plot(*_line(law, fc_n.min() / 1.5, fc_n.max() * 1.5), "--", color="black", lw=1.4,
-                    label=f"frontier fit: L = {law['a']:.3g} C^{law['b']:.4f}  (R² {law['r2']:.3f})")
+            ax.plot(
+                *_line(law, fc_n.min() / 1.5, fc_n.max() * 1.5),
+                "--",
+                color="black",
+                lw=1.4,
+                label=f"frontier fit: L = {law['a']:.3g} C^{law['b']:.4f}  (R² {law['r2']:.3f})",
+            )
             b = fitting.PAPER["loss_vs_compute"]["b"]
             _paper_slope(ax, b, fc_n, fl_n, f"paper exponent {b} (L = 2.4 C^{b}), through our frontier")
     law = fit["loss_vs_compute"]
     if "b" in law:
         x_n = np.array([m["compute_pfs_days"] for m in means])
-        ax.plot(*_line(law, x_n.min() / 1.5, x_n.max() * 1.5), "-", color="tab:orange", lw=1.2,
-                label=f"final points: L = {law['a']:.3g} C^{law['b']:.4f}  (R² {law['r2']:.3f})")
+        ax.plot(
+            *_line(law, x_n.min() / 1.5, x_n.max() * 1.5),
+            "-",
+            color="tab:orange",
+            lw=1.2,
+            label=f"final points: L = {law['a']:.3g} C^{law['b']:.4f}  (R² {law['r2']:.3f})",
+        )
     _log_axes(ax, "compute C (PF/s-days)", "held-out loss L")
     ax.set_title("Reward-model loss against training compute" + (" (faint: each seed)" if seeded else ""))
-    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside: curves fill the axes
+    ax.legend(
+        fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+    )  # beside: curves fill the axes
     _failed_note(fig, rows)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=DPI, bbox_inches="tight")  # keeps a legend placed beside the axes
@@ -186,8 +226,12 @@ def plot_optimal_params(fit: dict, path: pathlib.Path) -> pathlib.Path:
     law = fr["optimal_params"]
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(c_n, n_n, s=45, color="tab:green", zorder=3, label="frontier points")
-    ax.plot(*_line(law, c_n.min() / 1.5, c_n.max() * 1.5), "-", color="tab:green",
-            label=f"N_opt = {law['a']:.3g} C^{law['b']:.3f}  (R² {law['r2']:.3f})")
+    ax.plot(
+        *_line(law, c_n.min() / 1.5, c_n.max() * 1.5),
+        "-",
+        color="tab:green",
+        label=f"N_opt = {law['a']:.3g} C^{law['b']:.3f}  (R² {law['r2']:.3f})",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: short_count(v)))

@@ -17,9 +17,33 @@ from polar_jax.scaling.run_state import is_finished, read_metrics, read_status, 
 
 PFS_DAY = 1e15 * 86400  # FLOPs in one PF/s-day
 CSV_FIELDS = (
-    "name", "size", "seed", "status", "error", "init", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
-    "mlp_dim", "vocab_size", "params", "params_non_embedding", "steps", "batch_size", "seq_len", "lr", "tokens_per_step",
-    "tokens", "flops_per_token", "compute_flops", "compute_pfs_days", "eval_loss", "eval_accuracy", "train_loss",
+    "name",
+    "size",
+    "seed",
+    "status",
+    "error",
+    "init",
+    "num_layers",
+    "d_model",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "mlp_dim",
+    "vocab_size",
+    "params",
+    "params_non_embedding",
+    "steps",
+    "batch_size",
+    "seq_len",
+    "lr",
+    "tokens_per_step",
+    "tokens",
+    "flops_per_token",
+    "compute_flops",
+    "compute_pfs_days",
+    "eval_loss",
+    "eval_accuracy",
+    "train_loss",
     "wall_s",
 )
 
@@ -36,24 +60,45 @@ def collect(plans: list[RunPlan], fit_params: str = "non_embedding") -> tuple[li
         train_rows = [r for r in metrics if "tokens" in r]
         evals = [r for r in metrics if "eval_loss" in r]
         c = run.config
-        tokens_per_step = (float(np.mean([r["tokens"] for r in train_rows])) if train_rows
-                           else c.data.batch_size * c.data.seq_len * 1.0)
+        tokens_per_step = (
+            float(np.mean([r["tokens"] for r in train_rows]))
+            if train_rows
+            else c.data.batch_size * c.data.seq_len * 1.0
+        )
         fpt = train_flops_per_token(model_cfg, c.data.seq_len) if model_cfg is not None else float("nan")
         row = dict.fromkeys(CSV_FIELDS, "")
-        row.update(name=run.name, size=run.size, seed=run.seed, status=status, error=error, init=c.model.init,
-                   steps=run.steps, batch_size=c.data.batch_size, seq_len=c.data.seq_len, lr=c.optim.lr,
-                   wall_s=saved.get("wall_s", ""))
+        row.update(
+            name=run.name,
+            size=run.size,
+            seed=run.seed,
+            status=status,
+            error=error,
+            init=c.model.init,
+            steps=run.steps,
+            batch_size=c.data.batch_size,
+            seq_len=c.data.seq_len,
+            lr=c.optim.lr,
+            wall_s=saved.get("wall_s", ""),
+        )
         if model_cfg is not None:
             row.update({k: getattr(model_cfg, k) for k in SIZE_FIELDS})
-            row.update(params=model_cfg.num_params(), params_non_embedding=model_cfg.num_params(include_embedding=False),
-                       flops_per_token=fpt)
+            row.update(
+                params=model_cfg.num_params(),
+                params_non_embedding=model_cfg.num_params(include_embedding=False),
+                flops_per_token=fpt,
+            )
         if status == "finished":
             final = next(r for r in reversed(evals) if r["step"] == run.steps)
             tokens = tokens_per_step * run.steps
-            row.update(tokens_per_step=tokens_per_step, tokens=tokens, compute_flops=fpt * tokens,
-                       compute_pfs_days=fpt * tokens / PFS_DAY, eval_loss=final["eval_loss"],
-                       eval_accuracy=final.get("eval_accuracy", ""),
-                       train_loss=train_rows[-1].get("loss", "") if train_rows else "")
+            row.update(
+                tokens_per_step=tokens_per_step,
+                tokens=tokens,
+                compute_flops=fpt * tokens,
+                compute_pfs_days=fpt * tokens / PFS_DAY,
+                eval_loss=final["eval_loss"],
+                eval_accuracy=final.get("eval_accuracy", ""),
+                train_loss=train_rows[-1].get("loss", "") if train_rows else "",
+            )
             n = counted_params(model_cfg, fit_params) if model_cfg is not None else float("nan")
             curves[run.name] = _eval_curve(evals, fpt * tokens_per_step, n)
         rows.append(row)
@@ -80,9 +125,14 @@ def _eval_curve(evals: list[dict], flops_per_step: float, params: float) -> list
     for r in evals:  # a resumed run may repeat a step: the last one counts
         by_step[r["step"]] = r
     return [
-        {"step": s, "eval_loss": r["eval_loss"], "eval_accuracy": r.get("eval_accuracy"),
-         "compute_flops": flops_per_step * s, "compute_pfs_days": flops_per_step * s / PFS_DAY,
-         "params": params}
+        {
+            "step": s,
+            "eval_loss": r["eval_loss"],
+            "eval_accuracy": r.get("eval_accuracy"),
+            "compute_flops": flops_per_step * s,
+            "compute_pfs_days": flops_per_step * s / PFS_DAY,
+            "params": params,
+        }
         for s, r in sorted(by_step.items())
     ]
 
@@ -108,14 +158,20 @@ def size_means(rows: list[dict], curves: dict[str, list[dict]], fit_params: str 
     for size, runs in groups.items():
         loss_n = np.array([r["eval_loss"] for r in runs], np.float64)
         accuracies = [r["eval_accuracy"] for r in runs if r["eval_accuracy"] != ""]
-        out.append({
-            "size": size, "params": runs[0][param_key], "runs": [r["name"] for r in runs],
-            "seeds": [r.get("seed", 0) for r in runs], "eval_losses": loss_n.tolist(),
-            "eval_loss": float(loss_n.mean()), "eval_loss_std": float(loss_n.std(ddof=1)) if len(runs) > 1 else None,
-            "eval_accuracy": float(np.mean(accuracies)) if accuracies else None,
-            "compute_pfs_days": float(np.mean([r["compute_pfs_days"] for r in runs])),
-            "curve": mean_curve([curves.get(r["name"], []) for r in runs]),
-        })
+        out.append(
+            {
+                "size": size,
+                "params": runs[0][param_key],
+                "runs": [r["name"] for r in runs],
+                "seeds": [r.get("seed", 0) for r in runs],
+                "eval_losses": loss_n.tolist(),
+                "eval_loss": float(loss_n.mean()),
+                "eval_loss_std": float(loss_n.std(ddof=1)) if len(runs) > 1 else None,
+                "eval_accuracy": float(np.mean(accuracies)) if accuracies else None,
+                "compute_pfs_days": float(np.mean([r["compute_pfs_days"] for r in runs])),
+                "curve": mean_curve([curves.get(r["name"], []) for r in runs]),
+            }
+        )
     return out
 
 
@@ -142,13 +198,17 @@ def analyse(rows: list[dict], curves: dict[str, list[dict]], fit_params: str = "
     the paper's fits."""
     means = size_means(rows, curves, fit_params)
     out = {
-        "params": fit_params, "compute_unit": "PF/s-days (1e15 FLOP/s for one day)",
+        "params": fit_params,
+        "compute_unit": "PF/s-days (1e15 FLOP/s for one day)",
         "loss": "final held-out eval_loss (Bradley-Terry), the mean over each size's finished seeds",
         "fit_space": "least squares in log-log space, one point per size",
-        "runs": {"total": len(rows), "finished": [r["name"] for r in rows if r["status"] == "finished"],
-                 "failed": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "failed"],
-                 "stale": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "stale"],
-                 "pending": [r["name"] for r in rows if r["status"] == "pending"]},
+        "runs": {
+            "total": len(rows),
+            "finished": [r["name"] for r in rows if r["status"] == "finished"],
+            "failed": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "failed"],
+            "stale": [{"name": r["name"], "error": r["error"]} for r in rows if r["status"] == "stale"],
+            "pending": [r["name"] for r in rows if r["status"] == "pending"],
+        },
         "sizes": means,
         "paper": fitting.PAPER,
     }
@@ -177,10 +237,19 @@ def _frontier(means: list[dict]) -> dict:
         frontier_fit["note"] = str(e)
         return frontier_fit
     return {
-        "points": [{"size": points[i][0], "step": points[i][1]["step"], "compute_pfs_days": float(c_n[i]),
-                    "eval_loss": float(l_n[i]), "params": float(n_n[i])} for i in frontier["indices"]],
+        "points": [
+            {
+                "size": points[i][0],
+                "step": points[i][1]["step"],
+                "compute_pfs_days": float(c_n[i]),
+                "eval_loss": float(l_n[i]),
+                "params": float(n_n[i]),
+            }
+            for i in frontier["indices"]
+        ],
         "loss_vs_compute": _as_dict(frontier["loss_vs_compute"]),
-        "optimal_params": _as_dict(frontier["optimal_params"]), "note": frontier["note"],
+        "optimal_params": _as_dict(frontier["optimal_params"]),
+        "note": frontier["note"],
     }
 
 

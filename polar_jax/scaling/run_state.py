@@ -46,8 +46,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_difference(old: dict, new: dict, limit: int = 5) -> str:
     """The differing keys of two configs as text, at most `limit` of them ("" when equal)."""
     a, b = _flatten(old), _flatten(new)
-    diffs = [f"{key}: {a.get(key, '<absent>')!r} there, {b.get(key, '<absent>')!r} now"
-             for key in sorted(set(a) | set(b)) if a.get(key, "<absent>") != b.get(key, "<absent>")]
+    diffs = [
+        f"{key}: {a.get(key, '<absent>')!r} there, {b.get(key, '<absent>')!r} now"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "<absent>") != b.get(key, "<absent>")
+    ]
     return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
@@ -64,8 +67,10 @@ def stale_message(run: RunPlan) -> str:
     diff = config_difference(json.loads(path.read_text()), json.loads(run.config.to_json()))
     if not diff:
         return ""
-    return (f"{run.workdir} holds a run of a different config ({diff}); delete that directory to rerun it, "
-            "or use another --workdir")
+    return (
+        f"{run.workdir} holds a run of a different config ({diff}); delete that directory to rerun it, "
+        "or use another --workdir"
+    )
 
 
 def prepare_workdir(run: RunPlan) -> str:

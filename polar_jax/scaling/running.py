@@ -51,9 +51,16 @@ def run_local(plans: list[RunPlan], train_fn: Callable | None = None, progress: 
 def _train_run(run: RunPlan, train_fn: Callable, progress: bool, tag: str) -> str:
     """Train one unfinished run and record the outcome in its sweep_status.json; returns its status:
     "finished", "failed" (it raised, or ended without its final evaluation) or "pending" (a signal stopped it)."""
-    log.info("%s: training %d steps (%s, lr %.3g, batch %d x %d tokens) in %s", tag, run.steps,
-             _describe_model(run), run.config.optim.lr, run.config.data.batch_size, run.config.data.seq_len,
-             run.workdir)
+    log.info(
+        "%s: training %d steps (%s, lr %.3g, batch %d x %d tokens) in %s",
+        tag,
+        run.steps,
+        _describe_model(run),
+        run.config.optim.lr,
+        run.config.data.batch_size,
+        run.config.data.seq_len,
+        run.workdir,
+    )
     start = time.perf_counter()
     try:
         result = train_fn(run.config, run.workdir, progress)
@@ -65,8 +72,9 @@ def _train_run(run: RunPlan, train_fn: Callable, progress: bool, tag: str) -> st
             log.warning("%s: interrupted; rerun the same command to resume the sweep", tag)
             return "pending"
         if not is_finished(run):
-            raise RuntimeError(f"training returned without an evaluation at step {run.steps} in "
-                               f"{run.workdir / 'metrics.jsonl'}")
+            raise RuntimeError(
+                f"training returned without an evaluation at step {run.steps} in {run.workdir / 'metrics.jsonl'}"
+            )
     except Exception as e:  # noqa: BLE001 - any failure of one run is reported, and the sweep goes on
         wall = time.perf_counter() - start + read_status(run).get("wall_s", 0.0)
         message = f"{type(e).__name__}: {e}"
@@ -85,8 +93,9 @@ def _describe_model(run: RunPlan) -> str:
     if run.model_cfg is None:
         return f"from {run.config.model.init}"
     m = run.model_cfg
-    return (f"{m.num_layers} layers x {m.d_model}, {m.num_params(include_embedding=False):,} non-embedding params"
-            + ("" if run.config.model.init == "scratch" else f", from {run.config.model.init}"))
+    return f"{m.num_layers} layers x {m.d_model}, {m.num_params(include_embedding=False):,} non-embedding params" + (
+        "" if run.config.model.init == "scratch" else f", from {run.config.model.init}"
+    )
 
 
 def pod_commands(plans: list[RunPlan], tpu: str, zone: str, script: str = "launch/tpu_pod.sh") -> list[str]:
@@ -104,6 +113,8 @@ def pod_commands(plans: list[RunPlan], tpu: str, zone: str, script: str = "launc
 def launch_script(commands: list[str]) -> str:
     """A bash script running the pod commands one after another (a failed run does not stop the rest)."""
     body = "".join(f"{c} || echo 'run failed: {c.split()[-1]}' >&2\n" for c in commands)
-    return ("#!/usr/bin/env bash\n# Written by `python -m polar_jax scaling --launch pod`: one run per line, on one "
-            "slice.\n# Split the lines over several slices to run them at once; rerun the scaling command "
-            "afterwards.\n" + body)
+    return (
+        "#!/usr/bin/env bash\n# Written by `python -m polar_jax scaling --launch pod`: one run per line, on one "
+        "slice.\n# Split the lines over several slices to run them at once; rerun the scaling command "
+        "afterwards.\n" + body
+    )

@@ -44,14 +44,22 @@ class DepthWidthRule:
             raise ValueError(f"num_layers={num_layers}: need at least 1")
         d_model = self.aspect_ratio * num_layers
         if d_model % self.head_dim:
-            raise ValueError(f"d_model={d_model} (aspect_ratio {self.aspect_ratio} x {num_layers} layers) is not a "
-                             f"multiple of head_dim={self.head_dim}")
+            raise ValueError(
+                f"d_model={d_model} (aspect_ratio {self.aspect_ratio} x {num_layers} layers) is not a "
+                f"multiple of head_dim={self.head_dim}"
+            )
         num_heads = d_model // self.head_dim
         if num_heads % self.kv_group:
             raise ValueError(f"{num_heads} heads do not split into groups of kv_group={self.kv_group}")
         mlp_dim = -(-8 * d_model // (3 * self.mlp_multiple)) * self.mlp_multiple
-        return dict(d_model=d_model, num_layers=num_layers, num_heads=num_heads,
-                    num_kv_heads=num_heads // self.kv_group, head_dim=self.head_dim, mlp_dim=mlp_dim)
+        return dict(
+            d_model=d_model,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_heads // self.kv_group,
+            head_dim=self.head_dim,
+            mlp_dim=mlp_dim,
+        )
 
 
 MAIN_RULE = DepthWidthRule()
@@ -98,11 +106,15 @@ def family(rule: DepthWidthRule, layers: tuple[int, ...]) -> dict[str, dict]:
 
 def describe(sizes: dict[str, dict]) -> str:
     """A table of a family: name, layers, widths, non-embedding parameters."""
-    lines = [f"{'name':>8} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'head_dim':>8} {'mlp_dim':>7} "
-             f"{'params (non-emb.)':>17}"]
+    lines = [
+        f"{'name':>8} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'head_dim':>8} {'mlp_dim':>7} "
+        f"{'params (non-emb.)':>17}"
+    ]
     for name, s in sizes.items():
-        lines.append(f"{name:>8} {s['num_layers']:>6} {s['d_model']:>7} {s['num_heads']:>5} {s['num_kv_heads']:>3} "
-                     f"{s['head_dim']:>8} {s['mlp_dim']:>7} {non_embedding_params(s):>17,}")
+        lines.append(
+            f"{name:>8} {s['num_layers']:>6} {s['d_model']:>7} {s['num_heads']:>5} {s['num_kv_heads']:>3} "
+            f"{s['head_dim']:>8} {s['mlp_dim']:>7} {non_embedding_params(s):>17,}"
+        )
     return "\n".join(lines)
 
 
@@ -110,9 +122,11 @@ def paper_lr(params_m: float, base_tokens_m: float, rm_tokens_m: float) -> float
     """The paper's LR fit: 2.306e-4 N^0.01125 Dp^-0.66587 Drm^0.33916 (all in millions)."""
     for name, value in (("params_m", params_m), ("base_tokens_m", base_tokens_m), ("rm_tokens_m", rm_tokens_m)):
         if not value > 0:
-            raise ValueError(f"paper_lr: {name}={value} must be > 0 (the fit is for RMs initialised from a base LM "
-                             "pre-trained on base_tokens_m million tokens; use a fixed LR from scratch)")
-    return 2.306e-4 * params_m ** 0.01125 * base_tokens_m ** -0.66587 * rm_tokens_m ** 0.33916
+            raise ValueError(
+                f"paper_lr: {name}={value} must be > 0 (the fit is for RMs initialised from a base LM "
+                "pre-trained on base_tokens_m million tokens; use a fixed LR from scratch)"
+            )
+    return 2.306e-4 * params_m**0.01125 * base_tokens_m**-0.66587 * rm_tokens_m**0.33916
 
 
 def paper_batch(params_m: float, rm_tokens_m: float) -> float:
@@ -120,7 +134,7 @@ def paper_batch(params_m: float, rm_tokens_m: float) -> float:
     for name, value in (("params_m", params_m), ("rm_tokens_m", rm_tokens_m)):
         if not value > 0:
             raise ValueError(f"paper_batch: {name}={value} must be > 0")
-    return 31.9032 * params_m ** 0.06944 * rm_tokens_m ** 0.52997
+    return 31.9032 * params_m**0.06944 * rm_tokens_m**0.52997
 
 
 def rows_for_samples(samples: float, pairs_per_row: float, multiple: int = 1) -> int:

@@ -51,12 +51,17 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | pathlib.Pa
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
     hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+        tokenizer_object=tokenizer,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
         additional_special_tokens=[SPLIT_TOKEN, REWARD_TOKEN],
     )
     # An existing out_dir (incomplete leftovers of an interrupted run) is replaced.
@@ -105,15 +110,28 @@ class DemoLMSpec:
         """The Llama-shaped config (float32, tied embeddings) for a tokenizer of `vocab_size`
         tokens, rounded up to a multiple of 64."""
         return ModelConfig(
-            vocab_size=-(-vocab_size // 64) * 64, d_model=self.d_model, num_layers=self.num_layers,
-            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.d_model // self.num_heads,
-            mlp_dim=self.mlp_dim, tie_embeddings=True, heads=("lm",), dtype="float32",
+            vocab_size=-(-vocab_size // 64) * 64,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.d_model // self.num_heads,
+            mlp_dim=self.mlp_dim,
+            tie_embeddings=True,
+            heads=("lm",),
+            dtype="float32",
             scan_unroll=self.num_layers,  # an unrolled stack compiles and runs faster on CPU
         )
 
 
-def train_demo_lm(spec: DemoLMSpec, tokenizer_dir: str | pathlib.Path, out_dir: str | pathlib.Path,
-                  *, texts: list[str] | None = None, progress: bool = True) -> dict[int, pathlib.Path]:
+def train_demo_lm(
+    spec: DemoLMSpec,
+    tokenizer_dir: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    *,
+    texts: list[str] | None = None,
+    progress: bool = True,
+) -> dict[int, pathlib.Path]:
     """Train `spec` on the tokenised corpus (default `corpus_documents()`); returns
     {step: HF directory `out_dir/step-<step>`}. Finished runs are not retrained."""
     out_dir = pathlib.Path(out_dir)
@@ -123,7 +141,15 @@ def train_demo_lm(spec: DemoLMSpec, tokenizer_dir: str | pathlib.Path, out_dir: 
     tokenizer = tokenizers.load_tokenizer(tokenizer_dir)
     ids_n = corpus_ids(tokenizer, corpus_documents() if texts is None else texts)
     return lm.train_lm(
-        spec.model_config(len(tokenizer)), ids_n, out_dir, steps=spec.steps, save_at=spec.save_at,
-        batch_size=spec.batch_size, seq_len=spec.seq_len, lr=spec.lr, seed=spec.seed,
-        tokenizer_dir=tokenizer_dir, progress=progress,
+        spec.model_config(len(tokenizer)),
+        ids_n,
+        out_dir,
+        steps=spec.steps,
+        save_at=spec.save_at,
+        batch_size=spec.batch_size,
+        seq_len=spec.seq_len,
+        lr=spec.lr,
+        seed=spec.seed,
+        tokenizer_dir=tokenizer_dir,
+        progress=progress,
     )

@@ -60,12 +60,27 @@ def build(config) -> tuple[PolicyPool, prompts_lib.PromptSource, SynthPlan]:
     doc_indices = {"train": train_docs, "heldout": heldout_docs, "all": list(range(len(documents)))}
     if p.split not in doc_indices:
         raise ValueError(f"config.prompts.split={p.split!r}; choose train, heldout or all")
-    tokenizer = (tokenizers.load_tokenizer(p.tokenizer, trust, TRUST_REMOTE_CODE) if p.tokenizer
-                 else pool.tokenizer(specs[0].name))
+    tokenizer = (
+        tokenizers.load_tokenizer(p.tokenizer, trust, TRUST_REMOTE_CODE)
+        if p.tokenizer
+        else pool.tokenizer(specs[0].name)
+    )
     instructions = prompts_lib.read_instructions(p.instructions) if p.instructions else []
     source = prompts_lib.PromptSource(
-        documents, tokenizer, doc_indices=doc_indices[p.split], min_tokens=p.min_tokens, max_tokens=p.max_tokens,
-        instructions=instructions, instruction_fraction=p.instruction_fraction, seed=config.seed)
-    plan = SynthPlan(num_triplets=config.num_triplets, shard_size=config.shard_size, seed=config.seed,
-                     policies=tuple(config.draw_from), must_include=tuple(config.must_include))
+        documents,
+        tokenizer,
+        doc_indices=doc_indices[p.split],
+        min_tokens=p.min_tokens,
+        max_tokens=p.max_tokens,
+        instructions=instructions,
+        instruction_fraction=p.instruction_fraction,
+        seed=config.seed,
+    )
+    plan = SynthPlan(
+        num_triplets=config.num_triplets,
+        shard_size=config.shard_size,
+        seed=config.seed,
+        policies=tuple(config.draw_from),
+        must_include=tuple(config.must_include),
+    )
     return pool, source, plan

@@ -34,8 +34,7 @@ SMOLLM2 = "smollm2"  # the checkpoint name of the packaged SmolLM2-135M-Instruct
 TRUST_REMOTE_CODE = "c.trust_remote_code = True in the synth config"  # how a synth run allows checkpoint code
 
 # SmolLM2's chat format (ChatML), for `PolicySpec.template`.
-CHATML = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-          "<|im_start|>assistant\n")
+CHATML = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +75,10 @@ class PolicySpec:
         d = dict(d)
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"policy {d.get('name', '?')}: unknown keys {unknown}; "
-                             f"known: {[f.name for f in dataclasses.fields(cls)]}")
+            raise ValueError(
+                f"policy {d.get('name', '?')}: unknown keys {unknown}; "
+                f"known: {[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**d)
 
     def settings(self) -> dict:
@@ -114,8 +115,9 @@ class _Loaded(NamedTuple):
 class PolicyPool:
     """Named policies over shared, lazily loaded checkpoints."""
 
-    def __init__(self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32, trust_remote_code: bool = False
+    ):
         names = [s.name for s in specs]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -144,8 +146,9 @@ class PolicyPool:
         if key not in self._loaded:
             model = models.load_model(path)
             if "lm" not in model.cfg.heads:
-                raise ValueError(f"policy {name}: {path} has no LM head (heads {model.cfg.heads}); "
-                                 "a policy must be a causal LM")
+                raise ValueError(
+                    f"policy {name}: {path} has no LM head (heads {model.cfg.heads}); a policy must be a causal LM"
+                )
             model_cfg = model.cfg.replace(dtype="float32") if jax.default_backend() == "cpu" else model.cfg
             params = jax.tree.map(jnp.asarray, model.params)
             tokenizer = tokenizers.load_tokenizer(path, self.trust_remote_code, TRUST_REMOTE_CODE)
@@ -162,8 +165,12 @@ class PolicyPool:
         spec = self.specs[name]
         stop_ids = stop_ids_for(self.tokenizer(name), spec.stop, f"policy {name}")
         return sampling.SamplingConfig.polar(
-            stop_ids=stop_ids, max_new_tokens=spec.max_new_tokens,
-            temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
+            stop_ids=stop_ids,
+            max_new_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            top_k=spec.top_k,
+            top_p=spec.top_p,
+        )
 
     def sample(self, name: str, prompts: list[str], key: jax.Array) -> list[Sample]:
         """One response per prompt from policy `name`; deterministic for a key and prompt list.
@@ -183,8 +190,14 @@ class PolicyPool:
             prompt_bt = np.zeros((self.batch_size, width), np.int32)
             for row, row_ids in enumerate(chunk):
                 prompt_bt[row, : len(row_ids)] = row_ids
-            gen = sampling.generate(loaded.cfg, loaded.params, jnp.asarray(prompt_bt), jnp.asarray(lengths_b),
-                                    config, jax.random.fold_in(key, j))
+            gen = sampling.generate(
+                loaded.cfg,
+                loaded.params,
+                jnp.asarray(prompt_bt),
+                jnp.asarray(lengths_b),
+                config,
+                jax.random.fold_in(key, j),
+            )
             tokens_bn, new_lengths_b = np.asarray(gen.tokens_bn), np.asarray(gen.lengths_b)
             looped_b = np.asarray(gen.truncated_loop_b)
             for row in range(len(chunk)):
@@ -196,7 +209,7 @@ class PolicyPool:
     @staticmethod
     def _prompt_ids(spec: PolicySpec, tokenizer, prompt: str) -> list[int]:
         text = spec.template.format(prompt=prompt, system=spec.system)
-        ids = tokenizer(text)["input_ids"][-spec.max_prompt_tokens:]
+        ids = tokenizer(text)["input_ids"][-spec.max_prompt_tokens :]
         if not ids:
             raise ValueError(f"policy {spec.name}: prompt {prompt!r} tokenises to nothing")
         return ids

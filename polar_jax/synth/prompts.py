@@ -67,7 +67,11 @@ def read_instructions(path: str | pathlib.Path) -> list[Prompt]:
 def _flatten(value, where: str) -> str:
     if isinstance(value, str) and value:
         return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+    ):
         return "\n".join(m["content"] for m in value)  # the official flattening
     raise schema.DataError(where, "wrong_type", "prompt must be a non-empty string or message list", "prompt")
 
@@ -76,9 +80,18 @@ class PromptSource:
     """Prompt i for i = 0, 1, ...: a corpus prefix, or (with probability `instruction_fraction`)
     an instruction, chosen by a generator seeded with (seed, i)."""
 
-    def __init__(self, documents: list[str], tokenizer, *, doc_indices: list[int] | None = None,
-                 min_tokens: int = 1, max_tokens: int = 1024, instructions: list[Prompt] = (),
-                 instruction_fraction: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        documents: list[str],
+        tokenizer,
+        *,
+        doc_indices: list[int] | None = None,
+        min_tokens: int = 1,
+        max_tokens: int = 1024,
+        instructions: list[Prompt] = (),
+        instruction_fraction: float = 0.0,
+        seed: int = 0,
+    ):
         if not 1 <= min_tokens <= max_tokens:
             raise ValueError(f"need 1 <= min_tokens ({min_tokens}) <= max_tokens ({max_tokens})")
         if instruction_fraction and not instructions:
@@ -91,8 +104,10 @@ class PromptSource:
         self.instructions, self.instruction_fraction = list(instructions), instruction_fraction
         self.seed = seed
         # Paragraph starts per document; documents are weighted by their number of paragraphs.
-        self._starts = {i: [0] + [m.end() for m in re.finditer(r"\n\s*\n", documents[i])
-                                  if m.end() < len(documents[i])] for i in self.doc_indices}
+        self._starts = {
+            i: [0] + [m.end() for m in re.finditer(r"\n\s*\n", documents[i]) if m.end() < len(documents[i])]
+            for i in self.doc_indices
+        }
         counts_d = np.array([len(self._starts[i]) for i in self.doc_indices], np.float64)
         self._doc_p = counts_d / counts_d.sum() if len(counts_d) else counts_d
 

@@ -118,19 +118,24 @@ def make_shard(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, shard: 
             continue
         counts["triplets"] += 1
         counts["loop_truncated"] += sum(s.truncated_loop for s in got.values())
-        rows.append({
-            "prompt": prompt.text,
-            **{role: got[role].text for role in ROLES},
-            "meta": {
-                "prompt_index": index,
-                "prompt_source": prompt.source,
-                "reference_policy": a, "chosen_policy": a, "rejected_policy": b,
-                "seed": plan.seed, "shard": shard,
-                "new_tokens": {role: got[role].num_tokens for role in ROLES},
-                "loop_truncated": [role for role in ROLES if got[role].truncated_loop],
-                "policies": {a: _compact(pool.specs[a].settings()), b: _compact(pool.specs[b].settings())},
-            },
-        })
+        rows.append(
+            {
+                "prompt": prompt.text,
+                **{role: got[role].text for role in ROLES},
+                "meta": {
+                    "prompt_index": index,
+                    "prompt_source": prompt.source,
+                    "reference_policy": a,
+                    "chosen_policy": a,
+                    "rejected_policy": b,
+                    "seed": plan.seed,
+                    "shard": shard,
+                    "new_tokens": {role: got[role].num_tokens for role in ROLES},
+                    "loop_truncated": [role for role in ROLES if got[role].truncated_loop],
+                    "policies": {a: _compact(pool.specs[a].settings()), b: _compact(pool.specs[b].settings())},
+                },
+            }
+        )
     return rows, counts
 
 
@@ -143,16 +148,23 @@ def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dic
     return {
         "plan": dataclasses.asdict(plan),
         "policies": [pool.specs[n].settings() for n in pool.names],
-        "batch_size": pool.batch_size, "prompt_bucket": pool.prompt_bucket,
-        "prompts": {"seed": prompts.seed, "min_tokens": prompts.min_tokens, "max_tokens": prompts.max_tokens,
-                    "doc_indices": prompts.doc_indices, "instruction_fraction": prompts.instruction_fraction,
-                    "documents_sha256": hashlib.sha256("\0".join(prompts.documents).encode()).hexdigest(),
-                    "instructions": len(prompts.instructions)},
+        "batch_size": pool.batch_size,
+        "prompt_bucket": pool.prompt_bucket,
+        "prompts": {
+            "seed": prompts.seed,
+            "min_tokens": prompts.min_tokens,
+            "max_tokens": prompts.max_tokens,
+            "doc_indices": prompts.doc_indices,
+            "instruction_fraction": prompts.instruction_fraction,
+            "documents_sha256": hashlib.sha256("\0".join(prompts.documents).encode()).hexdigest(),
+            "instructions": len(prompts.instructions),
+        },
     }
 
 
-def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike,
-               progress: bool = True) -> dict:
+def synthesize(
+    pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike, progress: bool = True
+) -> dict:
     """Write (or finish writing) the plan's shards into `out_dir`; returns the summary."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,21 +172,30 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
     wanted = fingerprint(pool, prompts, plan)
     if manifest.exists():
         if json.loads(manifest.read_text()) != json.loads(json.dumps(wanted)):
-            raise ValueError(f"{out_dir} holds triplets synthesised with other settings ({manifest}); "
-                             "use another output directory, or delete this one to start over")
+            raise ValueError(
+                f"{out_dir} holds triplets synthesised with other settings ({manifest}); "
+                "use another output directory, or delete this one to start over"
+            )
     else:
         atomic.write_text(manifest, json.dumps(wanted, indent=1))
     instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()
-    run_manifest.write(out_dir, wanted, {  # the corpus and instructions by content: the files are read already
-        **{f"policy.{n}": pool.specs[n].checkpoint for n in pool.names},
-        "prompts.documents": "sha256:" + wanted["prompts"]["documents_sha256"],
-        "prompts.instructions": "sha256:" + instructions})
+    run_manifest.write(
+        out_dir,
+        wanted,
+        {  # the corpus and instructions by content: the files are read already
+            **{f"policy.{n}": pool.specs[n].checkpoint for n in pool.names},
+            "prompts.documents": "sha256:" + wanted["prompts"]["documents_sha256"],
+            "prompts.instructions": "sha256:" + instructions,
+        },
+    )
     done = [s for s in range(plan.num_shards) if shard_path(out_dir, s).exists()]
     if done:
         log.info("%s: %d of %d shards already written; continuing", out_dir, len(done), plan.num_shards)
     totals = {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
     start, new_tokens = time.perf_counter(), 0
-    bar = tqdm(total=plan.num_shards, initial=len(done), desc=f"synth {out_dir.name}", unit="shard", disable=not progress)
+    bar = tqdm(
+        total=plan.num_shards, initial=len(done), desc=f"synth {out_dir.name}", unit="shard", disable=not progress
+    )
     for shard in range(plan.num_shards):
         stats_file = shard_path(out_dir, shard).with_suffix(".stats.json")
         if shard in done:
@@ -182,15 +203,21 @@ def synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir
         else:
             rows, counts = make_shard(pool, prompts, plan, shard)
             atomic.write_text(stats_file, json.dumps(counts))
-            atomic.write_text(shard_path(out_dir, shard),
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            atomic.write_text(
+                shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            )
             new_tokens += counts["new_tokens"]
             bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
             bar.update(1)
         for k in totals:
             totals[k] += counts[k]
     bar.close()
-    summary = {**totals, "shards": plan.num_shards, "resumed_shards": len(done),
-               "seconds_this_run": round(time.perf_counter() - start, 2), "out_dir": str(out_dir)}
+    summary = {
+        **totals,
+        "shards": plan.num_shards,
+        "resumed_shards": len(done),
+        "seconds_this_run": round(time.perf_counter() - start, 2),
+        "out_dir": str(out_dir),
+    }
     atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary

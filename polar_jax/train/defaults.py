@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 takes the rest
 
-    c.optim = ml_collections.ConfigDict(dict(lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.0, clip_norm=1.0,
-                                             warmup_fraction=0.03, final_lr_fraction=0.1))
+    c.optim = ml_collections.ConfigDict(
+        dict(lr=1e-5, b1=0.9, b2=0.95, weight_decay=0.0, clip_norm=1.0, warmup_fraction=0.03, final_lr_fraction=0.1)
+    )
     return c

@@ -102,16 +102,26 @@ class LMStep(NamedTuple):
     loss: jax.Array  # float32 scalar, still on device (reading it waits for the step)
 
 
-def lm_training(cfg: ModelConfig, ids_n, *, steps: int, batch_size: int, seq_len: int, lr: float, seed: int,
-                stop_after: int | None = None) -> Iterator[LMStep]:
+def lm_training(
+    cfg: ModelConfig,
+    ids_n,
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    stop_after: int | None = None,
+) -> Iterator[LMStep]:
     """Train from `numpy_init_params(cfg, seed)` on windows of `seq_len` tokens of the 1-D stream
     `ids_n`, drawn by `np.random.default_rng(seed)`; yields after every update (deterministic).
 
     `steps` sets the LR schedule's length; training stops after `stop_after` (default `steps`)."""
     ids_n = np.asarray(ids_n, np.int32)
     if ids_n.ndim != 1 or len(ids_n) < seq_len:
-        raise ValueError(f"ids must be a 1-D token stream of at least seq_len={seq_len} tokens; "
-                         f"got shape {ids_n.shape}")
+        raise ValueError(
+            f"ids must be a 1-D token stream of at least seq_len={seq_len} tokens; got shape {ids_n.shape}"
+        )
     if int(ids_n.max()) >= cfg.vocab_size:
         raise ValueError(f"token id {int(ids_n.max())} >= the model's vocab_size={cfg.vocab_size}")
     optimizer, step_fn = _optimizer_and_step(cfg, float(lr), int(steps))
@@ -128,8 +138,15 @@ def lm_training(cfg: ModelConfig, ids_n, *, steps: int, batch_size: int, seq_len
         yield LMStep(step, params, loss)
 
 
-def save_lm(cfg: ModelConfig, params, out_dir: str | pathlib.Path, *, tokenizer_dir=None,
-            hf_config: dict | None = None, info: dict | None = None) -> pathlib.Path:
+def save_lm(
+    cfg: ModelConfig,
+    params,
+    out_dir: str | pathlib.Path,
+    *,
+    tokenizer_dir=None,
+    hf_config: dict | None = None,
+    info: dict | None = None,
+) -> pathlib.Path:
     """Write an HF Llama causal-LM directory (weights, tokenizer files, `training.json`)
     atomically: built under a temporary name, then renamed to `out_dir`."""
     out_dir = pathlib.Path(out_dir)
@@ -152,9 +169,20 @@ def _token_ids(tokenizer_dir) -> dict:
     return {k: v for k, v in ids.items() if v is not None}
 
 
-def train_lm(cfg: ModelConfig, ids, out_dir: str | pathlib.Path, *, steps: int | None = None,
-             save_at: tuple[int, ...], batch_size: int, seq_len: int, lr: float, seed: int,
-             tokenizer_dir: str | pathlib.Path | None = None, progress: bool = True) -> dict[int, pathlib.Path]:
+def train_lm(
+    cfg: ModelConfig,
+    ids,
+    out_dir: str | pathlib.Path,
+    *,
+    steps: int | None = None,
+    save_at: tuple[int, ...],
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    tokenizer_dir: str | pathlib.Path | None = None,
+    progress: bool = True,
+) -> dict[int, pathlib.Path]:
     """Train an LM (`lm_training`) and save `out_dir/step-<n>` for each n in `save_at`;
     returns {n: dir}. A rerun whose directories all exist returns them without training.
 
@@ -177,14 +205,16 @@ def train_lm(cfg: ModelConfig, ids, out_dir: str | pathlib.Path, *, steps: int |
 
     last = max(n for n, d in dirs.items() if not d.is_dir())  # a partial rerun stops at its last missing save
     with tqdm(total=last, desc=f"LM {out_dir.name} seed {seed}", disable=not progress, leave=False) as bar:
-        for point in lm_training(cfg, ids, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed,
-                                 stop_after=last):
+        for point in lm_training(
+            cfg, ids, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed, stop_after=last
+        ):
             bar.update(1)
             if point.step % 10 == 0 or point.step in dirs:
                 bar.set_postfix(loss=f"{float(point.loss):.3f}")
             if point.step in dirs and not dirs[point.step].is_dir():
                 # `loss` is that step's batch loss (noisy): a rough marker of the checkpoint's quality.
                 info = dict(settings, step=point.step, loss=float(point.loss), model=cfg.to_dict())
-                save_lm(cfg, point.params, dirs[point.step], tokenizer_dir=tokenizer_dir, hf_config=hf_config,
-                        info=info)
+                save_lm(
+                    cfg, point.params, dirs[point.step], tokenizer_dir=tokenizer_dir, hf_config=hf_config, info=info
+                )
     return dirs

@@ -83,7 +83,9 @@ class Log:
     so the divergence counter is read after every step (otherwise only at log and save steps,
     where the loop waits for the device anyway)."""
 
-    postfix: dict = dataclasses.field(default_factory=dict)  # bar field -> (metric, format), e.g. {"loss": ("loss", ".4f")}
+    postfix: dict = dataclasses.field(
+        default_factory=dict
+    )  # bar field -> (metric, format), e.g. {"loss": ("loss", ".4f")}
     read: Callable[[int, dict], dict] | None = None
     hint: str = "lower the learning rate or check the data"
     host_metrics: bool = False
@@ -95,8 +97,18 @@ class Run:
     opened and, on leaving the `with`, closed. `single_process`: refuse to run in several
     processes, with this message."""
 
-    def __init__(self, config, workdir, *, inputs: dict, total: int, unit: str = "step", desc: str = "train",
-                 progress: bool = True, single_process: str = ""):
+    def __init__(
+        self,
+        config,
+        workdir,
+        *,
+        inputs: dict,
+        total: int,
+        unit: str = "step",
+        desc: str = "train",
+        progress: bool = True,
+        single_process: str = "",
+    ):
         self.config, self.total, self.unit, self.desc, self.progress = config, total, unit, desc, progress
         if single_process and jax.process_count() > 1:
             raise NotImplementedError(single_process)
@@ -126,8 +138,9 @@ class Run:
         if self.writer is not None:
             self.writer.close()
         if exc[0] is None:
-            log.info("metrics in %s, TensorBoard events in %s", self.workdir / "metrics.jsonl",
-                     self.workdir / "tensorboard")
+            log.info(
+                "metrics in %s, TensorBoard events in %s", self.workdir / "metrics.jsonl", self.workdir / "tensorboard"
+            )
 
     @property
     def finished(self) -> bool:
@@ -155,8 +168,15 @@ class Run:
         """Log `metrics` at `step` to metrics.jsonl and TensorBoard (keys prefixed)."""
         self.writer.write(step, metrics, prefix)
 
-    def loop(self, step_fn: Callable[[Any, int], tuple[Any, dict]], state, data_iterator=None, *, log_spec: Log,
-             hooks: tuple[Hook, ...] = ()):
+    def loop(
+        self,
+        step_fn: Callable[[Any, int], tuple[Any, dict]],
+        state,
+        data_iterator=None,
+        *,
+        log_spec: Log,
+        hooks: tuple[Hook, ...] = (),
+    ):
         """Run `step_fn(state, index)` from the restored step to `total`, logging, running the
         hooks, saving and stopping as the module docstring says; returns the last state."""
         stop = StopOnSignal()
@@ -195,8 +215,7 @@ class Run:
         skipped steps leave the parameters untouched, so a late stop loses no good work."""
         every = self.config.log_every
         at_log = self.step == self.total or bool(every) and self.step % every == 0
-        diverged = ((at_log or at_save or spec.host_metrics)
-                    and int(metrics["bad_streak"]) >= self.config.max_bad_steps)
+        diverged = (at_log or at_save or spec.host_metrics) and int(metrics["bad_streak"]) >= self.config.max_bad_steps
         if at_log or diverged:
             self.logged = spec.read(self.step, metrics) if spec.read else {k: float(v) for k, v in metrics.items()}
             self.write(self.step, self.logged)
@@ -205,7 +224,8 @@ class Run:
             raise TrainingDiverged(
                 f"{self.config.max_bad_steps} non-finite steps in a row (loss, gradient or update NaN/Inf: the "
                 f"optimiser skipped them) up to {self.unit} {self.step}; stopping. The last good checkpoint is in "
-                f"{self.ckpt.directory} ({self.unit}s {self.ckpt.steps()}); {spec.hint}")
+                f"{self.ckpt.directory} ({self.unit}s {self.ckpt.steps()}); {spec.hint}"
+            )
 
     def _run_hook(self, hook: Hook, state, metrics: dict) -> None:
         out = hook.fn(self.step, state, metrics)

@@ -24,8 +24,11 @@ class MetricsWriter:
             return
         if self.path.exists():
             # Lines past the restored checkpoint describe steps that will be redone: drop them.
-            keep = [line for line in self.path.read_text().splitlines()
-                    if resume_step is not None and json.loads(line)["step"] <= resume_step]
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if resume_step is not None and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in keep))
         self.file = self.path.open("a")
         self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))

@@ -48,21 +48,29 @@ def build_model(config) -> Model:
     model = models.load_model(m.init, **_runtime(m))
     params = dict(model.params)
     cfg = model.cfg
-    mismatched = [f"{k}: config {m[k]} vs checkpoint {getattr(cfg, k)}" for k in SIZE_FIELDS
-                  if m[k] is not None and m[k] != getattr(cfg, k)]
+    mismatched = [
+        f"{k}: config {m[k]} vs checkpoint {getattr(cfg, k)}"
+        for k in SIZE_FIELDS
+        if m[k] is not None and m[k] != getattr(cfg, k)
+    ]
     if mismatched:
         raise ValueError(f"config.model sizes do not match {m.init}: {'; '.join(mismatched)}")
     if "reward" not in cfg.heads:  # a base LM: pre-training starts here
         params.pop("lm_head", None)
         rng = np.random.default_rng(config.seed)
         std = 1.0 / np.sqrt(cfg.d_model)
-        params["reward_head"] = (np.zeros(cfg.d_model, np.float32) if m.reward_head_init == "zeros"
-                                 else (rng.standard_normal(cfg.d_model) * std).astype(np.float32))
+        params["reward_head"] = (
+            np.zeros(cfg.d_model, np.float32)
+            if m.reward_head_init == "zeros"
+            else (rng.standard_normal(cfg.d_model) * std).astype(np.float32)
+        )
         cfg = cfg.replace(heads=("reward",), tie_embeddings=False)
     vocab = _data_vocab_size(config)
     if config.data.kind == "synthetic" and config.data.synthetic_vocab_size > cfg.vocab_size:
-        raise ValueError(f"data.synthetic_vocab_size={config.data.synthetic_vocab_size} exceeds the model's "
-                         f"vocabulary ({cfg.vocab_size})")
+        raise ValueError(
+            f"data.synthetic_vocab_size={config.data.synthetic_vocab_size} exceeds the model's "
+            f"vocabulary ({cfg.vocab_size})"
+        )
     if vocab and vocab > cfg.vocab_size:
         log.info("growing the vocabulary %d -> %d for the tokens `prepare` added", cfg.vocab_size, vocab)
         cfg, params = grow_vocab(cfg, params, vocab, jax.random.key(config.seed))
@@ -75,8 +83,10 @@ def model_config_from_sizes(config, heads: tuple[str, ...] = ("reward",)) -> Mod
     m = config.model
     missing = [k for k in SIZE_FIELDS if m[k] is None]
     if missing:
-        raise ValueError(f"config.model.{', config.model.'.join(missing)} not set: the sizes come from the config "
-                         f"here (model.init={m.init}); set them with --config.model.KEY=VALUE")
+        raise ValueError(
+            f"config.model.{', config.model.'.join(missing)} not set: the sizes come from the config "
+            f"here (model.init={m.init}); set them with --config.model.KEY=VALUE"
+        )
     return ModelConfig(**{k: m[k] for k in SIZE_FIELDS}, heads=tuple(heads), **_runtime(m))
 
 
@@ -105,10 +115,13 @@ def build_sources(config):
     """(train, eval) random-access sources of triplet records."""
     d = config.data
     if d.kind == "synthetic":
-        syn = synthetic.SyntheticConfig(vocab_size=d.synthetic_vocab_size, seed=config.seed,
-                                        concentration=d.synthetic_concentration)
-        return (synthetic.SyntheticTriplets(syn, d.synthetic_train_examples),
-                synthetic.SyntheticTriplets(syn, d.synthetic_eval_examples, offset=d.synthetic_train_examples))
+        syn = synthetic.SyntheticConfig(
+            vocab_size=d.synthetic_vocab_size, seed=config.seed, concentration=d.synthetic_concentration
+        )
+        return (
+            synthetic.SyntheticTriplets(syn, d.synthetic_train_examples),
+            synthetic.SyntheticTriplets(syn, d.synthetic_eval_examples, offset=d.synthetic_train_examples),
+        )
     if d.kind == "array_record":
         if not d.train or not d.eval:
             raise ValueError("data.kind=array_record needs data.train and data.eval (directories written by `prepare`)")
@@ -145,8 +158,15 @@ def pipeline_config(config, train: bool = True) -> data_pipeline.PipelineConfig:
         raise ValueError(f"data.batch_size={d.batch_size} must divide over {jax.process_count()} processes")
     order = dict(num_workers=d.num_workers) if train else dict(shuffle=False, num_epochs=1)
     return data_pipeline.PipelineConfig(
-        batch_size=d.batch_size // jax.process_count(), seq_len=d.seq_len, max_pairs_per_row=d.max_pairs_per_row,
-        seed=config.seed, mode=d.mode, shard_index=jax.process_index(), shard_count=jax.process_count(), **order)
+        batch_size=d.batch_size // jax.process_count(),
+        seq_len=d.seq_len,
+        max_pairs_per_row=d.max_pairs_per_row,
+        seed=config.seed,
+        mode=d.mode,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        **order,
+    )
 
 
 # ------------------------------------------------------------------------------------ step
@@ -171,8 +191,10 @@ def abstract_batch(config, mesh) -> dict:
     if d.batch_size % shards:
         raise ValueError(f"data.batch_size={d.batch_size} does not divide over data x fsdp = {shards} devices")
     shardings = batch_shardings(mesh)
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
-            for k, (shape, dtype) in batch_contract.shapes(d.batch_size, d.seq_len, d.max_pairs_per_row).items()}
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
+        for k, (shape, dtype) in batch_contract.shapes(d.batch_size, d.seq_len, d.max_pairs_per_row).items()
+    }
 
 
 def global_batch(local: dict, shardings: dict) -> dict:
@@ -183,13 +205,23 @@ def global_batch(local: dict, shardings: dict) -> dict:
 def jit_train_step(config, model_cfg: ModelConfig, optimizer, schedule, state_sharding, batch_sharding):
     """The jitted update step exactly as `train` runs it (the `compile` command lowers this one too)."""
     return jax.jit(
-        functools.partial(steps.train_step, model_cfg=model_cfg, optimizer=optimizer, schedule=schedule,
-                          accum_steps=config.accum_steps, margin=config.margin),
-        in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None), donate_argnums=0,
+        functools.partial(
+            steps.train_step,
+            model_cfg=model_cfg,
+            optimizer=optimizer,
+            schedule=schedule,
+            accum_steps=config.accum_steps,
+            margin=config.margin,
+        ),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, None),
+        donate_argnums=0,
     )
 
 
 def jit_eval_step(config, model_cfg: ModelConfig, params_sharding, batch_sharding):
     """The jitted held-out step: loss and accuracy sums of one batch."""
-    return jax.jit(functools.partial(steps.eval_step, model_cfg=model_cfg, margin=config.margin),
-                   in_shardings=(params_sharding, batch_sharding))
+    return jax.jit(
+        functools.partial(steps.eval_step, model_cfg=model_cfg, margin=config.margin),
+        in_shardings=(params_sharding, batch_sharding),
+    )

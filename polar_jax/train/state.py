@@ -59,8 +59,12 @@ def apply_guarded(state: TrainState, grads, loss, optimizer: optax.GradientTrans
 def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):
     params = T.init_params(model_cfg, rng, boxed=True)
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-        rng=jax.random.key_data(rng), skipped=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(rng),
+        skipped=jnp.zeros((), jnp.int32),
+        bad_streak=jnp.zeros((), jnp.int32),
     )
 
 
@@ -82,13 +86,15 @@ def abstract_state(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def create_state(model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES,
-                 params: dict | None = None) -> TrainState:
+def create_state(
+    model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES, params: dict | None = None
+) -> TrainState:
     """A fresh state on `mesh`: random parameters (params=None) or the given host arrays,
     each placed shard by shard; optimiser state initialised where it lives."""
     shardings = state_shardings(model_cfg, optimizer, mesh, rules)
     with parallel.use_rules(mesh, rules):
         if params is None:
+
             def init(k):
                 return nn.unbox(_boxed_state(model_cfg, optimizer, k))
 
@@ -97,8 +103,12 @@ def create_state(model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=paral
 
         def init_rest(p, k):
             return TrainState(
-                step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
-                rng=jax.random.key_data(k), skipped=jnp.zeros((), jnp.int32), bad_streak=jnp.zeros((), jnp.int32),
+                step=jnp.zeros((), jnp.int32),
+                params=p,
+                opt_state=optimizer.init(p),
+                rng=jax.random.key_data(k),
+                skipped=jnp.zeros((), jnp.int32),
+                bad_streak=jnp.zeros((), jnp.int32),
             )
 
         return jax.jit(init_rest, out_shardings=shardings, donate_argnums=0)(placed, rng)

@@ -30,6 +30,7 @@ def loss_sums(params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0):
 
 def _micro_batches(batch: dict, accum_steps: int) -> dict:
     """[B, ...] -> [A, B / A, ...] for a scan over micro-batches."""
+
     def split(x):
         if x.shape[0] % accum_steps:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by accum_steps={accum_steps}")
@@ -38,8 +39,16 @@ def _micro_batches(batch: dict, accum_steps: int) -> dict:
     return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
-def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, accum_steps: int = 1, margin: float = 0.0):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model_cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    accum_steps: int = 1,
+    margin: float = 0.0,
+):
     """One update on the mean loss over every real pair of the batch; returns (state, metrics).
 
     A non-finite loss, gradient or updated parameter leaves params and optimiser state
@@ -60,8 +69,14 @@ def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig, optimi
     grads = jax.tree.map(lambda g: g / pairs, grads)
     metrics = objectives.finalize(sums)
     new_state, finite, grad_norm = apply_guarded(state, grads, metrics["loss"], optimizer)
-    metrics.update(grad_norm=grad_norm, lr=schedule(state.step), tokens=sums["tokens"],
-                   finite=finite, skipped=new_state.skipped, bad_streak=new_state.bad_streak)
+    metrics.update(
+        grad_norm=grad_norm,
+        lr=schedule(state.step),
+        tokens=sums["tokens"],
+        finite=finite,
+        skipped=new_state.skipped,
+        bad_streak=new_state.bad_streak,
+    )
     return new_state, metrics
 
 

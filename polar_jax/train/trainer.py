@@ -37,11 +37,16 @@ log = logging.getLogger(__name__)
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> loop.RunResult:
     """Run (or resume) the training described by `config` in `workdir`."""
-    with loop.Run(config, workdir, inputs=run_manifest.train_inputs(config), total=config.steps, desc="train",
-                  progress=progress) as run:
+    with loop.Run(
+        config, workdir, inputs=run_manifest.train_inputs(config), total=config.steps, desc="train", progress=progress
+    ) as run:
         model = setup.build_model(config)
-        log.info("reward model: %.2fM parameters, %d layers, d_model %d", model.cfg.num_params() / 1e6,
-                 model.cfg.num_layers, model.cfg.d_model)
+        log.info(
+            "reward model: %.2fM parameters, %d layers, d_model %d",
+            model.cfg.num_params() / 1e6,
+            model.cfg.num_layers,
+            model.cfg.d_model,
+        )
         train_source, eval_source = setup.build_sources(config)
         split_sources = setup.eval_split_sources(config)
         train_iter = iter(data_pipeline.build_pipeline(train_source, setup.pipeline_config(config)))
@@ -49,7 +54,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         state = run.restore_or_init(
             abstract_state(model.cfg, optimizer, run.mesh),
             lambda: create_state(model.cfg, optimizer, jax.random.key(config.seed), run.mesh, params=model.params),
-            train_iter)
+            train_iter,
+        )
         model = dataclasses.replace(model, params=None)  # the host copy of the initial weights is not needed now
 
         state_sharding = jax.tree.map(lambda x: x.sharding, state)
@@ -70,10 +76,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
             return out
 
         state = run.loop(
-            step_fn, state, train_iter,
-            log_spec=loop.Log(postfix={"loss": ("loss", ".4f"), "acc": ("accuracy", ".3f")}, read=throughput.read,
-                              hint="lower optim.lr or check the data"),
-            hooks=(loop.Hook(evaluate_all, every=config.eval_every, at_end=bool(config.eval_every), name="eval"),))
+            step_fn,
+            state,
+            train_iter,
+            log_spec=loop.Log(
+                postfix={"loss": ("loss", ".4f"), "acc": ("accuracy", ".3f")},
+                read=throughput.read,
+                hint="lower optim.lr or check the data",
+            ),
+            hooks=(loop.Hook(evaluate_all, every=config.eval_every, at_end=bool(config.eval_every), name="eval"),),
+        )
         evaluated = run.hook_outputs.get("eval", {}).get("eval_", {})
         if not evaluated and config.eval_every and run.stopped_by == "done":  # a finished run, rerun
             evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
@@ -86,8 +98,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
             save_model(dataclasses.replace(model, params=state.params), run.workdir / "model", config)
             log.info("final model in %s", run.workdir / "model")
         if evaluated:
-            log.info("held-out pairs at step %d: accuracy %.3f, loss %.4f (%d pairs)", run.step,
-                     evaluated["accuracy"], evaluated["loss"], evaluated["pairs"])
+            log.info(
+                "held-out pairs at step %d: accuracy %.3f, loss %.4f (%d pairs)",
+                run.step,
+                evaluated["accuracy"],
+                evaluated["loss"],
+                evaluated["pairs"],
+            )
     return dataclasses.replace(run.result, eval_metrics=evaluated)
 
 
@@ -122,5 +139,3 @@ def save_model(model: Model, model_dir: pathlib.Path, config) -> None:
     tokenizers.copy_tokenizer(data_dir / info.get("tokenizer_dir", prepare.TOKENIZER_DIR), model_dir)
     saved = {k: v for k, v in info.items() if k not in _DATA_ONLY_KEYS}
     (model_dir / encoding.ENCODING_FILE).write_text(json.dumps({**saved, "data": str(data_dir)}, indent=2) + "\n")
-
-

@@ -13,14 +13,21 @@ from polar_jax.config_loading import load_config
 
 needs_libtpu = pytest.mark.skipif(
     not aot.libtpu_available(),
-    reason="libtpu is not installed (launch/setup.sh --tpu installs it; CI does): no TPU topology to compile for")
+    reason="libtpu is not installed (launch/setup.sh --tpu installs it; CI does): no TPU topology to compile for",
+)
 
 TOPOLOGY = "v5p:2x2x1"  # 4 chips, one host
 # pretrain_tiny with tile-sized widths: TPU layouts pad the two minor dimensions of an array to
 # (8, 128) tiles, so a 64-wide model would hide the 1/N of sharding behind padding.
-MODEL = ["--config.model.d_model=512", "--config.model.num_heads=8", "--config.model.num_kv_heads=4",
-         "--config.model.head_dim=64", "--config.model.mlp_dim=512", "--config.data.seq_len=128",
-         "--config.data.batch_size=8"]
+MODEL = [
+    "--config.model.d_model=512",
+    "--config.model.num_heads=8",
+    "--config.model.num_kv_heads=4",
+    "--config.model.head_dim=64",
+    "--config.model.mlp_dim=512",
+    "--config.data.seq_len=128",
+    "--config.data.batch_size=8",
+]
 MESHES = {
     "data": ["--config.mesh.data=-1"],
     "fsdp": ["--config.mesh.data=1", "--config.mesh.fsdp=-1"],
@@ -33,8 +40,10 @@ def reports():
     if not aot.libtpu_available():
         pytest.skip("libtpu is not installed")
     topology = aot.get_topology(TOPOLOGY)
-    return {name: aot.compile_step(load_config("configs/pretrain_tiny.py", MODEL + overrides), topology, "train")
-            for name, overrides in MESHES.items()}
+    return {
+        name: aot.compile_step(load_config("configs/pretrain_tiny.py", MODEL + overrides), topology, "train")
+        for name, overrides in MESHES.items()
+    }
 
 
 @needs_libtpu
@@ -75,8 +84,23 @@ def test_7b_replica_on_one_chip_does_not_fit_and_exits_1(tmp_path, capsys):
 
 @needs_libtpu
 def test_sample_stage_compiles_the_kv_cache_sampler(capsys):
-    code = main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY, "--stage", "sample",
-                 "--sample-batch", "8", "--prompt-len", "16", "--max-new-tokens", "8"])
+    code = main(
+        [
+            "compile",
+            "--config",
+            "configs/pretrain_tiny.py",
+            "--topology",
+            TOPOLOGY,
+            "--stage",
+            "sample",
+            "--sample-batch",
+            "8",
+            "--prompt-len",
+            "16",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert code == 0
     assert "stage sample" in capsys.readouterr().out
 
@@ -87,11 +111,21 @@ def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
     assert "launch/setup.sh --tpu" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, canonical", [
-    ("v5p:4x4x4", "v5p:4x4x4"), ("v5p-128", "v5p:4x4x4"), ("v5p-256", "v5p:4x4x8"), ("v5p-8", "v5p:2x2x1"),
-    ("v5p-32", "v5p:2x2x4"), ("v5litepod-256", "v5e:16x16"), ("v5e-8", "v5e:2x4"), ("v6e-256", "v6e:16x16"),
-    ("v6e:8x8", "v6e:8x8"), ("v4-32", "v4:2x2x4"),
-])
+@pytest.mark.parametrize(
+    "name, canonical",
+    [
+        ("v5p:4x4x4", "v5p:4x4x4"),
+        ("v5p-128", "v5p:4x4x4"),
+        ("v5p-256", "v5p:4x4x8"),
+        ("v5p-8", "v5p:2x2x1"),
+        ("v5p-32", "v5p:2x2x4"),
+        ("v5litepod-256", "v5e:16x16"),
+        ("v5e-8", "v5e:2x4"),
+        ("v6e-256", "v6e:16x16"),
+        ("v6e:8x8", "v6e:8x8"),
+        ("v4-32", "v4:2x2x4"),
+    ],
+)
 def test_topology_names(name, canonical):
     assert aot.canonical_topology(name)[0] == canonical
 
@@ -112,5 +146,10 @@ def test_collectives_are_counted_by_kind_once_per_instruction():
   %cp = f32[2]{0} collective-permute(f32[2]{0} %rs), source_target_pairs={{0,1}}
   %r = f32[] reduce(f32[8]{0} %z, f32[] %c), dimensions={0}, to_apply=%add
 """
-    assert aot.count_collectives(hlo) == {"all-reduce": 1, "all-gather": 1, "reduce-scatter": 1, "all-to-all": 0,
-                                          "collective-permute": 1}
+    assert aot.count_collectives(hlo) == {
+        "all-reduce": 1,
+        "all-gather": 1,
+        "reduce-scatter": 1,
+        "all-to-all": 0,
+        "collective-permute": 1,
+    }

@@ -19,14 +19,24 @@ from polar_jax.train.lm import numpy_init_params
 
 needs_libtpu = pytest.mark.skipif(
     not aot.libtpu_available(),
-    reason="libtpu is not installed (launch/setup.sh --tpu installs it; CI does): no TPU topology to compile for")
+    reason="libtpu is not installed (launch/setup.sh --tpu installs it; CI does): no TPU topology to compile for",
+)
 
 TOPOLOGY = "v5p:2x2x1"  # 4 chips, one host
 # Tile-sized widths (TPU layouts pad the two minor dimensions to (8, 128)), so 1/N sharding shows.
-POLICY = ModelConfig(vocab_size=512, d_model=512, num_layers=1, num_heads=8, num_kv_heads=4, head_dim=64,
-                     mlp_dim=512, tie_embeddings=True)
-REWARD = ModelConfig(vocab_size=512, d_model=128, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=64,
-                     mlp_dim=256, heads=("reward",))
+POLICY = ModelConfig(
+    vocab_size=512,
+    d_model=512,
+    num_layers=1,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=64,
+    mlp_dim=512,
+    tie_embeddings=True,
+)
+REWARD = ModelConfig(
+    vocab_size=512, d_model=128, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=64, mlp_dim=256, heads=("reward",)
+)
 BATCH, EPOCHS, MINIBATCHES, PROMPT, RESPONSE = 16, 2, 2, 64, 64
 CONFIG = """
 from polar_jax.rft.defaults import base_config
@@ -58,9 +68,17 @@ def rft_config(tmp_path_factory) -> str:
     """configs/rft_tiny.py-like file over a tiny HF policy and an HF reward model, in a temp dir."""
     root = tmp_path_factory.mktemp("rft_aot")
     path = root / "rft_tiny.py"
-    path.write_text(CONFIG.format(policy=_save(POLICY, root / "policy"), reward=_save(REWARD, root / "rm"),
-                                  prompt=PROMPT, response=RESPONSE, prompts=BATCH // 2, epochs=EPOCHS,
-                                  minibatches=MINIBATCHES))
+    path.write_text(
+        CONFIG.format(
+            policy=_save(POLICY, root / "policy"),
+            reward=_save(REWARD, root / "rm"),
+            prompt=PROMPT,
+            response=RESPONSE,
+            prompts=BATCH // 2,
+            epochs=EPOCHS,
+            minibatches=MINIBATCHES,
+        )
+    )
     return str(path)
 
 
@@ -69,8 +87,10 @@ def reports(rft_config):
     if not aot.libtpu_available():
         pytest.skip("libtpu is not installed")
     topology = aot.get_topology(TOPOLOGY)
-    return {name: aot.compile_step(load_config(rft_config, overrides), topology, "rft", config_name="rft_tiny")
-            for name, overrides in MESHES.items()}
+    return {
+        name: aot.compile_step(load_config(rft_config, overrides), topology, "rft", config_name="rft_tiny")
+        for name, overrides in MESHES.items()
+    }
 
 
 def _state_bytes(cfg: ModelConfig) -> int:
@@ -101,8 +121,14 @@ def test_ppo_update_compiles_and_fits(reports):
     assert "reference policy" in notes and "reward model" in notes
     # the frozen reference policy and reward model (float32, replicated) count toward the verdict
     assert report.resident_bytes == pytest.approx(4 * (POLICY.num_params() + REWARD.num_params()), abs=1024)
-    assert report.total_bytes == (report.argument_bytes + report.output_bytes - report.alias_bytes
-                                  + report.temp_bytes + report.code_bytes + report.resident_bytes)
+    assert report.total_bytes == (
+        report.argument_bytes
+        + report.output_bytes
+        - report.alias_bytes
+        + report.temp_bytes
+        + report.code_bytes
+        + report.resident_bytes
+    )
 
 
 @needs_libtpu
@@ -117,8 +143,20 @@ def test_fsdp_holds_a_quarter_of_the_actor_and_critic_per_chip(reports):
 @needs_libtpu
 def test_group_estimator_has_no_critic_state(rft_config, reports, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = main(["compile", "--config", rft_config, "--topology", "v5p-8", "--stage", "rft",
-                 "--config.algorithm.estimator=group", "--json", str(out)])
+    code = main(
+        [
+            "compile",
+            "--config",
+            rft_config,
+            "--topology",
+            "v5p-8",
+            "--stage",
+            "rft",
+            "--config.algorithm.estimator=group",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "stage rft" in printed and "FITS" in printed
     group, gae = json.loads(out.read_text()), reports["data"]
@@ -133,8 +171,9 @@ def test_critic_shapes_follow_critic_init(rft_config):
     config = load_config(rft_config, ["--config.policy.dtype=float32", "--config.policy.remat=full"])
     actor, critic = aot.rft_model_configs(config)
     assert actor == POLICY.replace(dtype="float32", remat="full")
-    assert critic == POLICY.replace(heads=("value",), tie_embeddings=False, value_head_bias=True, dtype="float32",
-                                    remat="full")
+    assert critic == POLICY.replace(
+        heads=("value",), tie_embeddings=False, value_head_bias=True, dtype="float32", remat="full"
+    )
     config.critic.init = "reward_model"
     _, critic = aot.rft_model_configs(config)
     assert critic == REWARD.replace(heads=("value",), value_head_bias=True, dtype="float32", remat="full")
@@ -158,8 +197,21 @@ def test_reading_a_config_reads_no_weights_and_matches_loading(rft_config):
 def test_rft_stage_needs_an_rft_config_and_its_policy(rft_config, capsys):
     assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY, "--stage", "rft"]) == 2
     assert "needs an RFT config" in capsys.readouterr().err
-    assert main(["compile", "--config", rft_config, "--topology", TOPOLOGY, "--stage", "rft",
-                 "--config.policy.init=/nonexistent/policy"]) == 2
+    assert (
+        main(
+            [
+                "compile",
+                "--config",
+                rft_config,
+                "--topology",
+                TOPOLOGY,
+                "--stage",
+                "rft",
+                "--config.policy.init=/nonexistent/policy",
+            ]
+        )
+        == 2
+    )
     assert "policy.init '/nonexistent/policy' not found" in capsys.readouterr().err
 
 
@@ -168,17 +220,42 @@ def test_rft_stage_needs_an_rft_config_and_its_policy(rft_config, capsys):
 # config.json of Qwen/Qwen2.5-7B-Instruct and of internlm/POLAR-7B (InternLM2-7B with a reward head), the
 # real sizes; the directories hold nothing else (no weights, no tokenizer).
 QWEN2_5_7B_INSTRUCT = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
-    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-    "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-    "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": False, "bos_token_id": 151643,
-    "eos_token_id": 151645}
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1e6,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
 POLAR_7B = {
-    "architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", "vocab_size": 92544, "hidden_size": 4096,
-    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 5e7,
-    "rope_scaling": {"type": "dynamic", "factor": 2.0}, "bias": False, "tie_word_embeddings": False,
-    "reward_token_id": 92527}
+    "architectures": ["InternLM2ForRewardModel"],
+    "model_type": "internlm2",
+    "vocab_size": 92544,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_act": "silu",
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 5e7,
+    "rope_scaling": {"type": "dynamic", "factor": 2.0},
+    "bias": False,
+    "tie_word_embeddings": False,
+    "reward_token_id": 92527,
+}
 RECIPE_TOPOLOGY, RECIPE_CHIPS = "v5p-128", 64  # 64 chips: 40.3 of 95.7 GiB per chip measured (libtpu 0.0.48)
 
 
@@ -188,9 +265,21 @@ def test_the_released_qwen2_5_7b_recipe_compiles_for_a_v5p_slice(tmp_path, capsy
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "report.json"
-    code = main(["compile", "--config", "configs/rft_qwen2_5_7b.py", "--topology", RECIPE_TOPOLOGY, "--stage", "rft",
-                 f"--config.policy.init={tmp_path / 'qwen'}", f"--config.reward.model={tmp_path / 'polar'}",
-                 "--json", str(out)])
+    code = main(
+        [
+            "compile",
+            "--config",
+            "configs/rft_qwen2_5_7b.py",
+            "--topology",
+            RECIPE_TOPOLOGY,
+            "--stage",
+            "rft",
+            f"--config.policy.init={tmp_path / 'qwen'}",
+            f"--config.reward.model={tmp_path / 'polar'}",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     print(printed)
     report = json.loads(out.read_text())

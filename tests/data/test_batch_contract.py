@@ -11,17 +11,30 @@ from polar_jax.train import step
 
 def _pairs(n: int) -> list[dict]:
     rng = np.random.default_rng(0)
-    return [{"chosen": rng.integers(1, 50, 3 + i % 4), "rejected": rng.integers(1, 50, 2 + i % 3), "record_index": i}
-            for i in range(n)]
+    return [
+        {"chosen": rng.integers(1, 50, 3 + i % 4), "rejected": rng.integers(1, 50, 2 + i % 3), "record_index": i}
+        for i in range(n)
+    ]
 
 
 def test_keys_and_ranks():
-    assert contract.ALL_KEYS == ("tokens_bt", "segment_ids_bt", "positions_bt", "reward_index_bp2", "pair_mask_bp",
-                                 "record_index_bp")
+    assert contract.ALL_KEYS == (
+        "tokens_bt",
+        "segment_ids_bt",
+        "positions_bt",
+        "reward_index_bp2",
+        "pair_mask_bp",
+        "record_index_bp",
+    )
     assert contract.STEP_KEYS == contract.ALL_KEYS[:-1]  # record_index_bp is bookkeeping the step does not read
     assert {k: contract.ndim(k) for k in contract.ALL_KEYS} == {
-        "tokens_bt": 2, "segment_ids_bt": 2, "positions_bt": 2, "reward_index_bp2": 3, "pair_mask_bp": 2,
-        "record_index_bp": 2}
+        "tokens_bt": 2,
+        "segment_ids_bt": 2,
+        "positions_bt": 2,
+        "reward_index_bp2": 3,
+        "pair_mask_bp": 2,
+        "record_index_bp": 2,
+    }
     assert all(len(f.dims) == contract.ndim(f.name) and f.name.endswith("_" + f.dims) for f in contract.FIELDS)
 
 

@@ -61,17 +61,22 @@ def test_pretrain_wrapper_has_no_newline(tok):
 def test_empty_response_newline_client_versus_training(tok):
     # The client always writes the "\n"; xtuner's training pairs drop it before an empty response.
     client = E.encode(tok, "abc", "xy", "", E.EncodingConfig(), REWARD)
-    training = E.encode_triplet(tok, {"prompt": "abc", "reference": "xy", "chosen": "", "rejected": "z"},
-                                E.EncodingConfig(), REWARD)
+    training = E.encode_triplet(
+        tok, {"prompt": "abc", "reference": "xy", "chosen": "", "rejected": "z"}, E.EncodingConfig(), REWARD
+    )
     assert client.ids.tolist() == expected("abc\nxy", "abc\n")
-    assert training.chosen.tolist() == expected("abc\nxy", "abc") and training.rejected.tolist() == expected("abc\nxy", "abc\nz")
+    assert training.chosen.tolist() == expected("abc\nxy", "abc") and training.rejected.tolist() == expected(
+        "abc\nxy", "abc\nz"
+    )
 
 
 def test_pair_shares_one_prompt_budget(tok):
     # max_length 24: budgets (24 - 4 - |[BOS a]| - |cand|) // 2 = 8 next to [BOS c] (2 ids) and 5 next to
     # [BOS c d e f g h] (7 ids); the pair keeps min = 5 prompt tokens in BOTH sequences ("56789").
     cfg = E.EncodingConfig(max_length=24, max_response_length=7)
-    out = E.encode_triplet(tok, {"prompt": "0123456789", "reference": "a", "chosen": "c", "rejected": "cdefgh"}, cfg, REWARD)
+    out = E.encode_triplet(
+        tok, {"prompt": "0123456789", "reference": "a", "chosen": "c", "rejected": "cdefgh"}, cfg, REWARD
+    )
     assert out.chosen.tolist() == expected("56789\na", "56789\nc")
     assert out.rejected.tolist() == expected("56789\na", "56789\ncdefgh")
     assert out.truncated == ("prompt",)
@@ -83,8 +88,9 @@ def test_row_wrapper_overrides_the_default(tok):
     row = {"prompt": "q", "reference": "a", "chosen": "b", "rejected": "c", "wrapper": "pretrain"}
     out = E.encode_triplet(tok, row, E.EncodingConfig(wrapper="sft"), REWARD)
     assert out.chosen.tolist() == expected("qa", "qb")
-    assert E.encode(tok, "q", "a", "b", E.EncodingConfig(wrapper="pretrain"), REWARD, wrapper="sft").ids.tolist() == \
-        expected("q\na", "q\nb")
+    assert E.encode(
+        tok, "q", "a", "b", E.EncodingConfig(wrapper="pretrain"), REWARD, wrapper="sft"
+    ).ids.tolist() == expected("q\na", "q\nb")
     with pytest.raises(ValueError, match="wrapper='chat'"):
         E.encode_triplet(tok, {**row, "wrapper": "chat"}, E.EncodingConfig(), REWARD)
 
@@ -93,34 +99,46 @@ def tokenize_ref(tokenizer, pair, max_length, max_response_length, reward_token_
     """xtuner's `tokenize_ref` (xtuner/dataset/preference_dataset.py) re-implemented from its
     source, with the client's left cut added: the reference the pair encoding is checked against."""
     budget_total = max_length - 4
-    flat = {k: "\n".join(m["content"] for m in v) if isinstance(v, list) else v
-            for k, v in pair.items() if k in ("prompt", "reference", "chosen", "rejected")}
+    flat = {
+        k: "\n".join(m["content"] for m in v) if isinstance(v, list) else v
+        for k, v in pair.items()
+        if k in ("prompt", "reference", "chosen", "rejected")
+    }
     ids = {k: tokenizer.encode(v, add_special_tokens=True) for k, v in flat.items()}
     for k in ("reference", "chosen", "rejected"):
         if len(ids[k]) > max_response_length:
             ids[k] = ids[k][:max_response_length] if cut_side == "right" else ids[k][-max_response_length:]
-    max_prompt = min((budget_total - len(ids["reference"]) - len(ids["chosen"])) // 2,
-                     (budget_total - len(ids["reference"]) - len(ids["rejected"])) // 2)
+    max_prompt = min(
+        (budget_total - len(ids["reference"]) - len(ids["chosen"])) // 2,
+        (budget_total - len(ids["reference"]) - len(ids["rejected"])) // 2,
+    )
     if len(ids["prompt"]) > max_prompt:
         ids["prompt"] = ids["prompt"][-max_prompt:]
     text = {k: tokenizer.decode(v, skip_special_tokens=True) for k, v in ids.items()}
     wrapper = pair.get("wrapper", "sft")
 
     def cat(response):
-        return text["prompt"] + response if wrapper == "pretrain" or response == "" else text["prompt"] + "\n" + response
+        return (
+            text["prompt"] + response if wrapper == "pretrain" or response == "" else text["prompt"] + "\n" + response
+        )
 
-    return [tokenizer.encode(cat(text["reference"]) + "<|reward|>" + cat(text[k]), add_special_tokens=True)
-            + [reward_token_id] for k in ("chosen", "rejected")]
+    return [
+        tokenizer.encode(cat(text["reference"]) + "<|reward|>" + cat(text[k]), add_special_tokens=True)
+        + [reward_token_id]
+        for k in ("chosen", "rejected")
+    ]
 
 
 def random_rows(rng, words, n):
     """Rows of random lengths (empty responses included), as strings or message lists, some with a wrapper."""
+
     def text(lo, hi, allow_messages=True):
         s = " ".join(rng.choice(words, size=int(rng.integers(lo, hi)))) if hi > 0 else ""
         if allow_messages and s and rng.random() < 0.3:
             cut = len(s) // 2
             return [{"role": "user", "content": s[:cut] or "x"}, {"role": "assistant", "content": s[cut:] or "y"}]
         return s
+
     rows = []
     for _ in range(n):
         row = {"prompt": text(1, 40), "reference": text(1, 25), "chosen": text(0, 25), "rejected": text(0, 25)}
@@ -159,7 +177,22 @@ def test_pairs_equal_xtuner_tokenize_ref_smollm2_tokenizer():
     except FileNotFoundError as e:
         pytest.skip(str(e))
     reward_id = E.resolve_reward_token_id(tokenizer, E.EncodingConfig(), add_missing=True)
-    words = ["The", "capital", "of", "China", "is", "Beijing.", "\n", "naïve", "café", "ünïcode", "42", "  ", "->", "日本"]
+    words = [
+        "The",
+        "capital",
+        "of",
+        "China",
+        "is",
+        "Beijing.",
+        "\n",
+        "naïve",
+        "café",
+        "ünïcode",
+        "42",
+        "  ",
+        "->",
+        "日本",
+    ]
     check_pairs_equal_tokenize_ref(tokenizer, reward_id, words, seed=1)
 
 
@@ -192,8 +225,14 @@ def test_prompt_keeps_its_last_tokens(tok):
 def test_client_text_tokenises_to_the_same_ids(tok):
     cfg = E.EncodingConfig()
     text = E.client_text(tok, "what is the capital of china?", "beijing.", "shanghai.", cfg)
-    assert text == "what is the capital of china?\nbeijing.<|reward|>what is the capital of china?\nshanghai.[UNUSED_TOKEN_130]"
-    assert tok.encode(text) == E.encode(tok, "what is the capital of china?", "beijing.", "shanghai.", cfg, REWARD).ids.tolist()
+    assert (
+        text
+        == "what is the capital of china?\nbeijing.<|reward|>what is the capital of china?\nshanghai.[UNUSED_TOKEN_130]"
+    )
+    assert (
+        tok.encode(text)
+        == E.encode(tok, "what is the capital of china?", "beijing.", "shanghai.", cfg, REWARD).ids.tolist()
+    )
 
 
 def test_triplet_gives_chosen_and_rejected_sequences(tok):

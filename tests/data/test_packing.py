@@ -19,10 +19,12 @@ def random_pairs(n, seed, max_len, vocab=1000):
     rng = np.random.default_rng(seed)
     pairs = []
     for i in range(n):
-        seqs = [np.append(rng.integers(10, vocab, rng.integers(0, max_len)), REWARD_ID).astype(np.int32)
-                for _ in range(2)]
-        pairs.append({"chosen": seqs[0], "rejected": seqs[1], "record_index": i,
-                      "meta": {"source": f"t.jsonl:{i + 1}"}})
+        seqs = [
+            np.append(rng.integers(10, vocab, rng.integers(0, max_len)), REWARD_ID).astype(np.int32) for _ in range(2)
+        ]
+        pairs.append(
+            {"chosen": seqs[0], "rejected": seqs[1], "record_index": i, "meta": {"source": f"t.jsonl:{i + 1}"}}
+        )
     return pairs
 
 
@@ -31,31 +33,47 @@ def test_make_batch_lays_out_pairs_exactly():
     b = {"chosen": [31], "rejected": [41, 42, 43], "record_index": 0}
     c = {"chosen": [5, 6], "rejected": [7], "record_index": 9}
     batch = packing.make_batch([[a, b], [c]], row_len=12, max_pairs_per_row=3, batch_size=3)
-    np.testing.assert_array_equal(batch["tokens_bt"], [
-        [11, 12, 13, 21, 22, 31, 41, 42, 43, 0, 0, 0],
-        [5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        [0] * 12,
-    ])
-    np.testing.assert_array_equal(batch["segment_ids_bt"], [
-        [1, 1, 1, 2, 2, 3, 4, 4, 4, 0, 0, 0],
-        [1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        [0] * 12,
-    ])
-    np.testing.assert_array_equal(batch["positions_bt"], [
-        [0, 1, 2, 0, 1, 0, 0, 1, 2, 0, 0, 0],
-        [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        [0] * 12,
-    ])
-    np.testing.assert_array_equal(batch["reward_index_bp2"], [
-        [[2, 4], [5, 8], [0, 0]],
-        [[1, 2], [0, 0], [0, 0]],
-        [[0, 0], [0, 0], [0, 0]],
-    ])
+    np.testing.assert_array_equal(
+        batch["tokens_bt"],
+        [
+            [11, 12, 13, 21, 22, 31, 41, 42, 43, 0, 0, 0],
+            [5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0] * 12,
+        ],
+    )
+    np.testing.assert_array_equal(
+        batch["segment_ids_bt"],
+        [
+            [1, 1, 1, 2, 2, 3, 4, 4, 4, 0, 0, 0],
+            [1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0] * 12,
+        ],
+    )
+    np.testing.assert_array_equal(
+        batch["positions_bt"],
+        [
+            [0, 1, 2, 0, 1, 0, 0, 1, 2, 0, 0, 0],
+            [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0] * 12,
+        ],
+    )
+    np.testing.assert_array_equal(
+        batch["reward_index_bp2"],
+        [
+            [[2, 4], [5, 8], [0, 0]],
+            [[1, 2], [0, 0], [0, 0]],
+            [[0, 0], [0, 0], [0, 0]],
+        ],
+    )
     np.testing.assert_array_equal(batch["pair_mask_bp"], [[1, 1, 0], [1, 0, 0], [0, 0, 0]])
     np.testing.assert_array_equal(batch["record_index_bp"], [[4, 0, -1], [9, -1, -1], [-1, -1, -1]])
     assert {k: v.dtype.name for k, v in batch.items()} == {
-        "tokens_bt": "int32", "segment_ids_bt": "int32", "positions_bt": "int32",
-        "reward_index_bp2": "int32", "pair_mask_bp": "bool", "record_index_bp": "int32",
+        "tokens_bt": "int32",
+        "segment_ids_bt": "int32",
+        "positions_bt": "int32",
+        "reward_index_bp2": "int32",
+        "pair_mask_bp": "bool",
+        "record_index_bp": "int32",
     }
     packing.check_batch(batch)
     assert packing.useful_token_fraction([batch]) == pytest.approx(12 / 36)
@@ -75,8 +93,10 @@ def test_pack_pairs_never_splits_a_pair_and_keeps_each_exactly_once():
     for batch in batches:
         assert batch["tokens_bt"].shape == (4, 128) and batch["reward_index_bp2"].shape == (4, 3, 2)
         packing.check_batch(batch)  # both halves of a pair: segments 2p+1, 2p+2 of one row
-        assert (batch["tokens_bt"][np.arange(4)[:, None, None], batch["reward_index_bp2"]][batch["pair_mask_bp"]]
-                == REWARD_ID).all()
+        assert (
+            batch["tokens_bt"][np.arange(4)[:, None, None], batch["reward_index_bp2"]][batch["pair_mask_bp"]]
+            == REWARD_ID
+        ).all()
         for got in packing.unpack_batch(batch):
             want = pairs[got["record_index"]]
             np.testing.assert_array_equal(got["chosen"], want["chosen"])
@@ -110,8 +130,11 @@ def test_packed_mode_fills_95_percent_of_16k_rows_on_the_realistic_mix():
 
 def test_pair_longer_than_a_row_is_an_error_naming_its_source():
     pairs = random_pairs(3, seed=1, max_len=10)
-    pairs[1] = {"chosen": np.ones(40, np.int32), "rejected": np.ones(30, np.int32),
-                "meta": {"source": "sft/a.jsonl:17"}}
+    pairs[1] = {
+        "chosen": np.ones(40, np.int32),
+        "rejected": np.ones(30, np.int32),
+        "meta": {"source": "sft/a.jsonl:17"},
+    }
     message = r"sft/a\.jsonl:17: pair of 40 \(chosen\) \+ 30 \(rejected\) = 70 tokens does not fit a row of 64"
     with pytest.raises(packing.PairTooLongError, match=message):
         packing.pack_pairs(pairs, batch_size=2, seq_len=64, max_pairs_per_row=2)
@@ -161,8 +184,9 @@ def test_planner_state_round_trips_exactly(mode):
 
 
 def test_each_packed_sequence_scores_as_if_alone():
-    cfg = ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-                      mlp_dim=48, heads=("reward",))
+    cfg = ModelConfig(
+        vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48, heads=("reward",)
+    )
     # Random parameters of the right shapes without compiling Flax's init (seconds on 2 cores).
     shapes = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -183,7 +207,8 @@ def test_each_packed_sequence_scores_as_if_alone():
 
     # One forward over the packed rows and the lone sequences together: rows never interact.
     reward_bt = transformer.forward(
-        cfg, params,
+        cfg,
+        params,
         jnp.concatenate([batch["tokens_bt"], alone_nt]),
         jnp.concatenate([batch["positions_bt"], positions_nt]),
         jnp.concatenate([batch["segment_ids_bt"], segments_nt]),

@@ -17,8 +17,13 @@ def make_records(n, seed=0, max_len=50):
     """Record dicts with random (hence distinct) contents, each sequence ending with REWARD_ID."""
     rng = np.random.default_rng(seed)
     return [
-        {**{key: np.append(rng.integers(10, 5000, rng.integers(1, max_len)), REWARD_ID).astype(np.int32)
-            for key in ("chosen", "rejected")}, "meta": {"source": f"in.jsonl:{i + 1}"}}
+        {
+            **{
+                key: np.append(rng.integers(10, 5000, rng.integers(1, max_len)), REWARD_ID).astype(np.int32)
+                for key in ("chosen", "rejected")
+            },
+            "meta": {"source": f"in.jsonl:{i + 1}"},
+        }
         for i in range(n)
     ]
 
@@ -86,14 +91,19 @@ def test_shuffle_is_seeded_and_new_each_epoch():
 
 def test_two_hosts_get_disjoint_shards_that_cover_the_data():
     recs = make_records(101)
-    per_host = [record_stream(collect(pipeline.make_pipeline(
-        recs, **dict(COMMON, shard_index=h, shard_count=2), seed=1, num_epochs=1))) for h in range(2)]
+    per_host = [
+        record_stream(
+            collect(pipeline.make_pipeline(recs, **dict(COMMON, shard_index=h, shard_count=2), seed=1, num_epochs=1))
+        )
+        for h in range(2)
+    ]
     assert len(per_host[0]) == 51 and len(per_host[1]) == 50
     assert not set(per_host[0]) & set(per_host[1])
     assert sorted(per_host[0] + per_host[1]) == list(range(101))
     # Each host still sees each of its records exactly once per epoch, over two epochs.
-    two_epochs = record_stream(collect(pipeline.make_pipeline(
-        recs, **dict(COMMON, shard_index=1, shard_count=2), seed=1, num_epochs=2)))
+    two_epochs = record_stream(
+        collect(pipeline.make_pipeline(recs, **dict(COMMON, shard_index=1, shard_count=2), seed=1, num_epochs=2))
+    )
     assert collections.Counter(two_epochs) == collections.Counter(per_host[1] * 2)
 
 
@@ -101,8 +111,10 @@ def test_default_shard_is_this_jax_process():
     recs = make_records(30)
     default = dict(COMMON)
     del default["shard_index"], default["shard_count"]
-    assert_batches_equal(collect(pipeline.make_pipeline(recs, **default, seed=2, num_epochs=1)),
-                         collect(pipeline.make_pipeline(recs, **COMMON, seed=2, num_epochs=1)))
+    assert_batches_equal(
+        collect(pipeline.make_pipeline(recs, **default, seed=2, num_epochs=1)),
+        collect(pipeline.make_pipeline(recs, **COMMON, seed=2, num_epochs=1)),
+    )
     with pytest.raises(ValueError, match="shard_index=2 must lie in"):
         pipeline.make_pipeline(recs, **dict(COMMON, shard_index=2, shard_count=2), seed=0)
 
@@ -167,8 +179,11 @@ def test_reads_array_record_files(tmp_path):
 
 def test_over_long_pair_fails_naming_its_file_and_line(tmp_path):
     recs = make_records(20)
-    recs[13] = {"chosen": np.full(100, 5, np.int32), "rejected": np.full(29, 5, np.int32),
-                "meta": {"source": "data/sft.jsonl:14"}}
+    recs[13] = {
+        "chosen": np.full(100, 5, np.int32),
+        "rejected": np.full(29, 5, np.int32),
+        "meta": {"source": "data/sft.jsonl:14"},
+    }
     path = tmp_path / "x.array_record"
     write_array_records(path, recs)
     source = grain.sources.ArrayRecordDataSource([str(path)])

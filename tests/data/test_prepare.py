@@ -28,7 +28,9 @@ def smollm2(tmp_path_factory):
     tok_dir = tmp_path_factory.mktemp("smollm2_tokenizer")
     tokenizer.save_pretrained(tok_dir)
     reward_id = encoding.resolve_reward_token_id(tokenizer, CFG, add_missing=True)
-    encoder = prepare.Encoder(tokenizer, CFG, reward_id, str(path), 49152, {"<|reward|>": 49152, "[UNUSED_TOKEN_130]": 49153})
+    encoder = prepare.Encoder(
+        tokenizer, CFG, reward_id, str(path), 49152, {"<|reward|>": 49152, "[UNUSED_TOKEN_130]": 49153}
+    )
     return path, tok_dir, encoder
 
 
@@ -38,13 +40,24 @@ def make_rows(n: int) -> list[dict]:
     for i in range(n):
         long = " ".join(f"word{i}_{j}" for j in range(40))
         prompt = (
-            [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Question {i}: what is {i} + {i}?"}]
+            [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": f"Question {i}: what is {i} + {i}?"},
+            ]
             if i % 3 == 1
             else (f"Context {long}. Question {i}?" if i % 5 == 4 else f"Question {i}: what is {i} + {i}? \u4f60\u597d")
         )
         chosen = f"It is {2 * i}." if i % 4 else [{"role": "assistant", "content": f"{2 * i} \U0001f600"}]
         rejected = f"It is {2 * i + 1}, surely. {long}" if i % 7 == 3 else f"Maybe {i}."
-        rows.append({"prompt": prompt, "reference": f"{2 * i}.", "chosen": chosen, "rejected": rejected, "meta": {"i": i, "policy": f"p{i % 3}"}})
+        rows.append(
+            {
+                "prompt": prompt,
+                "reference": f"{2 * i}.",
+                "chosen": chosen,
+                "rejected": rejected,
+                "meta": {"i": i, "policy": f"p{i % 3}"},
+            }
+        )
     return rows
 
 
@@ -67,10 +80,28 @@ def test_cli_round_trip_one_worker_matches_encode_triplet(smollm2, tmp_path):
     rows = make_rows(12)
     src = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "out"
-    code = main(["prepare", "--input", str(src), "--tokenizer", str(gguf_path), "--output", str(out),
-                 "--add-special-tokens", "--workers", "1", *CLI_LIMITS])
+    code = main(
+        [
+            "prepare",
+            "--input",
+            str(src),
+            "--tokenizer",
+            str(gguf_path),
+            "--output",
+            str(out),
+            "--add-special-tokens",
+            "--workers",
+            "1",
+            *CLI_LIMITS,
+        ]
+    )
     assert code == 0
-    assert sorted(os.listdir(out)) == ["encoding.json", "stats.json", "tokenizer", "triplets-00000-of-00001.array_record"]
+    assert sorted(os.listdir(out)) == [
+        "encoding.json",
+        "stats.json",
+        "tokenizer",
+        "triplets-00000-of-00001.array_record",
+    ]
     data = sources.ArrayRecordTriplets(out)
     want = expected(encoder, rows)
     assert len(data) == len(rows)
@@ -89,7 +120,10 @@ def test_cli_round_trip_one_worker_matches_encode_triplet(smollm2, tmp_path):
     assert info["records"] == 12
     saved = prepare.load_tokenizer(out / info["tokenizer_dir"])  # the grown tokenizer, ready for scoring
     assert encoding.resolve_reward_token_id(saved, CFG) == 49153
-    assert saved.encode(encoding.client_text(saved, rows[1]["prompt"], rows[1]["reference"], rows[1]["chosen"], CFG)) == want[1].chosen.tolist()
+    assert (
+        saved.encode(encoding.client_text(saved, rows[1]["prompt"], rows[1]["reference"], rows[1]["chosen"], CFG))
+        == want[1].chosen.tolist()
+    )
 
     stats = json.loads((out / "stats.json").read_text())
     lengths = sorted(len(s) for e in want for s in (e.chosen, e.rejected))
@@ -109,10 +143,31 @@ def test_cli_two_workers_three_shards_skip_invalid_keeps_input_order(smollm2, tm
     gguf_path, tok_dir, encoder = smollm2
     rows_a, rows_b = make_rows(20), make_rows(30)[20:]
     a = write_jsonl(tmp_path / "a.jsonl", rows_a, extra_lines=[(3, b""), (5, b'{"prompt": "p"}'), (9, b"{not json")])
-    b = write_jsonl(tmp_path / "b.jsonl", rows_b, extra_lines=[(0, b'{"prompt": "p", "reference": "r", "chosen": "", "rejected": "x"}')])
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        rows_b,
+        extra_lines=[(0, b'{"prompt": "p", "reference": "r", "chosen": "", "rejected": "x"}')],
+    )
     out = tmp_path / "out"
-    code = main(["prepare", "--input", str(a), str(b), "--tokenizer", str(tok_dir), "--output", str(out),
-                 "--add-special-tokens", "--skip-invalid", "--workers", "2", "--shards", "3", *CLI_LIMITS])
+    code = main(
+        [
+            "prepare",
+            "--input",
+            str(a),
+            str(b),
+            "--tokenizer",
+            str(tok_dir),
+            "--output",
+            str(out),
+            "--add-special-tokens",
+            "--skip-invalid",
+            "--workers",
+            "2",
+            "--shards",
+            "3",
+            *CLI_LIMITS,
+        ]
+    )
     assert code == 0
     shards = sources.find_shards(out)
     assert [os.path.basename(p) for p in shards] == [f"triplets-0000{k}-of-00003.array_record" for k in range(3)]
@@ -135,15 +190,27 @@ def test_cli_two_workers_three_shards_skip_invalid_keeps_input_order(smollm2, tm
     assert stats["workers"] == 2
     assert [s["records"] for s in stats["shards"]] == [10, 10, 10]
     assert stats["skipped"] == {
-        "bad_json": {"count": 1, "examples": [f"{a}:12: invalid JSON: Expecting property name enclosed in double quotes at column 2"]},
+        "bad_json": {
+            "count": 1,
+            "examples": [f"{a}:12: invalid JSON: Expecting property name enclosed in double quotes at column 2"],
+        },
         "empty": {"count": 1, "examples": [f"{b}:1: field 'chosen': empty string"]},
-        "missing_field": {"count": 1, "examples": [f"{a}:7: field 'reference': missing (a triplet row needs prompt, reference, chosen, rejected)"]},
+        "missing_field": {
+            "count": 1,
+            "examples": [
+                f"{a}:7: field 'reference': missing (a triplet row needs prompt, reference, chosen, rejected)"
+            ],
+        },
     }
 
 
 def test_cli_strict_mode_stops_at_the_first_bad_row(smollm2, tmp_path, capsys):
     gguf_path, tok_dir, _ = smollm2
-    src = write_jsonl(tmp_path / "rows.jsonl", make_rows(4), extra_lines=[(2, b'{"prompt": "p", "reference": "r", "chosen": 1, "rejected": "x"}')])
+    src = write_jsonl(
+        tmp_path / "rows.jsonl",
+        make_rows(4),
+        extra_lines=[(2, b'{"prompt": "p", "reference": "r", "chosen": 1, "rejected": "x"}')],
+    )
     out = tmp_path / "out"
     code = main(["prepare", "--input", str(src), "--tokenizer", str(gguf_path), "--output", str(out)])
     err = capsys.readouterr().err
@@ -209,7 +276,12 @@ def test_length_stats_median_and_power_of_two_histogram():
     counts = {3: 2, 16: 1, 17: 1, 40: 1, 100: 1}
     stats = prepare.length_stats(collections.Counter(counts))
     assert stats == {
-        "count": 6, "tokens": 179, "min": 3, "median": 16.5, "max": 100, "mean": 29.83,
+        "count": 6,
+        "tokens": 179,
+        "min": 3,
+        "median": 16.5,
+        "max": 100,
+        "mean": 29.83,
         "histogram": {"1-16": 3, "17-32": 1, "33-64": 1, "65-128": 1},
     }
 
@@ -254,10 +326,36 @@ def test_prepared_shards_through_the_grain_pipeline_give_encode_triplet_ids(smol
     rows = make_rows(10)
     src = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "out"
-    assert main(["prepare", "--input", str(src), "--tokenizer", str(gguf_path), "--output", str(out),
-                 "--add-special-tokens", "--workers", "1", "--shards", "2", *CLI_LIMITS]) == 0
-    ds = pipeline.make_pipeline(sources.ArrayRecordTriplets(out), batch_size=2, seq_len=256, max_pairs_per_row=4,
-                                shuffle=False, num_epochs=1, shard_index=0, shard_count=1)
+    assert (
+        main(
+            [
+                "prepare",
+                "--input",
+                str(src),
+                "--tokenizer",
+                str(gguf_path),
+                "--output",
+                str(out),
+                "--add-special-tokens",
+                "--workers",
+                "1",
+                "--shards",
+                "2",
+                *CLI_LIMITS,
+            ]
+        )
+        == 0
+    )
+    ds = pipeline.make_pipeline(
+        sources.ArrayRecordTriplets(out),
+        batch_size=2,
+        seq_len=256,
+        max_pairs_per_row=4,
+        shuffle=False,
+        num_epochs=1,
+        shard_index=0,
+        shard_count=1,
+    )
     seen = {}
     for batch in ds:
         packing.check_batch(batch)
@@ -273,10 +371,19 @@ def test_prepared_shards_through_the_grain_pipeline_give_encode_triplet_ids(smol
 def test_records_of_an_older_prepare_are_refused_when_opened(tmp_path):
     import msgpack
 
-    old = msgpack.packb({"v": 1, "chosen": np.arange(3, dtype=np.int32).tobytes(),
-                         "rejected": np.arange(2, dtype=np.int32).tobytes(), "meta": {}}, use_bin_type=True)
+    old = msgpack.packb(
+        {
+            "v": 1,
+            "chosen": np.arange(3, dtype=np.int32).tobytes(),
+            "rejected": np.arange(2, dtype=np.int32).tobytes(),
+            "meta": {},
+        },
+        use_bin_type=True,
+    )
     sources.write_array_record(tmp_path / sources.shard_name(0, 1), [old])
-    with pytest.raises(records.RecordVersionError, match=r"record version 1, this polar_jax reads version 2.*rerun `prepare`"):
+    with pytest.raises(
+        records.RecordVersionError, match=r"record version 1, this polar_jax reads version 2.*rerun `prepare`"
+    ):
         sources.ArrayRecordTriplets(tmp_path)  # at open time, before any training step compiles
     with pytest.raises(records.RecordVersionError, match="rerun `prepare`"):
         records.decode_record(old)

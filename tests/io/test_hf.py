@@ -14,7 +14,14 @@ from polar_jax.io import hf, models, tokenizers
 from polar_jax.models import families
 from polar_jax.models import transformer as T
 
-ALL_FIXTURES = ["llama_untied", "llama_gqa3_rope3", "llama_untied_bf16", "qwen2_tied_bias", "llama_reward", "qwen2_reward"]
+ALL_FIXTURES = [
+    "llama_untied",
+    "llama_gqa3_rope3",
+    "llama_untied_bf16",
+    "qwen2_tied_bias",
+    "llama_reward",
+    "qwen2_reward",
+]
 
 
 def scores_of(model, ref):
@@ -31,7 +38,10 @@ def internlm2_from_llama(path, reward_token_id=None):
     tensors = hf.read_safetensors(path)
     h, k, hd, d = llama["num_attention_heads"], llama["num_key_value_heads"], llama["head_dim"], llama["hidden_size"]
     g = h // k
-    out = {"model.tok_embeddings.weight": tensors["model.embed_tokens.weight"], "model.norm.weight": tensors["model.norm.weight"]}
+    out = {
+        "model.tok_embeddings.weight": tensors["model.embed_tokens.weight"],
+        "model.norm.weight": tensors["model.norm.weight"],
+    }
     if "lm_head.weight" in tensors:
         out["output.weight"] = tensors["lm_head.weight"]
     if "score.weight" in tensors:
@@ -50,14 +60,26 @@ def internlm2_from_llama(path, reward_token_id=None):
         out[p + "ffn_norm.weight"] = tensors[p + "post_attention_layernorm.weight"]
     rope = llama["rope_parameters"]
     config = {
-        "model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"], "vocab_size": llama["vocab_size"],
-        "hidden_size": d, "num_hidden_layers": llama["num_hidden_layers"], "num_attention_heads": h,
-        "num_key_value_heads": k, "intermediate_size": llama["intermediate_size"], "rms_norm_eps": llama["rms_norm_eps"],
-        "rope_theta": rope["rope_theta"], "bias": False, "tie_word_embeddings": False, "hidden_act": "silu",
+        "model_type": "internlm2",
+        "architectures": ["InternLM2ForCausalLM"],
+        "vocab_size": llama["vocab_size"],
+        "hidden_size": d,
+        "num_hidden_layers": llama["num_hidden_layers"],
+        "num_attention_heads": h,
+        "num_key_value_heads": k,
+        "intermediate_size": llama["intermediate_size"],
+        "rms_norm_eps": llama["rms_norm_eps"],
+        "rope_theta": rope["rope_theta"],
+        "bias": False,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
         "auto_map": {"AutoModel": "modeling_internlm2.InternLM2ForRewardModel"},
     }
     if rope["rope_type"] != "default":
-        config["rope_scaling"] = {"type": rope["rope_type"], **{k_: v_ for k_, v_ in rope.items() if k_ not in ("rope_type", "rope_theta")}}
+        config["rope_scaling"] = {
+            "type": rope["rope_type"],
+            **{k_: v_ for k_, v_ in rope.items() if k_ not in ("rope_type", "rope_theta")},
+        }
     if reward_token_id is not None:
         config.update(architectures=["InternLM2ForRewardModel"], reward_token_id=reward_token_id)
     return config, out
@@ -117,9 +139,21 @@ def test_export_reproduces_the_transformers_checkpoint(hf_fixture, tmp_path, nam
         assert exported[key].dtype == original[key].dtype
         np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
     a, b = AutoConfig.from_pretrained(path), AutoConfig.from_pretrained(out)
-    for field in ("model_type", "architectures", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "intermediate_size", "rms_norm_eps", "tie_word_embeddings",
-                  "rope_parameters", "num_labels", "pad_token_id"):
+    for field in (
+        "model_type",
+        "architectures",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "rope_parameters",
+        "num_labels",
+        "pad_token_id",
+    ):
         assert getattr(a, field, None) == getattr(b, field, None), field
     head_dim = [getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads for c in (a, b)]
     assert head_dim[0] == head_dim[1]
@@ -143,8 +177,18 @@ def test_export_loads_in_transformers_with_same_outputs(hf_fixture, tmp_path, na
     )
     np.save(tmp_path / "t.npy", ref["padded_tokens"].astype(np.int64))
     np.save(tmp_path / "m.npy", ref["padded_mask"].astype(np.int64))
-    subprocess.run([TORCH_PYTHON, "-c", script, str(out), str(tmp_path / "t.npy"), str(tmp_path / "m.npy"),
-                    str(tmp_path / "o.npy")], check=True)
+    subprocess.run(
+        [
+            TORCH_PYTHON,
+            "-c",
+            script,
+            str(out),
+            str(tmp_path / "t.npy"),
+            str(tmp_path / "m.npy"),
+            str(tmp_path / "o.npy"),
+        ],
+        check=True,
+    )
     got = np.load(tmp_path / "o.npy")
     if "scores" in ref:
         np.testing.assert_allclose(got[:, 0], ref["scores"], atol=1e-4)
@@ -199,12 +243,40 @@ def test_unsupported_model_type_lists_the_supported_ones():
 
 
 def test_legacy_rope_keys_are_read_like_rope_parameters():
-    base = {"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 16}
-    legacy = families.config_from_hf({**base, "rope_theta": 5e5, "rope_scaling": {"type": "llama3", "factor": 8.0,
-        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})
-    modern = families.config_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
-        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})
+    base = {
+        "model_type": "llama",
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+    }
+    legacy = families.config_from_hf(
+        {
+            **base,
+            "rope_theta": 5e5,
+            "rope_scaling": {
+                "type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        }
+    )
+    modern = families.config_from_hf(
+        {
+            **base,
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 5e5,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        }
+    )
     assert legacy == modern and modern.rope_scaling.factor == 8.0 and modern.rope_theta == 5e5
 
 

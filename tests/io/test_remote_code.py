@@ -73,15 +73,29 @@ CAUSAL_MODELING_CODE = '''"""Stand-in for an InternLM2.5 base's modeling_internl
 class InternLM2ForCausalLM:
     pass
 '''
-REWARD_MODELING_CODE = CAUSAL_MODELING_CODE.replace("an InternLM2.5 base's", "a released POLAR model's") + '''
+REWARD_MODELING_CODE = (
+    CAUSAL_MODELING_CODE.replace("an InternLM2.5 base's", "a released POLAR model's")
+    + """
 
 class InternLM2ForRewardModel:
     pass
-'''
-TOKENIZER_AUTO_MAP = {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer",
-                                        "tokenization_internlm2_fast.InternLM2TokenizerFast"]}
-CFG = ModelConfig(vocab_size=len(SPECIAL) + len(CHARS), d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                  head_dim=8, mlp_dim=32, rope_theta=1e6, heads=("reward",), init_std=0.5)
+"""
+)
+TOKENIZER_AUTO_MAP = {
+    "AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", "tokenization_internlm2_fast.InternLM2TokenizerFast"]
+}
+CFG = ModelConfig(
+    vocab_size=len(SPECIAL) + len(CHARS),
+    d_model=16,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    mlp_dim=32,
+    rope_theta=1e6,
+    heads=("reward",),
+    init_std=0.5,
+)
 
 
 def plain_tokenizer() -> PreTrainedTokenizerFast:
@@ -91,8 +105,9 @@ def plain_tokenizer() -> PreTrainedTokenizerFast:
     inner.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     inner.decoder = decoders.Fuse()
     inner.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=inner, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=inner, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL[3:]})
     return fast
 
@@ -102,19 +117,39 @@ def official_config(reward: bool) -> dict:
     config = {
         "architectures": ["InternLM2ForRewardModel" if reward else "InternLM2ForCausalLM"],
         "attn_implementation": "eager",
-        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
-        "bias": False, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": CFG.d_model,
-        "initializer_range": 0.02, "intermediate_size": CFG.mlp_dim, "max_position_embeddings": 64,
-        "model_type": "internlm2", "num_attention_heads": CFG.num_heads, "num_hidden_layers": CFG.num_layers,
-        "num_key_value_heads": CFG.num_kv_heads, "pad_token_id": PAD_ID, "pretraining_tp": 1, "rms_norm_eps": 1e-6,
-        "rope_scaling": {"type": "dynamic", "factor": 2.0}, "rope_theta": 1000000, "tie_word_embeddings": False,
-        "torch_dtype": "float32", "transformers_version": "4.41.0", "use_cache": True, "vocab_size": CFG.vocab_size,
+        "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+        },
+        "bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": CFG.d_model,
+        "initializer_range": 0.02,
+        "intermediate_size": CFG.mlp_dim,
+        "max_position_embeddings": 64,
+        "model_type": "internlm2",
+        "num_attention_heads": CFG.num_heads,
+        "num_hidden_layers": CFG.num_layers,
+        "num_key_value_heads": CFG.num_kv_heads,
+        "pad_token_id": PAD_ID,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-6,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        "rope_theta": 1000000,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.41.0",
+        "use_cache": True,
+        "vocab_size": CFG.vocab_size,
     }
     if reward:
-        config["auto_map"] = {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                              "AutoModel": "modeling_internlm2.InternLM2ForRewardModel"}
+        config["auto_map"] = {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+        }
         config["reward_token_id"] = REWARD_ID
     return config
 
@@ -124,10 +159,12 @@ def internlm2_dir(path, reward: bool = True, seed: int = 0):
     tokenizer with tokenizer_config.json's auto_map / tokenizer_class, the remote-code files."""
     cfg = CFG if reward else CFG.replace(heads=("lm",))
     path.mkdir(parents=True)
-    for name, text in (("tokenization_internlm2_fast.py", TOKENIZER_CODE),
-                       ("tokenization_internlm2.py", SLOW_TOKENIZER_CODE),
-                       ("configuration_internlm2.py", CONFIG_CODE),
-                       ("modeling_internlm2.py", REWARD_MODELING_CODE if reward else CAUSAL_MODELING_CODE)):
+    for name, text in (
+        ("tokenization_internlm2_fast.py", TOKENIZER_CODE),
+        ("tokenization_internlm2.py", SLOW_TOKENIZER_CODE),
+        ("configuration_internlm2.py", CONFIG_CODE),
+        ("modeling_internlm2.py", REWARD_MODELING_CODE if reward else CAUSAL_MODELING_CODE),
+    ):
         (path / name).write_text(text)
     model = Model(cfg, T.init_params(cfg, jax.random.key(seed)), "internlm2", official_config(reward))
     hf.save_hf(model, path)
@@ -155,6 +192,7 @@ def _rewards(path):
 
 # ---- the gate -------------------------------------------------------------------------------
 
+
 def test_remote_code_tokenizer_is_refused_without_the_flag(official):
     with pytest.raises(remote_code.RemoteCodeError) as e:
         tokenizers.load_tokenizer(official)
@@ -162,7 +200,9 @@ def test_remote_code_tokenizer_is_refused_without_the_flag(official):
     assert "\n" not in message
     assert str(official) in message and "InternLM2Tokenizer" in message
     assert "tokenization_internlm2_fast.InternLM2TokenizerFast" in message and "--trust-remote-code" in message
-    with pytest.raises(remote_code.RemoteCodeError, match=r"then allow it with --config\.reward\.trust_remote_code=true$"):
+    with pytest.raises(
+        remote_code.RemoteCodeError, match=r"then allow it with --config\.reward\.trust_remote_code=true$"
+    ):
         tokenizers.load_tokenizer(official, flag="--config.reward.trust_remote_code=true")
 
 
@@ -212,15 +252,26 @@ def test_score_refuses_without_the_flag_and_with_it_equals_the_remote_code_path(
     np.testing.assert_allclose(_rewards(out), expected, rtol=0, atol=1e-6)
     # ...and that is not what transformers' plain fast tokenizer would have scored.
     cfg = encoding.EncodingConfig()
-    own = encoding.encode(tokenizer, **{k: ROWS[2][k] for k in ("prompt", "reference")}, candidate=ROWS[2]["output"],
-                          cfg=cfg, reward_token_id=REWARD_ID).ids
-    plain = encoding.encode(plain_tokenizer(), **{k: ROWS[2][k] for k in ("prompt", "reference")},
-                            candidate=ROWS[2]["output"], cfg=cfg, reward_token_id=REWARD_ID).ids
+    own = encoding.encode(
+        tokenizer,
+        **{k: ROWS[2][k] for k in ("prompt", "reference")},
+        candidate=ROWS[2]["output"],
+        cfg=cfg,
+        reward_token_id=REWARD_ID,
+    ).ids
+    plain = encoding.encode(
+        plain_tokenizer(),
+        **{k: ROWS[2][k] for k in ("prompt", "reference")},
+        candidate=ROWS[2]["output"],
+        cfg=cfg,
+        reward_token_id=REWARD_ID,
+    ).ids
     n, a = (len(SPECIAL) + CHARS.index(c) for c in "na")
     assert own.tolist()[:2] == [1, n] and plain.tolist()[:2] == [1, a]  # the plain one loses the "N" of "Name"
 
 
 # ---- exports --------------------------------------------------------------------------------
+
 
 def test_official_reward_model_round_trips_with_its_config_and_files(official, tmp_path):
     out = tmp_path / "export"
@@ -251,13 +302,26 @@ def test_reward_model_trained_from_an_internlm2_base_exports_as_the_released_one
     model_dir = tmp_path / "run" / "model"
     polar_format.save_polar(rm, model_dir, code_from=base)
     tokenizers.copy_tokenizer(base, model_dir)
-    (model_dir / "encoding.json").write_text(json.dumps(
-        {"encoding": encoding.EncodingConfig().to_dict(), "reward_token_id": REWARD_ID, "split_token_id": 3,
-         "vocab_size": CFG.vocab_size}))
+    (model_dir / "encoding.json").write_text(
+        json.dumps(
+            {
+                "encoding": encoding.EncodingConfig().to_dict(),
+                "reward_token_id": REWARD_ID,
+                "split_token_id": 3,
+                "vocab_size": CFG.vocab_size,
+            }
+        )
+    )
     meta = json.loads((model_dir / polar_format.META_FILE).read_text())
-    assert meta["remote_code"] == {"files": ["configuration_internlm2.py", "modeling_internlm2.py",
-                                             "tokenization_internlm2.py", "tokenization_internlm2_fast.py"],
-                                   "from": str(base)}
+    assert meta["remote_code"] == {
+        "files": [
+            "configuration_internlm2.py",
+            "modeling_internlm2.py",
+            "tokenization_internlm2.py",
+            "tokenization_internlm2_fast.py",
+        ],
+        "from": str(base),
+    }
 
     out = tmp_path / "export"
     capsys.readouterr()
@@ -267,15 +331,25 @@ def test_reward_model_trained_from_an_internlm2_base_exports_as_the_released_one
     base_config = official_config(reward=False)
     assert set(written) == set(base_config) | {"reward_token_id", "dtype"}
     assert written["architectures"] == ["InternLM2ForRewardModel"]
-    assert written["auto_map"] == {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                                   "AutoModel": "modeling_internlm2.InternLM2ForRewardModel"}
+    assert written["auto_map"] == {
+        "AutoConfig": "configuration_internlm2.InternLM2Config",
+        "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+    }
     assert written["reward_token_id"] == REWARD_ID and written["pad_token_id"] == PAD_ID
     assert written["rope_scaling"] == {"type": "dynamic", "factor": 2.0} and written["rope_theta"] == 1000000
     for key in ("bias", "bos_token_id", "eos_token_id", "max_position_embeddings", "attn_implementation", "vocab_size"):
         assert written[key] == base_config[key], key
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "configuration_internlm2.py", "encoding.json", "model.safetensors", "modeling_internlm2.py",
-        "tokenization_internlm2.py", "tokenization_internlm2_fast.py", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "configuration_internlm2.py",
+        "encoding.json",
+        "model.safetensors",
+        "modeling_internlm2.py",
+        "tokenization_internlm2.py",
+        "tokenization_internlm2_fast.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     tensors = hf.read_safetensors(out)
     assert "v_head.weight" in tensors and "output.weight" not in tensors and not tensors["v_head.weight"].any()
     # The base is a causal LM: its modeling file lacks the reward class, and the export says so.
@@ -288,13 +362,26 @@ def test_convert_carries_the_tokenizer_and_the_token_ids_of_a_trained_model_dir(
     the tokenizer loads from the export, and `score` gives the same rewards on either."""
     tok = plain_tokenizer()
     reward_id = tok.convert_tokens_to_ids("[UNUSED_TOKEN_130]")
-    cfg = ModelConfig(vocab_size=len(tok), d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                        mlp_dim=32, heads=("reward",), init_std=0.5)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        mlp_dim=32,
+        heads=("reward",),
+        init_std=0.5,
+    )
     model_dir = tmp_path / "model"
     polar_format.save_polar(Model(cfg, T.init_params(cfg, jax.random.key(3)), "llama", {}), model_dir)
     tok.save_pretrained(str(model_dir))
-    info = {"encoding": encoding.EncodingConfig().to_dict(), "reward_token_id": reward_id, "split_token_id": 3,
-            "vocab_size": len(tok)}
+    info = {
+        "encoding": encoding.EncodingConfig().to_dict(),
+        "reward_token_id": reward_id,
+        "split_token_id": 3,
+        "vocab_size": len(tok),
+    }
     (model_dir / "encoding.json").write_text(json.dumps(info))
 
     export = tmp_path / "export"
@@ -302,14 +389,23 @@ def test_convert_carries_the_tokenizer_and_the_token_ids_of_a_trained_model_dir(
     written = json.loads((export / "config.json").read_text())
     assert written["reward_token_id"] == reward_id == 4 and written["pad_token_id"] == tok.pad_token_id == 2
     assert json.loads((export / "encoding.json").read_text()) == info
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "encoding.json", "model.safetensors",
-                                                        "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in export.iterdir()) == [
+        "config.json",
+        "encoding.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     loaded = AutoTokenizer.from_pretrained(str(export))
     assert loaded("what is 42?")["input_ids"] == tok("what is 42?")["input_ids"]
 
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"prompt": f"q{i}?", "reference": "yes.", "output": o}) + "\n"
-                            for i, o in enumerate(["yes.", "no idea", "blue sky"])))
+    rows.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}?", "reference": "yes.", "output": o}) + "\n"
+            for i, o in enumerate(["yes.", "no idea", "blue sky"])
+        )
+    )
     rewards = {}
     for name, src in (("source", model_dir), ("export", export)):
         out = tmp_path / f"{name}.jsonl"
@@ -335,7 +431,9 @@ def test_config_driven_loaders_name_their_key(tmp_path):
 
     base = internlm2_dir(tmp_path / "internlm2_lm", reward=False)
     specs = [PolicySpec("a", str(base)), PolicySpec("b", str(base), temperature=0.5)]
-    with pytest.raises(remote_code.RemoteCodeError, match=r"allow it with c\.trust_remote_code = True in the synth config"):
+    with pytest.raises(
+        remote_code.RemoteCodeError, match=r"allow it with c\.trust_remote_code = True in the synth config"
+    ):
         PolicyPool(specs).tokenizer("a")
     assert type(PolicyPool(specs, trust_remote_code=True).tokenizer("b")).__name__ == "InternLM2TokenizerFast"
 
@@ -344,8 +442,12 @@ def test_copy_tokenizer_carries_the_code_its_config_names(official, tmp_path):
     """A tokenizer copied on its own (train's model/ from prepare's tokenizer/, RFT's policy export)
     keeps the modules tokenizer_config.json's auto_map names, so it still loads with the flag."""
     names = tokenizers.copy_tokenizer(official, tmp_path / "tok")
-    assert sorted(names) == ["tokenization_internlm2.py", "tokenization_internlm2_fast.py", "tokenizer.json",
-                             "tokenizer_config.json"]
+    assert sorted(names) == [
+        "tokenization_internlm2.py",
+        "tokenization_internlm2_fast.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     tok = tokenizers.load_tokenizer(tmp_path / "tok", trust_remote_code=True)
     assert type(tok).__name__ == "InternLM2TokenizerFast" and tok("Ab")["input_ids"] == [1, 5, 6]
 
@@ -354,8 +456,11 @@ def test_an_unknown_tokenizer_class_without_code_is_refused_then_loaded_generica
     plain_tokenizer().save_pretrained(str(tmp_path))
     tok_cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "tokenizer_class": "InternLM2Tokenizer"}))
-    with pytest.raises(remote_code.RemoteCodeError, match=r"InternLM2Tokenizer, which transformers does not have.*"
-                                                          r"allow it with --trust-remote-code$"):
+    with pytest.raises(
+        remote_code.RemoteCodeError,
+        match=r"InternLM2Tokenizer, which transformers does not have.*"
+        r"allow it with --trust-remote-code$",
+    ):
         tokenizers.load_tokenizer(tmp_path)
     assert tokenizers.load_tokenizer(tmp_path, trust_remote_code=True)("ab")["input_ids"] == [1, 5, 6]
 
@@ -364,7 +469,14 @@ def test_prepare_tokenises_with_the_checkpoints_own_class_only_with_the_flag(off
     from polar_jax.__main__ import main
     from polar_jax.data import encoding, prepare, sources
 
-    rows = [{"prompt": "What is the capital of China?", "reference": "Beijing.", "chosen": "BEIJING.", "rejected": "Shanghai."}]
+    rows = [
+        {
+            "prompt": "What is the capital of China?",
+            "reference": "Beijing.",
+            "chosen": "BEIJING.",
+            "rejected": "Shanghai.",
+        }
+    ]
     src = _write_rows(tmp_path / "triplets.jsonl", rows)
     args = ["prepare", "--input", str(src), "--tokenizer", str(official), "--workers", "1"]
     assert main([*args, "--output", str(tmp_path / "refused")]) == 2
@@ -372,6 +484,11 @@ def test_prepare_tokenises_with_the_checkpoints_own_class_only_with_the_flag(off
     assert main([*args, "--output", str(tmp_path / "out"), "--trust-remote-code"]) == 0
     record = sources.ArrayRecordTriplets(tmp_path / "out")[0]
     theirs = AutoTokenizer.from_pretrained(str(official), trust_remote_code=True)
-    want = encoding.encode_triplet(theirs, rows[0], encoding.EncodingConfig(), theirs.convert_tokens_to_ids("[UNUSED_TOKEN_130]"))
+    want = encoding.encode_triplet(
+        theirs, rows[0], encoding.EncodingConfig(), theirs.convert_tokens_to_ids("[UNUSED_TOKEN_130]")
+    )
     assert record["chosen"].tolist() == want.chosen.tolist() and record["rejected"].tolist() == want.rejected.tolist()
-    assert type(prepare.load_tokenizer(tmp_path / "out" / prepare.TOKENIZER_DIR, True)).__name__ == "InternLM2TokenizerFast"
+    assert (
+        type(prepare.load_tokenizer(tmp_path / "out" / prepare.TOKENIZER_DIR, True)).__name__
+        == "InternLM2TokenizerFast"
+    )

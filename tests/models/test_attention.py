@@ -13,8 +13,18 @@ from polar_jax.models.config import ModelConfig
 
 
 def model_and_rows(seq: int, dtype: str):
-    cfg = ModelConfig(vocab_size=67, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64,
-                      mlp_dim=96, heads=("lm", "reward"), dtype=dtype, attention_impl="xla")
+    cfg = ModelConfig(
+        vocab_size=67,
+        d_model=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        mlp_dim=96,
+        heads=("lm", "reward"),
+        dtype=dtype,
+        attention_impl="xla",
+    )
     params = T.init_params(cfg.replace(init_std=0.1), jax.random.key(0))
     segment_ids = packed_segment_ids(2, seq, np.random.default_rng(1))
     tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, seq), 1, cfg.vocab_size)) * (segment_ids != 0)

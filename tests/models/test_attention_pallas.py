@@ -92,8 +92,10 @@ def test_splash_bf16_matches_reference():
     seg = packed_segments()
     out = pallas_attention(q, k, v, seg, interpret=True)  # default blocks (256 here)
     assert out.dtype == jnp.bfloat16
+
     def f32(x):
         return x.astype(jnp.float32)
+
     ref = reference_attention(f32(q), f32(k), f32(v), seg)
     assert_close_on_tokens(out, ref, seg, atol=2e-2, rtol=2e-2)
 
@@ -102,8 +104,10 @@ def test_splash_bf16_matches_reference():
 def test_splash_gradients_match_reference():
     q, k, v = make_qkv(64, jnp.float32, b=1, h=2, kv_heads=1)
     seg = packed_segments(b=1)
+
     def attn(*x):
         return pallas_attention(*x, interpret=True, block_q=128, block_kv=128)
+
     got = jax.jit(jax.grad(masked_loss(attn, seg), argnums=(0, 1, 2)))(q, k, v)
     want = jax.grad(masked_loss(reference_attention, seg), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want):
@@ -123,8 +127,10 @@ def test_splash_tpu_interpreter():
 def test_flash_fallback_matches_reference_with_grads():
     q, k, v = make_qkv(64, jnp.float32, t=128, h=2, kv_heads=1)
     seg = packed_segments(t=128)
+
     def attn(*x):
         return pallas_attention(*x, interpret=True, kernel="flash")
+
     out = jax.jit(attn)(q, k, v, seg)
     assert_close_on_tokens(out, reference_attention(q, k, v, seg), seg, atol=1e-5)
     got = jax.jit(jax.grad(masked_loss(attn, seg), argnums=(0, 1, 2)))(q, k, v)
@@ -155,10 +161,10 @@ def test_sharded_over_batch_and_heads_with_shard_map():
         mesh, head_axis = Mesh(np.array(devices[:1]), ("data",)), None
     q, k, v = make_qkv(64, jnp.float32, t=128)
     seg = packed_segments(t=128)
+
     def attn(*x):
-        return ap.sharded_pallas_attention(
-            *x, mesh=mesh, batch_axes="data", head_axis=head_axis, interpret=True
-        )
+        return ap.sharded_pallas_attention(*x, mesh=mesh, batch_axes="data", head_axis=head_axis, interpret=True)
+
     out = jax.jit(attn)(q, k, v, seg)
     assert_close_on_tokens(out, reference_attention(q, k, v, seg), seg, atol=1e-5)
 

@@ -62,6 +62,8 @@ def test_greedy_continuation_is_identical(smollm2, reference):
     _, ref = reference
     tokens, lengths = right_padded(ref["prompt_ids"])
     greedy = sampling.SamplingConfig(temperature=0.0, max_new_tokens=16, stop_ids=(2,))
-    out = sampling.generate(model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), greedy, jax.random.key(0))
+    out = sampling.generate(
+        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), greedy, jax.random.key(0)
+    )
     assert np.asarray(out.tokens_bn).tolist() == ref["generated_ids"]
     assert tokenizer.decode(ref["generated_ids"][0]) == ref["generated_text"][0]

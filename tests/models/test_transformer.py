@@ -81,8 +81,17 @@ def test_packed_reward_at_each_segments_last_token(hf_fixture, name):
 
 
 def tiny_config(**overrides):
-    base = dict(vocab_size=97, d_model=32, num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8,
-                mlp_dim=40, heads=("lm", "reward", "value"), qkv_bias=True)
+    base = dict(
+        vocab_size=97,
+        d_model=32,
+        num_layers=3,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=40,
+        heads=("lm", "reward", "value"),
+        qkv_bias=True,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -148,7 +157,9 @@ def test_every_parameter_has_logical_axes():
     cfg = tiny_config()
     axes = T.logical_axes(cfg)
     shapes = jax.eval_shape(lambda k: T.init_params(cfg, k), jax.random.key(0))
-    flat_axes = dict(jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0])
+    flat_axes = dict(
+        jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    )
     flat_shapes = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
     assert flat_axes.keys() == flat_shapes.keys()
     expected = {

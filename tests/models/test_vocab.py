@@ -12,7 +12,11 @@ def test_grown_model_keeps_old_logits_and_scores_new_tokens():
     cfg = ModelConfig(vocab_size=50, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=24)
     params = T.init_params(cfg, jax.random.key(0))
     new_cfg, new_params = grow_vocab(cfg, params, 52, jax.random.key(1))
-    assert new_cfg.vocab_size == 52 and new_params["embedding"].shape == (52, 16) and new_params["lm_head"].shape == (16, 52)
+    assert (
+        new_cfg.vocab_size == 52
+        and new_params["embedding"].shape == (52, 16)
+        and new_params["lm_head"].shape == (16, 52)
+    )
     tokens = np.array([[1, 2, 3, 4]])
     positions, segment_ids = T.padded_inputs(np.ones((1, 4)))
     old = T.forward(cfg, params, tokens, positions, segment_ids).logits_btv

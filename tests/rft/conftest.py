@@ -23,8 +23,18 @@ PROMPTS = ["A function", "Lists and", "Classes define", "The quick", "Modules gr
 
 
 def tiny_cfg(vocab_size: int, heads=("lm",), seed_std=0.3) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                       mlp_dim=64, heads=heads, tie_embeddings="lm" in heads, init_std=seed_std)
+    return ModelConfig(
+        vocab_size=vocab_size,
+        d_model=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        mlp_dim=64,
+        heads=heads,
+        tie_embeddings="lm" in heads,
+        init_std=seed_std,
+    )
 
 
 def save_lm(path: pathlib.Path, cfg: ModelConfig, seed: int, tokenizer_dir: pathlib.Path) -> str:
@@ -48,8 +58,9 @@ def tiny(tmp_path_factory):
     rm_cfg = tiny_cfg(vocab, heads=("reward",), seed_std=0.05)
     rm_params = numpy_init_params(rm_cfg, 2)
     rm_dir = root / "rm"
-    polar_format.save_polar(Model(rm_cfg, rm_params, "llama", families.hf_config_for(rm_cfg, "llama", "reward")),
-                            rm_dir)
+    polar_format.save_polar(
+        Model(rm_cfg, rm_params, "llama", families.hf_config_for(rm_cfg, "llama", "reward")), rm_dir
+    )
     for f in tok_dir.iterdir():
         (rm_dir / f.name).write_bytes(f.read_bytes())
     return {"tokenizer": str(tok_dir), "policy": policy, "target": target, "reward": str(rm_dir), "vocab": vocab}

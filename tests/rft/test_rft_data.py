@@ -19,11 +19,16 @@ def write_lines(path, lines):
 
 
 def test_jsonl_rows_keep_strings_and_message_lists(tmp_path):
-    f = write_lines(tmp_path / "rows.jsonl", [
-        json.dumps({"prompt": "What is 2+2?", "reference": "4."}),
-        "",
-        json.dumps({"prompt": MESSAGES, "reference": [{"role": "assistant", "content": "Beijing."}], "meta": {"k": 1}}),
-    ])
+    f = write_lines(
+        tmp_path / "rows.jsonl",
+        [
+            json.dumps({"prompt": "What is 2+2?", "reference": "4."}),
+            "",
+            json.dumps(
+                {"prompt": MESSAGES, "reference": [{"role": "assistant", "content": "Beijing."}], "meta": {"k": 1}}
+            ),
+        ],
+    )
     rows = D.read_jsonl(f)
     assert [r.prompt for r in rows] == ["What is 2+2?", MESSAGES]
     assert rows[1].reference == [{"role": "assistant", "content": "Beijing."}]
@@ -31,13 +36,16 @@ def test_jsonl_rows_keep_strings_and_message_lists(tmp_path):
 
 
 def test_bad_jsonl_rows_stop_at_file_and_line_or_are_counted_when_skipped(tmp_path):
-    f = write_lines(tmp_path / "rows.jsonl", [
-        json.dumps({"prompt": "ok", "reference": "fine"}),
-        json.dumps({"prompt": "no reference"}),
-        "{not json",
-        json.dumps({"prompt": "p", "reference": "r", "output": "o"}),
-        json.dumps({"prompt": "", "reference": "r"}),
-    ])
+    f = write_lines(
+        tmp_path / "rows.jsonl",
+        [
+            json.dumps({"prompt": "ok", "reference": "fine"}),
+            json.dumps({"prompt": "no reference"}),
+            "{not json",
+            json.dumps({"prompt": "p", "reference": "r", "output": "o"}),
+            json.dumps({"prompt": "", "reference": "r"}),
+        ],
+    )
     with pytest.raises(schema.DataError) as err:
         D.read_jsonl(f)
     assert str(err.value).startswith(f"{f}:2: field 'reference': missing")
@@ -59,17 +67,31 @@ def test_read_examples_joins_files_and_names_missing_ones(tmp_path):
 
 
 def verl_table(rows):
-    return pa.Table.from_pylist([{"data_source": "polar", "prompt": p, "ability": "general",
-                                  "reward_model": {"style": "model", "ground_truth": g},
-                                  "extra_info": {"index": i}} for i, (p, g) in enumerate(rows)])
+    return pa.Table.from_pylist(
+        [
+            {
+                "data_source": "polar",
+                "prompt": p,
+                "ability": "general",
+                "reward_model": {"style": "model", "ground_truth": g},
+                "extra_info": {"index": i},
+            }
+            for i, (p, g) in enumerate(rows)
+        ]
+    )
 
 
 def test_verl_parquet_layout_is_read(tmp_path):
     path = tmp_path / "train.parquet"
-    pq.write_table(verl_table([
-        ([{"role": "user", "content": "What is the capital of China?"}], "Beijing."),
-        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "4"),
-    ]), path)
+    pq.write_table(
+        verl_table(
+            [
+                ([{"role": "user", "content": "What is the capital of China?"}], "Beijing."),
+                ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "4"),
+            ]
+        ),
+        path,
+    )
     rows = D.read_examples(str(path), "parquet")
     assert rows[0].prompt == [{"role": "user", "content": "What is the capital of China?"}]
     assert rows[0].reference == "Beijing."
@@ -79,8 +101,12 @@ def test_verl_parquet_layout_is_read(tmp_path):
 
 def test_bad_verl_rows_name_their_row(tmp_path):
     path = tmp_path / "bad.parquet"
-    pq.write_table(verl_table([([{"role": "user", "content": "fine"}], "ok"),
-                               ([{"role": "user", "content": ""}], "empty prompt content")]), path)
+    pq.write_table(
+        verl_table(
+            [([{"role": "user", "content": "fine"}], "ok"), ([{"role": "user", "content": ""}], "empty prompt content")]
+        ),
+        path,
+    )
     with pytest.raises(schema.DataError, match=r"bad.parquet:row 1: field 'prompt\[0\].content': empty"):
         D.read_verl_parquet(path)
     report = schema.SkipReport()

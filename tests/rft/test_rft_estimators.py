@@ -66,8 +66,9 @@ def test_group_baseline_centres_and_scales_each_group():
     groups = scores.reshape(2, 3)
     want = (groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(got, want.reshape(-1), rtol=1e-5)
-    np.testing.assert_allclose(A.group_baseline(jnp.asarray(scores), 3, normalize_std=False),
-                               [-1, 1, 0, -1, -1, 2], rtol=1e-6)
+    np.testing.assert_allclose(
+        A.group_baseline(jnp.asarray(scores), 3, normalize_std=False), [-1, 1, 0, -1, -1, 2], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="at least 2 rollouts"):
         A.group_baseline(jnp.asarray(scores), 1)
 
@@ -170,8 +171,9 @@ def dual_clip_numpy(logp, old, adv, mask, eps, c, agg):
 def test_dual_clip_policy_loss_equals_numpy(agg):
     # log-ratios up to 1.5 (ratio 4.5 > c = 3) on tokens with negative advantages: the lower bound binds there.
     shift = np.array([[1.5, 1.5, 1.2, -0.3, 0.0, 1.3]] * 3, np.float32)
-    adv = np.array([[-1.0, 2.0, -0.5, -1.0, 1.0, -2.0], [-1.0, -1.0, 1.0, -0.5, 0.0, 0.0], [-3.0] + [0.0] * 5],
-                   np.float32)
+    adv = np.array(
+        [[-1.0, 2.0, -0.5, -1.0, 1.0, -2.0], [-1.0, -1.0, 1.0, -0.5, 0.0, 0.0], [-3.0] + [0.0] * 5], np.float32
+    )
     loss, metrics = L.ppo_policy_loss(OLD + shift, OLD, adv, MASK, 0.2, 3.0, agg)
     want_loss, want_lower = dual_clip_numpy(OLD + shift, OLD, adv, MASK, 0.2, 3.0, agg)
     assert float(loss) == pytest.approx(want_loss, rel=1e-5)

@@ -42,8 +42,16 @@ def get_config():
 @pytest.fixture(scope="module")
 def config_file(tiny, rft_jsonl, tmp_path_factory):
     path = tmp_path_factory.mktemp("rft_config") / "rft_tiny.py"
-    path.write_text(CONFIG.format(policy=tiny["policy"], reward=tiny["reward"], target=tiny["target"],
-                                  train=rft_jsonl[0], eval=rft_jsonl[1], iterations=ITERATIONS))
+    path.write_text(
+        CONFIG.format(
+            policy=tiny["policy"],
+            reward=tiny["reward"],
+            target=tiny["target"],
+            train=rft_jsonl[0],
+            eval=rft_jsonl[1],
+            iterations=ITERATIONS,
+        )
+    )
     return str(path)
 
 
@@ -66,8 +74,20 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     rows = metrics(reference_run)
     train_rows = [r for r in rows if "reward" in r]
     assert [r["step"] for r in train_rows] == list(range(1, ITERATIONS + 1))
-    for key in ("reward", "kl", "entropy", "clip_frac", "value_loss", "response_length", "tokens_per_s",
-                "policy_loss", "ppo_kl", "vf_clip_frac", "clip_frac_lower", *TIMED):
+    for key in (
+        "reward",
+        "kl",
+        "entropy",
+        "clip_frac",
+        "value_loss",
+        "response_length",
+        "tokens_per_s",
+        "policy_loss",
+        "ppo_kl",
+        "vf_clip_frac",
+        "clip_frac_lower",
+        *TIMED,
+    ):
         assert all(np.isfinite(r[key]) for r in train_rows), key
     assert train_rows[0]["kl"] == 0.0 and train_rows[-1]["kl"] != 0.0  # the policy moved away from the reference
     assert all(r["skipped"] == 0 for r in train_rows)
@@ -89,16 +109,22 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     assert results["heldout_prompts"] == 4
     # The over-long training prompt (line 6) was filtered out and counted, not cut.
     data_row = next(r for r in rows if "data_train_prompts" in r)
-    assert data_row == {"step": 0, "data_train_prompts": 8, "data_train_overlong": 1, "data_eval_prompts": 4,
-                        "data_eval_overlong": 0}
+    assert data_row == {
+        "step": 0,
+        "data_train_prompts": 8,
+        "data_train_overlong": 1,
+        "data_eval_prompts": 4,
+        "data_eval_overlong": 0,
+    }
     assert (results["data_train_prompts"], results["data_train_overlong"]) == (8, 1)
 
     # The saved policy is an HF directory with its tokenizer, and it is not the initial policy.
     trained = models.load_model(reference_run / "policy")
     initial = models.load_model(tiny["policy"])
     assert tokenizers.load_tokenizer(reference_run / "policy").eos_token_id == 0
-    diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained.params),
-                                                           jax.tree.leaves(initial.params))]
+    diffs = [
+        float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(initial.params))
+    ]
     assert max(diffs) > 1e-4
 
 
@@ -116,8 +142,10 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(config_file, refer
     resumed = trainer.train(config, tmp_path, progress=False)
     assert (resumed.step, resumed.stopped_by) == (ITERATIONS, "done")
     assert untimed(metrics(tmp_path)) == untimed(metrics(reference_run))
-    for a, b in zip(jax.tree.leaves(models.load_model(tmp_path / "policy").params),
-                    jax.tree.leaves(models.load_model(reference_run / "policy").params)):
+    for a, b in zip(
+        jax.tree.leaves(models.load_model(tmp_path / "policy").params),
+        jax.tree.leaves(models.load_model(reference_run / "policy").params),
+    ):
         np.testing.assert_array_equal(a, b)
     results = json.loads((tmp_path / "rft_results.json").read_text())
     reference = json.loads((reference_run / "rft_results.json").read_text())

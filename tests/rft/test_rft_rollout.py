@@ -50,17 +50,20 @@ def official_strip(text: str) -> str:
     return match.group(2).strip() if match else text
 
 
-@pytest.mark.parametrize("text,want", [
-    ("plain answer ", "plain answer "),  # no tags: unchanged, not even stripped
-    ("  spaced  ", "  spaced  "),
-    ("<think>hmm\nlet me see</think>\n\nBeijing.  ", "Beijing."),  # the remainder, whitespace stripped
-    ("Beijing. <think>cut off mid-thought", "Beijing. <think>cut off mid-thought"),  # unclosed: unchanged
-    ("reasoning the template opened</think> Beijing.", "reasoning the template opened</think> Beijing."),
-    ("a <think>x</think> b <think>y</think> c", "b <think>y</think> c"),  # first pair; later spans remain
-    ("<think>x</think>y</think>z", "y</think>z"),  # the first </think> closes the span
-    ("<think>only thoughts</think>  \n", ""),  # empty remainder
-    ("pre <think>\nmulti\nline\n</think>\tans\n", "ans"),  # text before the span is dropped too
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("plain answer ", "plain answer "),  # no tags: unchanged, not even stripped
+        ("  spaced  ", "  spaced  "),
+        ("<think>hmm\nlet me see</think>\n\nBeijing.  ", "Beijing."),  # the remainder, whitespace stripped
+        ("Beijing. <think>cut off mid-thought", "Beijing. <think>cut off mid-thought"),  # unclosed: unchanged
+        ("reasoning the template opened</think> Beijing.", "reasoning the template opened</think> Beijing."),
+        ("a <think>x</think> b <think>y</think> c", "b <think>y</think> c"),  # first pair; later spans remain
+        ("<think>x</think>y</think>z", "y</think>z"),  # the first </think> closes the span
+        ("<think>only thoughts</think>  \n", ""),  # empty remainder
+        ("pre <think>\nmulti\nline\n</think>\tans\n", "ans"),  # text before the span is dropped too
+    ],
+)
 def test_strip_think_is_the_official_rule(text, want):
     assert rewards.strip_think(text) == want == official_strip(text)
     assert rewards.strip_think(text, "none") == text

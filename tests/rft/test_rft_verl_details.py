@@ -15,8 +15,10 @@ from polar_jax.rft import data, rollout, setup, trainer
 from polar_jax.rft.defaults import base_config
 
 # A ChatML-like template (Qwen2.5's shape) small enough to check by hand.
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Lists and"}]
 
 
@@ -41,8 +43,11 @@ def test_an_unfiltered_overlong_prompt_stops_with_its_line_or_is_kept_for_a_left
 
 
 def test_a_dataset_of_only_overlong_prompts_stops_instead_of_training_on_nothing():
-    with pytest.raises(ValueError, match=r"all 2 prompts of data.train are longer than policy.max_prompt_tokens=8 "
-                                         r"policy tokens \(the longest has 12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"all 2 prompts of data.train are longer than policy.max_prompt_tokens=8 "
+        r"policy tokens \(the longest has 12\)",
+    ):
         data.filter_overlong(examples([9, 12]), lambda p: int(p[1:]), 8)
 
 
@@ -59,8 +64,9 @@ def chat_tokenizer(tiny):
 
 def test_message_prompts_go_through_the_policy_chat_template(chat_tokenizer):
     tok = chat_tokenizer
-    want_text = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nLists and<|im_end|>\n"
-                 "<|im_start|>assistant\n")
+    want_text = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nLists and<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True) == want_text
     want = tok(want_text, add_special_tokens=False)["input_ids"]
     got = rollout.prompt_ids(tok, MESSAGES, "{prompt}", 1024, chat_template=True)
@@ -80,8 +86,12 @@ def test_the_filter_counts_chat_templated_length(chat_tokenizer, tiny, tmp_path)
     flat = len(rollout.full_prompt_ids(chat_tokenizer, MESSAGES, "{prompt}"))
     assert flat < templated
     train = tmp_path / "train.jsonl"
-    train.write_text(json.dumps({"prompt": MESSAGES, "reference": "ok"}) + "\n"
-                     + json.dumps({"prompt": "A function", "reference": "ok"}) + "\n")
+    train.write_text(
+        json.dumps({"prompt": MESSAGES, "reference": "ok"})
+        + "\n"
+        + json.dumps({"prompt": "A function", "reference": "ok"})
+        + "\n"
+    )
     config = base_config()
     config.data.train = str(train)
     config.policy.max_prompt_tokens = flat  # fits flattened, not through the template
@@ -127,13 +137,23 @@ def test_reward_encoding_comes_from_the_model_directory_unless_set(tmp_path):
     config = base_config()
     config.reward.model = str(tmp_path)
     assert setup.reward_encoding(config) == encoding.EncodingConfig()  # no encoding.json: the client's defaults
-    saved = {"max_length": 256, "max_response_length": 96, "response_cut_side": "left", "wrapper": "pretrain",
-             "split_text": "<|reward|>", "reward_token": "[UNUSED_TOKEN_130]",
-             "newline_before_empty_response": True}  # an older key EncodingConfig may not have: ignored
+    saved = {
+        "max_length": 256,
+        "max_response_length": 96,
+        "response_cut_side": "left",
+        "wrapper": "pretrain",
+        "split_text": "<|reward|>",
+        "reward_token": "[UNUSED_TOKEN_130]",
+        "newline_before_empty_response": True,
+    }  # an older key EncodingConfig may not have: ignored
     (tmp_path / "encoding.json").write_text(json.dumps({"encoding": saved, "reward_token_id": 7}))
     got = setup.reward_encoding(config)
-    assert (got.max_length, got.max_response_length, got.response_cut_side, got.wrapper) == (256, 96, "left",
-                                                                                               "pretrain")
+    assert (got.max_length, got.max_response_length, got.response_cut_side, got.wrapper) == (
+        256,
+        96,
+        "left",
+        "pretrain",
+    )
     config.reward.encoding.max_length = 512  # an explicit value wins over the file
     got = setup.reward_encoding(config)
     assert (got.max_length, got.max_response_length) == (512, 96)
@@ -149,10 +169,19 @@ def test_the_qwen2_5_7b_recipe_carries_the_released_settings():
     ppo = setup.ppo_config(c)
     assert (ppo.estimator, ppo.gamma, ppo.lam, ppo.clip_ratio, ppo.clip_ratio_c) == ("gae", 1.0, 1.0, 0.2, 3.0)
     assert (ppo.loss_agg, ppo.epochs, ppo.minibatches, ppo.kl_coef, ppo.kl_loss_coef) == (
-        "seq-mean-token-mean", 1, 1, 0.0, 0.0)
+        "seq-mean-token-mean",
+        1,
+        1,
+        0.0,
+        0.0,
+    )
     assert not ppo.needs_reference and not c.reference.keep
     assert (c.rollout.prompts, c.rollout.samples_per_prompt, c.policy.max_prompt_tokens, c.rollout.max_new_tokens) == (
-        1024, 1, 1024, 1024)
+        1024,
+        1,
+        1024,
+        1024,
+    )
     assert (c.actor_optim.lr, c.actor_optim.warmup_fraction, c.critic_optim.lr) == (1e-6, 0.03, 1e-5)
     assert c.critic.init == "policy" and c.critic.value_head_bias and c.reward.normalize == "none"
     assert c.reward.strip_think == "official" and c.policy.chat_template and c.data.filter_overlong_prompts

@@ -14,8 +14,9 @@ from polar_jax.models.config import ModelConfig
 from polar_jax.sampling import SamplingConfig
 
 VOCAB = 16
-CFG = ModelConfig(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                  head_dim=8, mlp_dim=32, init_std=0.5)
+CFG = ModelConfig(
+    vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32, init_std=0.5
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +53,35 @@ def np_filter(logits_v, temperature, top_k, top_p):
     return keep, probs / probs.sum()
 
 
-FIXED_LOGITS = np.array([
-    [2.0, 1.0, 0.5, 0.5, 0.5, -1.0, -3.0, 0.0],   # ties at the top-k cut
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],     # all tied
-    [9.0, -9.0, 0.0, 1.0, 1.0, 2.0, 3.0, -2.0],   # one dominant token
-    [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7],
-], np.float32)
+FIXED_LOGITS = np.array(
+    [
+        [2.0, 1.0, 0.5, 0.5, 0.5, -1.0, -3.0, 0.0],  # ties at the top-k cut
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all tied
+        [9.0, -9.0, 0.0, 1.0, 1.0, 2.0, 3.0, -2.0],  # one dominant token
+        [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7],
+    ],
+    np.float32,
+)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 1, 1.0), (1.0, 20, 1.0),
-    (1.0, 0, 0.9), (1.0, 0, 0.5), (1.0, 0, 1e-6), (0.5, 0, 0.8), (1.0, 4, 0.9),
-    (1.5, 3, 0.6), (2.0, 5, 0.99), (0.0, 0, 1.0),
-])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [
+        (1.0, 0, 1.0),
+        (0.7, 0, 1.0),
+        (1.0, 3, 1.0),
+        (1.0, 1, 1.0),
+        (1.0, 20, 1.0),
+        (1.0, 0, 0.9),
+        (1.0, 0, 0.5),
+        (1.0, 0, 1e-6),
+        (0.5, 0, 0.8),
+        (1.0, 4, 0.9),
+        (1.5, 3, 0.6),
+        (2.0, 5, 0.99),
+        (0.0, 0, 1.0),
+    ],
+)
 def test_filter_logits_matches_numpy(temperature, top_k, top_p):
     out = np.asarray(sampling.filter_logits(jnp.asarray(FIXED_LOGITS), temperature, top_k, top_p))
     for row, logits in zip(out, FIXED_LOGITS):
@@ -78,8 +95,10 @@ def test_filter_logits_matches_numpy(temperature, top_k, top_p):
 def test_filter_logits_known_sets():
     # top-k 2 with a tie at the cut keeps 2.0, 1.0 only (no tie there); top-k 3 keeps the three 0.5s.
     row = FIXED_LOGITS[0]
+
     def kept(**kw):
         return np.flatnonzero(np.isfinite(np.asarray(sampling.filter_logits(row[None], 1.0, **kw))[0]))
+
     assert kept(top_k=2).tolist() == [0, 1]
     assert kept(top_k=3).tolist() == [0, 1, 2, 3, 4]
     assert kept(top_p=1e-6).tolist() == [0]
@@ -100,8 +119,9 @@ def test_sampled_frequencies_match_filtered_distribution(params):
         assert counts[~keep].sum() == 0
         chi2 = stats.chisquare(counts[keep], probs[keep] * n)
         assert chi2.pvalue > 1e-3, (chi2, counts, probs * n)
-        np.testing.assert_allclose(np.asarray(out.logprobs_bn[:, 0]),
-                                   jax.nn.log_softmax(logits_v)[np.asarray(out.tokens_bn[:, 0])], atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(out.logprobs_bn[:, 0]), jax.nn.log_softmax(logits_v)[np.asarray(out.tokens_bn[:, 0])], atol=1e-5
+        )
 
 
 def _prompts():
@@ -132,13 +152,14 @@ def test_temperature_zero_is_argmax_of_full_forward_passes(params):
         for _ in range(6):
             x = np.asarray(seq)[None]
             seq.append(int(np.argmax(T.forward(CFG, params, x, *T.padded_inputs(np.ones_like(x))).logits_btv[0, -1])))
-        np.testing.assert_array_equal(np.asarray(out.tokens_bn[b]), seq[int(lengths[b]):])
+        np.testing.assert_array_equal(np.asarray(out.tokens_bn[b]), seq[int(lengths[b]) :])
 
 
 def test_stop_ids_end_a_row(params):
     prompt, lengths = _prompts()
-    free = sampling.generate(CFG, params, prompt, lengths, SamplingConfig(temperature=1.0, max_new_tokens=16),
-                             jax.random.key(3))
+    free = sampling.generate(
+        CFG, params, prompt, lengths, SamplingConfig(temperature=1.0, max_new_tokens=16), jax.random.key(3)
+    )
     free_tokens = np.asarray(free.tokens_bn)
     stop = int(free_tokens[0, 3])  # row 0 stops at step 3 at the latest
     config = SamplingConfig(temperature=1.0, max_new_tokens=16, stop_ids=(stop, 99))
@@ -154,13 +175,15 @@ def test_stop_ids_end_a_row(params):
 
 
 def test_find_repetition_loop_on_planted_loops():
-    rows = np.array([
-        [5, 6, 1, 2, 3, 1, 2, 3, 1, 2, 3, 9, 9],   # "1 2 3" x3 ends at index 10 -> keep 5 tokens
-        [4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0],   # "4" x3 ends at index 2 -> keep 1 token
-        [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5],   # no loop
-        [1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 7],   # "1 2" x3 ends at index 5 -> keep 2 tokens
-        [7, 7, 1, 2, 1, 2, 1, 0, 0, 0, 0, 0, 0],   # loop only after the row's end: none
-    ])
+    rows = np.array(
+        [
+            [5, 6, 1, 2, 3, 1, 2, 3, 1, 2, 3, 9, 9],  # "1 2 3" x3 ends at index 10 -> keep 5 tokens
+            [4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0],  # "4" x3 ends at index 2 -> keep 1 token
+            [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5],  # no loop
+            [1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 7],  # "1 2" x3 ends at index 5 -> keep 2 tokens
+            [7, 7, 1, 2, 1, 2, 1, 0, 0, 0, 0, 0, 0],  # loop only after the row's end: none
+        ]
+    )
     lengths = np.array([13, 5, 13, 13, 4])
     new_lengths, looped = sampling.find_repetition_loop(rows, lengths, max_ngram=4, repeats=3)
     assert new_lengths.tolist() == [5, 1, 13, 2, 4]
@@ -175,15 +198,19 @@ def test_loop_rule_in_generate_matches_the_reference(params):
     for temperature in (0.0, 0.7):
         base = SamplingConfig(temperature=temperature, top_k=4, max_new_tokens=40)
         free = sampling.generate(CFG, params, prompts, lengths, base, jax.random.key(4))
-        looped_cfg = SamplingConfig(temperature=temperature, top_k=4, max_new_tokens=40, loop_max_ngram=3, loop_repeats=3)
+        looped_cfg = SamplingConfig(
+            temperature=temperature, top_k=4, max_new_tokens=40, loop_max_ngram=3, loop_repeats=3
+        )
         out = sampling.generate(CFG, params, prompts, lengths, looped_cfg, jax.random.key(4))
         want_lengths, want_looped = sampling.find_repetition_loop(free.tokens_bn, free.lengths_b, 3, 3)
         np.testing.assert_array_equal(np.asarray(out.lengths_b), want_lengths)
         np.testing.assert_array_equal(np.asarray(out.truncated_loop_b), want_looped)
         tokens = np.asarray(out.tokens_bn)
         for b in range(16):
-            np.testing.assert_array_equal(tokens[b, : want_lengths[b]], np.asarray(free.tokens_bn)[b, : want_lengths[b]])
-            assert (tokens[b, want_lengths[b]:] == 0).all()
+            np.testing.assert_array_equal(
+                tokens[b, : want_lengths[b]], np.asarray(free.tokens_bn)[b, : want_lengths[b]]
+            )
+            assert (tokens[b, want_lengths[b] :] == 0).all()
         if temperature == 0.0:
             assert want_looped.any()
 
@@ -208,10 +235,12 @@ def test_batch_sharded_on_the_mesh_gives_the_same_samples(params):
     config = SamplingConfig(temperature=1.0, top_k=8, top_p=0.9, max_new_tokens=8)
     want = sampling.generate(CFG, params, prompt, lengths, config, jax.random.key(6))
     got = sampling.generate(
-        CFG, jax.device_put(params, parallel.replicated(mesh)),
+        CFG,
+        jax.device_put(params, parallel.replicated(mesh)),
         jax.device_put(prompt, parallel.batch_sharding(mesh)),
         jax.device_put(lengths, parallel.batch_sharding(mesh, ndim=1)),
-        config, jax.random.key(6),
+        config,
+        jax.random.key(6),
     )
     assert len(got.tokens_bn.sharding.device_set) == n_dev
     np.testing.assert_array_equal(np.asarray(got.tokens_bn), np.asarray(want.tokens_bn))

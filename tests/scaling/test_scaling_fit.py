@@ -11,13 +11,13 @@ from polar_jax.scaling import fit, sizes
 @pytest.mark.parametrize("a, b, lo, hi", [(0.9, -0.0425, 5e7, 1e9), (2.4, -0.0342, 1e-3, 1e2), (3.0, 0.5, 1, 10)])
 def test_exact_points_give_back_the_exponent_and_r2_one(a, b, lo, hi):
     x_n = np.geomspace(lo, hi, 7)
-    law = fit.fit_power_law(x_n, a * x_n ** b)
+    law = fit.fit_power_law(x_n, a * x_n**b)
     assert law.b == pytest.approx(b, abs=1e-12)
     assert law.a == pytest.approx(a, rel=1e-10)
     assert law.r2 == pytest.approx(1.0, abs=1e-12)
     assert law.b_stderr == pytest.approx(0.0, abs=1e-10)
     assert (law.n, law.x_min, law.x_max) == (7, pytest.approx(lo), pytest.approx(hi))
-    np.testing.assert_allclose(law(x_n), a * x_n ** b, rtol=1e-10)
+    np.testing.assert_allclose(law(x_n), a * x_n**b, rtol=1e-10)
 
 
 def test_noisy_points_give_the_exponent_within_its_standard_error():
@@ -27,7 +27,7 @@ def test_noisy_points_give_the_exponent_within_its_standard_error():
     dx_n = np.log(x_n) - np.log(x_n).mean()
     expected_stderr = sigma / np.sqrt(dx_n @ dx_n)  # 0.0018 here
     rng = np.random.default_rng(0)
-    laws = [fit.fit_power_law(x_n, a * x_n ** b * np.exp(sigma * rng.standard_normal(30))) for _ in range(400)]
+    laws = [fit.fit_power_law(x_n, a * x_n**b * np.exp(sigma * rng.standard_normal(30))) for _ in range(400)]
     b_n = np.array([law.b for law in laws])
     # Unbiased, with the spread the theory says, and each fit's reported standard error matches it.
     assert abs(b_n.mean() - b) < 4 * expected_stderr / np.sqrt(len(laws))
@@ -44,7 +44,7 @@ def test_r2_falls_with_noise_and_is_zero_for_a_flat_cloud():
     x_n = np.geomspace(1, 1000, 50)
     rng = np.random.default_rng(1)
     eps_n = rng.standard_normal(50)
-    r2 = [fit.fit_power_law(x_n, x_n ** -0.3 * np.exp(s * eps_n)).r2 for s in (0.01, 0.1, 0.5)]
+    r2 = [fit.fit_power_law(x_n, x_n**-0.3 * np.exp(s * eps_n)).r2 for s in (0.01, 0.1, 0.5)]
     assert r2[0] > 0.99 and r2[0] > r2[1] > r2[2]
     flat = fit.fit_power_law(x_n, np.exp(0.1 * eps_n))
     assert flat.r2 < 0.1 and abs(flat.b) < 3 * flat.b_stderr
@@ -72,7 +72,7 @@ def test_compute_frontier_follows_the_envelope_of_loss_curves():
     curves = {n: np.geomspace(n * 10, n * 1e4, 20) for n in (1e3, 1e4, 1e5)}
     c_n = np.concatenate(list(curves.values()))
     n_n = np.concatenate([np.full(20, n) for n in curves])
-    l_n = n_n ** -0.1 + 10 * (c_n / n_n) ** -0.5
+    l_n = n_n**-0.1 + 10 * (c_n / n_n) ** -0.5
     out = fit.compute_frontier(c_n, l_n, n_n)
     idx = np.array(out["indices"])
     assert np.all(np.diff(c_n[idx]) > 0) and np.all(np.diff(l_n[idx]) < 0)
@@ -96,7 +96,7 @@ def test_depth_width_rule_and_the_main_family_span_1m_to_1b():
         d, layers = shape["d_model"], shape["num_layers"]
         assert d == 64 * layers and shape["num_heads"] * shape["head_dim"] == d
         assert shape["mlp_dim"] % 64 == 0 and 8 * d / 3 <= shape["mlp_dim"] < 8 * d / 3 + 64
-        assert sizes.non_embedding_params(shape) == pytest.approx(12 * layers * d ** 2, rel=0.05)
+        assert sizes.non_embedding_params(shape) == pytest.approx(12 * layers * d**2, rel=0.05)
     gqa = sizes.DepthWidthRule(kv_group=2).shape(8)
     assert (gqa["num_heads"], gqa["num_kv_heads"]) == (8, 4)
     with pytest.raises(ValueError, match="multiple of head_dim"):
@@ -105,15 +105,21 @@ def test_depth_width_rule_and_the_main_family_span_1m_to_1b():
 
 def test_short_count_names():
     assert [sizes.short_count(n) for n in (13_440, 100_736, 1_328_640, 202_409_984, 1_082_299_904, 12)] == [
-        "13K", "101K", "1.3M", "202M", "1.1B", "12"]
+        "13K",
+        "101K",
+        "1.3M",
+        "202M",
+        "1.1B",
+        "12",
+    ]
 
 
 def test_paper_fits_evaluate_the_reference_formulas():
     assert sizes.paper_batch(1.0, 1.0) == pytest.approx(31.9032)
     assert sizes.paper_lr(1.0, 1.0, 1.0) == pytest.approx(2.306e-4)
     n, dp, drm = 1800.0, 2.5e6, 5e5
-    assert sizes.paper_lr(n, dp, drm) == pytest.approx(2.306e-4 * n ** 0.01125 * dp ** -0.66587 * drm ** 0.33916)
-    assert sizes.paper_batch(n, drm) == pytest.approx(31.9032 * n ** 0.06944 * drm ** 0.52997)
+    assert sizes.paper_lr(n, dp, drm) == pytest.approx(2.306e-4 * n**0.01125 * dp**-0.66587 * drm**0.33916)
+    assert sizes.paper_batch(n, drm) == pytest.approx(31.9032 * n**0.06944 * drm**0.52997)
     assert sizes.paper_batch(100, 1000) > sizes.paper_batch(10, 1000)  # bigger models, bigger batches
     with pytest.raises(ValueError, match="base_tokens_m=0"):
         sizes.paper_lr(100.0, 0.0, 100.0)

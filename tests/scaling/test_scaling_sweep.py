@@ -30,15 +30,25 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
 CPU = ROOT / "configs" / "scaling" / "cpu_synthetic.py"
 TOKENS_PER_STEP = 3000.0
 EXPONENT = -0.1
 
 
 # Pinned here, so that tuning the shipped config does not move these tests.
-SMALL = ["--config.budget.value=20", "--config.layers=(1, 2, 3, 4, 5)", "--config.family.aspect_ratio=16",
-         "--config.family.head_dim=16", "--config.family.mlp_multiple=16", "--config.train.optim.lr=1e-3",
-         "--config.evals_per_run=6", "--config.logs_per_run=40", "--config.train.data.seq_len=256"]
+SMALL = [
+    "--config.budget.value=20",
+    "--config.layers=(1, 2, 3, 4, 5)",
+    "--config.family.aspect_ratio=16",
+    "--config.family.head_dim=16",
+    "--config.family.mlp_multiple=16",
+    "--config.train.optim.lr=1e-3",
+    "--config.evals_per_run=6",
+    "--config.logs_per_run=40",
+    "--config.train.data.seq_len=256",
+]
 
 
 def small_sweep(*overrides):
@@ -61,7 +71,8 @@ class FakeTrain:
         if name in self.interrupt:
             return types.SimpleNamespace(stopped_by="signal")
         n = sweep.ModelConfig(**{k: config.model[k] for k in sweep.SIZE_FIELDS}, heads=("reward",)).num_params(
-            include_embedding=False)
+            include_embedding=False
+        )
         with open(pathlib.Path(workdir) / "metrics.jsonl", "w") as f:
             for step in range(1, config.steps + 1):
                 if step % config.log_every == 0 or step == config.steps:
@@ -69,7 +80,7 @@ class FakeTrain:
                     tokens = TOKENS_PER_STEP + 50.0 * config.seed + (100.0 if step // config.log_every % 2 else -100.0)
                     f.write(json.dumps({"step": step, "loss": 0.5, "tokens": tokens}) + "\n")
                 if step % config.eval_every == 0 or step == config.steps:
-                    loss = 2.0 * n ** EXPONENT * (1 + step ** -0.5) * self.factor(config.model.num_layers, config.seed)
+                    loss = 2.0 * n**EXPONENT * (1 + step**-0.5) * self.factor(config.model.num_layers, config.seed)
                     f.write(json.dumps({"step": step, "eval_loss": loss, "eval_accuracy": 0.8}) + "\n")
         return types.SimpleNamespace(stopped_by="done")
 
@@ -77,7 +88,13 @@ class FakeTrain:
 def test_plan_applies_the_rule_budget_and_cadence(tmp_path):
     plans = sweep.plan(small_sweep(), tmp_path)
     assert [p.name for p in plans] == ["3.4K", "27K", "83K", "201K", "398K"]
-    assert [(p.config.model.num_layers, p.config.model.d_model) for p in plans] == [(1, 16), (2, 32), (3, 48), (4, 64), (5, 80)]
+    assert [(p.config.model.num_layers, p.config.model.d_model) for p in plans] == [
+        (1, 16),
+        (2, 32),
+        (3, 48),
+        (4, 64),
+        (5, 80),
+    ]
     for p in plans:
         c = p.config
         assert (c.steps, c.eval_every, c.log_every, c.checkpoint_every) == (20, 3, 1, 10)
@@ -96,8 +113,13 @@ def test_default_seeds_keep_the_old_run_names_and_seed(tmp_path):
 def test_seeds_give_one_run_per_size_and_seed(tmp_path):
     plans = sweep.plan(small_sweep("--config.layers=(2, 3)", "--config.seeds=(0, 1, 2)"), tmp_path)
     assert [(p.name, p.size, p.seed, p.config.seed) for p in plans] == [
-        ("27K-s0", "27K", 0, 0), ("27K-s1", "27K", 1, 1), ("27K-s2", "27K", 2, 2),
-        ("83K-s0", "83K", 0, 0), ("83K-s1", "83K", 1, 1), ("83K-s2", "83K", 2, 2)]
+        ("27K-s0", "27K", 0, 0),
+        ("27K-s1", "27K", 1, 1),
+        ("27K-s2", "27K", 2, 2),
+        ("83K-s0", "83K", 0, 0),
+        ("83K-s1", "83K", 1, 1),
+        ("83K-s2", "83K", 2, 2),
+    ]
     assert plans[4].workdir == tmp_path / "runs" / "83K-s1"
     # One other seed, alone, is named too: its results are not those of the default sweep.
     alone = sweep.plan(small_sweep("--config.layers=(2,)", "--config.seeds=(3,)"), tmp_path)
@@ -124,20 +146,29 @@ def test_the_fit_uses_each_sizes_mean_over_seeds(tmp_path):
     # Every run is in scaling.csv, with its size and seed.
     table = list(csv.DictReader((tmp_path / "scaling.csv").open()))
     assert [(r["name"], r["size"], r["seed"]) for r in table[:3]] == [
-        ("3.4K-s0", "3.4K", "0"), ("3.4K-s1", "3.4K", "1"), ("3.4K-s2", "3.4K", "2")]
+        ("3.4K-s0", "3.4K", "0"),
+        ("3.4K-s1", "3.4K", "1"),
+        ("3.4K-s2", "3.4K", "2"),
+    ]
     assert len(table) == 15 and {r["status"] for r in table} == {"finished"}
 
     saved = json.loads((tmp_path / "fit.json").read_text())
     law = saved["loss_vs_params"]
     assert law["n"] == 5 and law["b"] == pytest.approx(EXPONENT, abs=1e-9) and law["r2"] == pytest.approx(1.0, abs=1e-9)
-    one_seed = sweep.fitting.fit_power_law([float(r["params_non_embedding"]) for r in table if r["seed"] == "2"],
-                                           [float(r["eval_loss"]) for r in table if r["seed"] == "2"])
+    one_seed = sweep.fitting.fit_power_law(
+        [float(r["params_non_embedding"]) for r in table if r["seed"] == "2"],
+        [float(r["eval_loss"]) for r in table if r["seed"] == "2"],
+    )
     assert one_seed.b > EXPONENT + 0.01  # a seed alone gives another exponent: the mean is what is fitted
 
     big = saved["sizes"][3]
-    n, final = 201_344, 2.0 * 201_344 ** EXPONENT * (1 + 20 ** -0.5)
-    assert (big["size"], big["params"], big["seeds"], big["runs"]) == ("201K", n, [0, 1, 2],
-                                                                        ["201K-s0", "201K-s1", "201K-s2"])
+    n, final = 201_344, 2.0 * 201_344**EXPONENT * (1 + 20**-0.5)
+    assert (big["size"], big["params"], big["seeds"], big["runs"]) == (
+        "201K",
+        n,
+        [0, 1, 2],
+        ["201K-s0", "201K-s1", "201K-s2"],
+    )
     np.testing.assert_allclose(big["eval_losses"], [final * 0.84, final, final * 1.16], rtol=1e-6)
     assert big["eval_loss"] == pytest.approx(final, rel=1e-6)
     assert big["eval_loss_std"] == pytest.approx(final * 0.16, rel=1e-6)
@@ -147,7 +178,7 @@ def test_the_fit_uses_each_sizes_mean_over_seeds(tmp_path):
     assert saved["loss_vs_compute"]["n"] == 5
     # The frontier runs over the sizes' mean curves.
     assert [p["step"] for p in big["curve"]] == [3, 6, 9, 12, 15, 18, 20]
-    assert big["curve"][1]["eval_loss"] == pytest.approx(2.0 * n ** EXPONENT * (1 + 6 ** -0.5), rel=1e-6)
+    assert big["curve"][1]["eval_loss"] == pytest.approx(2.0 * n**EXPONENT * (1 + 6**-0.5), rel=1e-6)
     assert {p["size"] for p in saved["frontier"]["points"]} <= {m["size"] for m in saved["sizes"]}
     assert "201K  3" not in sweep.summary(rows, fit) and " 201K     3 " in sweep.summary(rows, fit)
 
@@ -156,17 +187,31 @@ def test_the_fit_uses_each_sizes_mean_over_seeds(tmp_path):
     rows, curves = sweep.collect(plans)
     small = sweep.analyse(rows, curves)["sizes"][0]
     assert small["seeds"] == [0, 1] and small["eval_loss"] == pytest.approx(
-        2.0 * 3392 ** EXPONENT * (1 + 20 ** -0.5) * (0.96 + 1.0) / 2, rel=1e-6)
+        2.0 * 3392**EXPONENT * (1 + 20**-0.5) * (0.96 + 1.0) / 2, rel=1e-6
+    )
 
 
 def test_mean_curve_averages_the_steps_every_seed_evaluated():
     a = [{"step": s, "eval_loss": 1.0 * s, "compute_pfs_days": 2.0 * s, "params": 5} for s in (1, 2, 3)]
     b = [{"step": s, "eval_loss": 3.0 * s, "compute_pfs_days": 4.0 * s, "params": 5} for s in (2, 3, 4)]
     assert sweep.mean_curve([a, b]) == [
-        {"step": 2, "eval_loss": 4.0, "eval_accuracy": None, "compute_flops": None, "compute_pfs_days": 6.0,
-         "params": 5.0},
-        {"step": 3, "eval_loss": 6.0, "eval_accuracy": None, "compute_flops": None, "compute_pfs_days": 9.0,
-         "params": 5.0}]
+        {
+            "step": 2,
+            "eval_loss": 4.0,
+            "eval_accuracy": None,
+            "compute_flops": None,
+            "compute_pfs_days": 6.0,
+            "params": 5.0,
+        },
+        {
+            "step": 3,
+            "eval_loss": 6.0,
+            "eval_accuracy": None,
+            "compute_flops": None,
+            "compute_pfs_days": 9.0,
+            "params": 5.0,
+        },
+    ]
 
 
 def _fake_prepared(root: pathlib.Path) -> pathlib.Path:
@@ -179,12 +224,14 @@ def _fake_prepared(root: pathlib.Path) -> pathlib.Path:
 def test_eval_split_picks_the_validation_directories(tmp_path):
     root = _fake_prepared(tmp_path / "prepared")
     demo = ROOT / "configs/scaling/cpu_demo.py"
-    for split, expected in (("heldout_prompts", [root / "heldout_prompts"]),
-                            ("heldout_policies", [root / "heldout_policies"]),
-                            ("heldout_prompts, heldout_policies",
-                             [root / "heldout_prompts", root / "heldout_policies"])):
-        plans = sweep.plan(load_config(demo, [f"--config.data_dir={root}", f"--config.eval_split={split}"]),
-                           tmp_path / "w")
+    for split, expected in (
+        ("heldout_prompts", [root / "heldout_prompts"]),
+        ("heldout_policies", [root / "heldout_policies"]),
+        ("heldout_prompts, heldout_policies", [root / "heldout_prompts", root / "heldout_policies"]),
+    ):
+        plans = sweep.plan(
+            load_config(demo, [f"--config.data_dir={root}", f"--config.eval_split={split}"]), tmp_path / "w"
+        )
         data = plans[0].config.data
         assert data.train == str(root / "train") and data.eval == ",".join(map(str, expected))
         assert plans[0].config.model.vocab_size == 2048
@@ -212,15 +259,32 @@ def test_only_takes_a_size_name_for_all_its_seeds(tmp_path, monkeypatch, capsys)
 
     train = FakeTrain()
     monkeypatch.setattr(trainer, "train", train)
-    rc = main(["scaling", "--config", str(CPU), "--workdir", str(tmp_path), "--only", "27K,83K-s0", "--no-progress",
-               *SMALL, "--config.seeds=(0, 1)"])
+    rc = main(
+        [
+            "scaling",
+            "--config",
+            str(CPU),
+            "--workdir",
+            str(tmp_path),
+            "--only",
+            "27K,83K-s0",
+            "--no-progress",
+            *SMALL,
+            "--config.seeds=(0, 1)",
+        ]
+    )
     assert rc == 1 and train.calls == ["27K-s0", "27K-s1", "83K-s0"]  # the rest pending
     assert main(["scaling", "--config", str(CPU), "--workdir", str(tmp_path), "--only", "9K", *SMALL]) == 2
 
 
 def test_token_budget_and_paper_batch_rule_set_steps_and_rows(tmp_path):
-    config = small_sweep("--config.budget.kind=tokens_per_param", "--config.budget.value=10",
-                         "--config.batch.rule=paper", "--config.batch.pairs_per_row=2", "--config.batch.multiple=8")
+    config = small_sweep(
+        "--config.budget.kind=tokens_per_param",
+        "--config.budget.value=10",
+        "--config.batch.rule=paper",
+        "--config.batch.pairs_per_row=2",
+        "--config.batch.multiple=8",
+    )
     for p in sweep.plan(config, tmp_path):
         n = p.model_cfg.num_params(include_embedding=False)
         samples = 31.9032 * (p.model_cfg.num_params() / 1e6) ** 0.06944 * (10 * n / 1e6) ** 0.52997
@@ -235,7 +299,12 @@ def test_a_failed_run_is_reported_the_fit_uses_the_rest_and_a_rerun_resumes(tmp_
     plans = sweep.plan(small_sweep(), tmp_path)
     train = FakeTrain(fail={"83K"})
     assert sweep.run_local(plans, train, progress=False) == {
-        "3.4K": "finished", "27K": "finished", "83K": "failed", "201K": "finished", "398K": "finished"}
+        "3.4K": "finished",
+        "27K": "finished",
+        "83K": "failed",
+        "201K": "finished",
+        "398K": "finished",
+    }
     rows, curves = sweep.collect(plans)
     fit = sweep.analyse(rows, curves)
     sweep.write_results(tmp_path, rows, curves, fit)
@@ -260,7 +329,8 @@ def test_a_failed_run_is_reported_the_fit_uses_the_rest_and_a_rerun_resumes(tmp_
     assert float(row["compute_flops"]) == pytest.approx(fpt * TOKENS_PER_STEP * 20)
     assert float(row["compute_pfs_days"]) == pytest.approx(fpt * TOKENS_PER_STEP * 20 / 8.64e19)
     assert int(row["params_non_embedding"]) == 201_344 and float(row["eval_loss"]) == pytest.approx(
-        2.0 * 201_344 ** EXPONENT * (1 + 20 ** -0.5))
+        2.0 * 201_344**EXPONENT * (1 + 20**-0.5)
+    )
     assert [p["step"] for p in saved["evaluations"]["201K"]] == [3, 6, 9, 12, 15, 18, 20]
 
     # A rerun trains only the failed run, which now succeeds; the fit then has all five.
@@ -307,8 +377,22 @@ def test_an_interrupted_run_stops_the_sweep(tmp_path):
 def test_pod_mode_prints_one_launch_command_per_unfinished_run(tmp_path, capsys):
     plans = sweep.plan(small_sweep(), tmp_path)
     sweep.run_local(plans[:1], FakeTrain(), progress=False)
-    rc = main(["scaling", "--config", str(CPU), "--workdir", str(tmp_path), "--launch", "pod", "--tpu", "v5p-64",
-               "--zone", "us-east5-a", *SMALL])
+    rc = main(
+        [
+            "scaling",
+            "--config",
+            str(CPU),
+            "--workdir",
+            str(tmp_path),
+            "--launch",
+            "pod",
+            "--tpu",
+            "v5p-64",
+            "--zone",
+            "us-east5-a",
+            *SMALL,
+        ]
+    )
     assert rc == 1  # four runs pending
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("launch/")]
     assert len(lines) == 4
@@ -332,10 +416,16 @@ def test_cpu_demo_without_the_demo_data_fails_fast_and_says_what_to_run(tmp_path
 
 @pytest.mark.slow  # about 50 s on 2 busy cores: two compiles per run
 def test_the_real_trainer_writes_what_the_sweep_reads(tmp_path):
-    config = small_sweep("--config.layers=(1, 2)", "--config.budget.value=4", "--config.evals_per_run=2",
-                         "--config.family.aspect_ratio=16", "--config.family.head_dim=8",
-                         "--config.train.data.batch_size=8",
-                         "--config.train.eval_batches=1", "--config.train.data.synthetic_eval_examples=16")
+    config = small_sweep(
+        "--config.layers=(1, 2)",
+        "--config.budget.value=4",
+        "--config.evals_per_run=2",
+        "--config.family.aspect_ratio=16",
+        "--config.family.head_dim=8",
+        "--config.train.data.batch_size=8",
+        "--config.train.eval_batches=1",
+        "--config.train.data.synthetic_eval_examples=16",
+    )
     plans = sweep.plan(config, tmp_path)
     assert sweep.run_local(plans, progress=False) == {p.name: "finished" for p in plans}
     rows, curves = sweep.collect(plans)

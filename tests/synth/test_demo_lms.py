@@ -15,10 +15,24 @@ from polar_jax.synth import corpus, demo_lms
 from polar_jax.train import lm
 
 # Tiny, and the same shape in every test so that the compiled train step is shared.
-SPEC = demo_lms.DemoLMSpec(seed=0, save_at=(3, 6), batch_size=2, seq_len=16, lr=1e-2, d_model=32,
-                           num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64)
-TEXTS = ("Plain English, with punctuation: yes!", "déjà vu — naïve café, 東京, emoji 🙂",
-         "def f(x):\n\treturn x ** 2  # trailing  \n\n", "  leading spaces<|endoftext|>and an EOS inside")
+SPEC = demo_lms.DemoLMSpec(
+    seed=0,
+    save_at=(3, 6),
+    batch_size=2,
+    seq_len=16,
+    lr=1e-2,
+    d_model=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_dim=64,
+)
+TEXTS = (
+    "Plain English, with punctuation: yes!",
+    "déjà vu — naïve café, 東京, emoji 🙂",
+    "def f(x):\n\treturn x ** 2  # trailing  \n\n",
+    "  leading spaces<|endoftext|>and an EOS inside",
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +90,9 @@ def test_tokenizer_training_is_deterministic_and_done_once(docs, tok_dir, tmp_pa
 def _reference_params(cfg, ids_n, steps):
     """Parameters after each step in `steps`, trained in memory with the train_lm settings."""
     out = {}
-    for point in lm.lm_training(cfg, ids_n, steps=max(steps), batch_size=SPEC.batch_size, seq_len=SPEC.seq_len,
-                                lr=SPEC.lr, seed=SPEC.seed):
+    for point in lm.lm_training(
+        cfg, ids_n, steps=max(steps), batch_size=SPEC.batch_size, seq_len=SPEC.seq_len, lr=SPEC.lr, seed=SPEC.seed
+    ):
         if point.step in steps:
             out[point.step] = jax.tree.map(np.asarray, point.params)
     return out
@@ -88,8 +103,16 @@ def test_train_lm_writes_loadable_checkpoints_and_reruns_skip(docs, tok_dir, tmp
     cfg = SPEC.model_config(len(tok))
     ids_n = demo_lms.corpus_ids(tok, docs[:4])
     assert ids_n.dtype == np.int32 and (ids_n == 0).sum() == 4  # one EOS per document
-    train = dict(steps=6, save_at=(3, 6), batch_size=SPEC.batch_size, seq_len=SPEC.seq_len, lr=SPEC.lr,
-                 seed=SPEC.seed, tokenizer_dir=tok_dir, progress=False)
+    train = dict(
+        steps=6,
+        save_at=(3, 6),
+        batch_size=SPEC.batch_size,
+        seq_len=SPEC.seq_len,
+        lr=SPEC.lr,
+        seed=SPEC.seed,
+        tokenizer_dir=tok_dir,
+        progress=False,
+    )
     dirs = lm.train_lm(cfg, ids_n, tmp_path / "run", **train)
     assert dirs == {3: tmp_path / "run" / "step-3", 6: tmp_path / "run" / "step-6"}
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step-3", "step-6"]  # no temp dirs left
@@ -108,8 +131,14 @@ def test_train_lm_writes_loadable_checkpoints_and_reruns_skip(docs, tok_dir, tmp
     # Greedy generation from the loaded checkpoint: its first token is the forward pass's argmax.
     model = models.load_model(dirs[6])
     prompt_bt = jnp.asarray([tok.encode("The value of", add_special_tokens=False)], jnp.int32)
-    out = sampling.generate(model.cfg, model.params, prompt_bt, jnp.asarray([prompt_bt.shape[1]]),
-                            sampling.SamplingConfig(max_new_tokens=4), jax.random.key(0))
+    out = sampling.generate(
+        model.cfg,
+        model.params,
+        prompt_bt,
+        jnp.asarray([prompt_bt.shape[1]]),
+        sampling.SamplingConfig(max_new_tokens=4),
+        jax.random.key(0),
+    )
     positions_bt, segment_ids_bt = T.padded_inputs(jnp.ones_like(prompt_bt))
     logits_btv = T.forward(model.cfg, model.params, prompt_bt, positions_bt, segment_ids_bt).logits_btv
     assert out.tokens_bn.shape == (1, 4) and int(out.lengths_b[0]) == 4

@@ -22,7 +22,8 @@ from polar_jax.synth.prompts import PromptSource, read_instructions, split_docum
 
 DOCS = [
     f"Document {d}. " + " ".join(f"word{d}_{w}" for w in range(40)) + "\n\nSecond paragraph of document "
-    f"{d} with more text here.\n\nThird paragraph {d}." for d in range(10)
+    f"{d} with more text here.\n\nThird paragraph {d}."
+    for d in range(10)
 ]
 
 
@@ -40,8 +41,9 @@ def _byte_tokenizer() -> PreTrainedTokenizerFast:
 
 def _tiny_lm(path: pathlib.Path, seed: int) -> str:
     """A random 1-layer LM saved as an HF directory with the byte tokenizer."""
-    cfg = ModelConfig(vocab_size=264, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      mlp_dim=64, init_std=0.5)  # large init: peaked, seed-specific distributions
+    cfg = ModelConfig(
+        vocab_size=264, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64, init_std=0.5
+    )  # large init: peaked, seed-specific distributions
     params = jax.tree.map(np.asarray, T.init_params(cfg, jax.random.key(seed)))
     hf.save_hf(Model(cfg, params, "llama", families.hf_config_for(cfg, "llama", "lm")), path)
     _byte_tokenizer().save_pretrained(str(path))
@@ -67,7 +69,12 @@ def _prompts(pool, seed=0):
 def test_policy_pairs_are_ordered_distinct_and_honour_must_include():
     pairs = S.policy_pairs(("a", "b", "c"))
     assert sorted(pairs) == [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")]
-    assert sorted(S.policy_pairs(("a", "b", "c"), must_include=("c",))) == [("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")]
+    assert sorted(S.policy_pairs(("a", "b", "c"), must_include=("c",))) == [
+        ("a", "c"),
+        ("b", "c"),
+        ("c", "a"),
+        ("c", "b"),
+    ]
     with pytest.raises(ValueError, match="no policy pair"):
         S.policy_pairs(("a",))
 
@@ -91,8 +98,9 @@ def test_prompt_source_is_pure_bounded_and_splits_documents():
 
 
 def test_instructions_read_from_jsonl_and_text_with_errors_at_their_line(tmp_path):
-    (tmp_path / "a.jsonl").write_text('{"prompt": "Say hi."}\n\n{"prompt": [{"role": "user", "content": "x"}, '
-                                      '{"role": "user", "content": "y"}]}\n')
+    (tmp_path / "a.jsonl").write_text(
+        '{"prompt": "Say hi."}\n\n{"prompt": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}\n'
+    )
     assert [p.text for p in read_instructions(tmp_path / "a.jsonl")] == ["Say hi.", "x\ny"]
     (tmp_path / "b.txt").write_text("first\nsecond\n")
     assert [p.source for p in read_instructions(tmp_path / "b.txt")] == ["instructions:b.txt:1", "instructions:b.txt:2"]

@@ -8,8 +8,9 @@ from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.train import lm
 
-CFG = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
-                  init_std=0.5)
+CFG = ModelConfig(
+    vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32, init_std=0.5
+)
 
 
 def test_lm_loss_is_numpy_cross_entropy_within_segments_only():
@@ -47,8 +48,9 @@ def _train(seed: int, stop_after: int = 40):
     ids_n = np.tile(np.arange(3, 19), 40)  # a 16-token pattern, repeated
     losses, params = [], None
     cfg = CFG.replace(init_std=0.02)
-    for point in lm.lm_training(cfg, ids_n, steps=40, batch_size=4, seq_len=16, lr=3e-2, seed=seed,
-                                stop_after=stop_after):
+    for point in lm.lm_training(
+        cfg, ids_n, steps=40, batch_size=4, seq_len=16, lr=3e-2, seed=seed, stop_after=stop_after
+    ):
         losses.append(float(point.loss))
         params = point.params
     return losses, params
@@ -80,8 +82,17 @@ def test_numpy_init_matches_init_params_in_structure_and_scale():
 
 def test_train_lm_rejects_save_steps_past_the_schedule(tmp_path):
     with pytest.raises(ValueError, match="save_at"):
-        lm.train_lm(CFG, np.arange(64) % 32, tmp_path, steps=5, save_at=(3, 9), batch_size=2, seq_len=8,
-                    lr=1e-3, seed=0)
+        lm.train_lm(
+            CFG, np.arange(64) % 32, tmp_path, steps=5, save_at=(3, 9), batch_size=2, seq_len=8, lr=1e-3, seed=0
+        )
     with pytest.raises(ValueError, match="heads"):
-        lm.train_lm(CFG.replace(heads=("reward",)), np.arange(64) % 32, tmp_path, save_at=(3,), batch_size=2,
-                    seq_len=8, lr=1e-3, seed=0)
+        lm.train_lm(
+            CFG.replace(heads=("reward",)),
+            np.arange(64) % 32,
+            tmp_path,
+            save_at=(3,),
+            batch_size=2,
+            seq_len=8,
+            lr=1e-3,
+            seed=0,
+        )

@@ -33,6 +33,7 @@ def test_signal_on_a_save_step_saves_once_and_resumes_bit_exactly(tmp_path, monk
             if calls[0] == 8:  # step 8 is a checkpoint step (checkpoint_every=4)
                 os.kill(os.getpid(), signal.SIGTERM)
             return out
+
         return step_then_signal
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", counting_save)

@@ -54,11 +54,22 @@ def trained(tmp_path_factory):
     data = tmp / "prepared"
     prepare.prepare([triplets], tok_dir, data, TRAINED, workers=1, progress=False)
     vocab = json.loads((data / encoding.ENCODING_FILE).read_text())["vocab_size"]
-    cfg = load_config(ROOT / "configs" / "pretrain_tiny.py", [
-        "--config.steps=3", "--config.eval_every=0", "--config.log_every=1",
-        "--config.data.kind=array_record", f"--config.data.train={data}", f"--config.data.eval={data}",
-        "--config.data.batch_size=8", "--config.data.seq_len=128", f"--config.model.vocab_size={vocab}",
-        "--config.model.d_model=32", "--config.model.mlp_dim=64"])
+    cfg = load_config(
+        ROOT / "configs" / "pretrain_tiny.py",
+        [
+            "--config.steps=3",
+            "--config.eval_every=0",
+            "--config.log_every=1",
+            "--config.data.kind=array_record",
+            f"--config.data.train={data}",
+            f"--config.data.eval={data}",
+            "--config.data.batch_size=8",
+            "--config.data.seq_len=128",
+            f"--config.model.vocab_size={vocab}",
+            "--config.model.d_model=32",
+            "--config.model.mlp_dim=64",
+        ],
+    )
     trainer.train(cfg, tmp / "run", progress=False)
     return tmp / "run" / "model", tok_dir, tmp
 
@@ -87,8 +98,24 @@ def test_score_needs_no_flag_and_uses_the_trained_encoding(trained):
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert np.abs(got - defaults).max() > 1e-3  # the client's defaults would not cut these rows
     # A flag still wins over the saved encoding.
-    assert cli(["score", "--model", str(model_dir), "--input", str(src), "--output", str(out), "--max-length", "16384",
-                "--max-response-length", "4096"]) == 0
+    assert (
+        cli(
+            [
+                "score",
+                "--model",
+                str(model_dir),
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--max-length",
+                "16384",
+                "--max-response-length",
+                "4096",
+            ]
+        )
+        == 0
+    )
     flagged = np.array([json.loads(line)["reward"] for line in out.read_text().splitlines()])
     np.testing.assert_allclose(flagged, defaults, atol=1e-5)
 

@@ -9,8 +9,15 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ARGS = ["--config", str(ROOT / "configs" / "pretrain_tiny.py"), "--no-progress", "--config.log_every=1",
-        "--config.eval_every=0", "--config.checkpoint_every=4", "--config.data.batch_size=8"]
+ARGS = [
+    "--config",
+    str(ROOT / "configs" / "pretrain_tiny.py"),
+    "--no-progress",
+    "--config.log_every=1",
+    "--config.eval_every=0",
+    "--config.checkpoint_every=4",
+    "--config.data.batch_size=8",
+]
 
 
 def free_port() -> int:
@@ -22,11 +29,31 @@ def free_port() -> int:
 def run_two(workdir, steps: int) -> list[str]:
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-m", "polar_jax", "train", "--workdir", str(workdir), *ARGS,
-                               f"--config.steps={steps}", "--coordinator", f"localhost:{port}",
-                               "--num-processes", "2", "--process-id", str(i)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "polar_jax",
+                "train",
+                "--workdir",
+                str(workdir),
+                *ARGS,
+                f"--config.steps={steps}",
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]

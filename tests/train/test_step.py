@@ -15,8 +15,17 @@ from polar_jax.train import step as S
 from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
 from polar_jax.train.state import create_state
 
-MODEL = ModelConfig(vocab_size=128, d_model=32, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8,
-                    mlp_dim=64, heads=("reward",), init_std=0.1)
+MODEL = ModelConfig(
+    vocab_size=128,
+    d_model=32,
+    num_layers=2,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    heads=("reward",),
+    init_std=0.1,
+)
 OPTIM = OptimConfig(lr=1e-3)
 STEPS = 10
 
@@ -24,9 +33,13 @@ STEPS = 10
 def one_pair_per_row(records, seq_len):
     """A batch in the pipeline's contract, one (chosen, rejected) pair per padded row."""
     n = len(records)
-    batch = {"tokens_bt": np.zeros((n, seq_len), np.int32), "segment_ids_bt": np.zeros((n, seq_len), np.int32),
-             "positions_bt": np.zeros((n, seq_len), np.int32), "reward_index_bp2": np.zeros((n, 1, 2), np.int32),
-             "pair_mask_bp": np.ones((n, 1), bool)}
+    batch = {
+        "tokens_bt": np.zeros((n, seq_len), np.int32),
+        "segment_ids_bt": np.zeros((n, seq_len), np.int32),
+        "positions_bt": np.zeros((n, seq_len), np.int32),
+        "reward_index_bp2": np.zeros((n, 1, 2), np.int32),
+        "pair_mask_bp": np.ones((n, 1), bool),
+    }
     for b, r in enumerate(records):
         at = 0
         for seg, ids in ((1, r["chosen"]), (2, r["rejected"])):
@@ -49,9 +62,17 @@ def run(mesh_axes, batches, devices=None, accum_steps=1):
     optimizer = make_optimizer(OPTIM, STEPS)
     state = create_state(MODEL, optimizer, jax.random.key(0), mesh)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(functools.partial(S.train_step, model_cfg=MODEL, optimizer=optimizer,
-                                     schedule=lr_schedule(OPTIM, STEPS), accum_steps=accum_steps),
-                   in_shardings=(shardings, parallel.batch_sharding(mesh)), out_shardings=(shardings, None))
+    step = jax.jit(
+        functools.partial(
+            S.train_step,
+            model_cfg=MODEL,
+            optimizer=optimizer,
+            schedule=lr_schedule(OPTIM, STEPS),
+            accum_steps=accum_steps,
+        ),
+        in_shardings=(shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(shardings, None),
+    )
     losses = []
     with parallel.use_rules(mesh):
         for batch in batches:
@@ -98,7 +119,9 @@ def test_non_finite_batch_is_skipped_and_counted(batches):
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     optimizer = make_optimizer(OPTIM, STEPS)
     state = create_state(MODEL, optimizer, jax.random.key(0), mesh)
-    step = jax.jit(functools.partial(S.train_step, model_cfg=MODEL, optimizer=optimizer, schedule=lr_schedule(OPTIM, STEPS)))
+    step = jax.jit(
+        functools.partial(S.train_step, model_cfg=MODEL, optimizer=optimizer, schedule=lr_schedule(OPTIM, STEPS))
+    )
     poisoned = jax.tree.map(lambda x: x, state)
     poisoned = poisoned.replace(params={**state.params, "reward_head": state.params["reward_head"] * np.nan})
     after, metrics = step(poisoned, batches[0])

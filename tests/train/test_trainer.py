@@ -20,10 +20,17 @@ from polar_jax.train import loop, setup, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "pretrain_tiny.py"
-SMALL = ["--config.steps=12", "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=4",
-         "--config.data.batch_size=8",
-         "--config.model.d_model=32", "--config.model.mlp_dim=64", "--config.data.seq_len=256",
-         "--config.data.max_pairs_per_row=2"]
+SMALL = [
+    "--config.steps=12",
+    "--config.log_every=1",
+    "--config.eval_every=0",
+    "--config.checkpoint_every=4",
+    "--config.data.batch_size=8",
+    "--config.model.d_model=32",
+    "--config.model.mlp_dim=64",
+    "--config.data.seq_len=256",
+    "--config.data.max_pairs_per_row=2",
+]
 
 
 def config(*overrides):
@@ -56,8 +63,18 @@ def test_two_runs_log_bit_identical_losses(reference_run, tmp_path):
 
 
 def test_sigterm_then_resume_equals_the_uninterrupted_run(reference_run, tmp_path):
-    cmd = [sys.executable, "-m", "polar_jax", "train", "--config", str(CONFIG), "--workdir", str(tmp_path),
-           "--no-progress", *SMALL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "polar_jax",
+        "train",
+        "--config",
+        str(CONFIG),
+        "--workdir",
+        str(tmp_path),
+        "--no-progress",
+        *SMALL,
+    ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "metrics.jsonl"
@@ -118,8 +135,11 @@ def test_restore_onto_another_mesh_continues_the_same_run(tmp_path):
     shutil.copytree(data_parallel, moved)
     shutil.rmtree(moved / "model")
     shutil.rmtree(moved / "checkpoints" / "8")
-    trainer.train(config("--config.steps=8", "--config.mesh.data=1", "--config.mesh.fsdp=4",
-                         "--config.mesh.tensor=2"), moved, progress=False)
+    trainer.train(
+        config("--config.steps=8", "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.tensor=2"),
+        moved,
+        progress=False,
+    )
     a, b = losses(data_parallel), losses(moved)
     assert a.keys() == b.keys()
     np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-5)
@@ -144,8 +164,10 @@ def test_pretraining_starts_from_an_imported_base_lm(tmp_path, head_init):
     """A Llama checkpoint (HF fixture) becomes a reward model: its LM head is dropped, a reward
     head added; with a zero head every first-step reward is 0 and the loss exactly log 2."""
     base = ROOT / "tests" / "fixtures" / "hf" / "llama_untied"
-    cfg = load_config(CONFIG, SMALL + ["--config.steps=2", f"--config.model.init={base}",
-                                       f"--config.model.reward_head_init={head_init}"])
+    cfg = load_config(
+        CONFIG,
+        SMALL + ["--config.steps=2", f"--config.model.init={base}", f"--config.model.reward_head_init={head_init}"],
+    )
     for size in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
         cfg.model[size] = None  # from the checkpoint
     result = trainer.train(cfg, tmp_path, progress=False)
@@ -167,8 +189,10 @@ def _write_triplets(directory: pathlib.Path, n: int, seed: int, length: int) -> 
 
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
-    sources.write_array_record(directory / sources.shard_name(0, 1), [
-        records.encode_record(rng.integers(1, 128, length), rng.integers(1, 128, length)) for _ in range(n)])
+    sources.write_array_record(
+        directory / sources.shard_name(0, 1),
+        [records.encode_record(rng.integers(1, 128, length), rng.integers(1, 128, length)) for _ in range(n)],
+    )
     return str(directory)
 
 
@@ -177,8 +201,14 @@ def test_several_eval_sets_are_logged_pooled_and_each_on_its_own(tmp_path):
     train_dir = _write_triplets(data / "train", 64, seed=0, length=40)
     eval_a = _write_triplets(data / "heldout_prompts", 12, seed=1, length=40)
     eval_b = _write_triplets(data / "heldout_policies", 20, seed=2, length=60)
-    cfg = config("--config.steps=2", "--config.eval_every=2", "--config.eval_batches=64", "--config.data.kind=array_record",
-                 f"--config.data.train={train_dir}", f"--config.data.eval={eval_a},{eval_b}")
+    cfg = config(
+        "--config.steps=2",
+        "--config.eval_every=2",
+        "--config.eval_batches=64",
+        "--config.data.kind=array_record",
+        f"--config.data.train={train_dir}",
+        f"--config.data.eval={eval_a},{eval_b}",
+    )
     trainer.train(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final = {k: v for r in rows if r["step"] == 2 for k, v in r.items()}
