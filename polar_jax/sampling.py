@@ -152,6 +152,21 @@ class _State(NamedTuple):
     cache: T.KVCache
 
 
+def _loop_step(step, runs_bm, tokens_bn, token_b, periods_m, repeats: int):
+    """The repetition-loop rule after decode step `step`: (runs [B, M], whether the row now
+    ends in a loop [B], the length it is cut to [B]). A row loops when the last
+    (repeats - 1) x n tokens each equal the token n before, for a period n in `periods_m`
+    (the smallest such n is cut). Only the length is cut here; the repeated tokens are zeroed
+    once, after the decode loop."""
+    back_bm = step - periods_m[None]
+    earlier_bm = jnp.take_along_axis(tokens_bn, jnp.maximum(back_bm, 0), axis=1)
+    same_bm = (back_bm >= 0) & (earlier_bm == token_b[:, None])
+    runs_bm = jnp.where(same_bm, runs_bm + 1, 0)
+    hit_bm = runs_bm >= (repeats - 1) * periods_m[None]
+    period_b = periods_m[jnp.argmax(hit_bm, axis=1)]  # the smallest matching n
+    return runs_bm, hit_bm.any(1), step + 1 - (repeats - 1) * period_b
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
 def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: SamplingConfig, rng) -> Generation:
     """Continue right-padded prompts (`prompt_lengths_b` real tokens each, >= 1).
@@ -189,15 +204,9 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
         done_b = s.done_b | (live_b & jnp.isin(token_b, stop_ids))
         runs_bm, truncated_b = s.runs_bm, s.truncated_b
         if sampling.loop_max_ngram:
-            back_bm = s.step - periods_m[None]
-            earlier_bm = jnp.take_along_axis(tokens_bn, jnp.maximum(back_bm, 0), axis=1)
-            same_bm = (back_bm >= 0) & (earlier_bm == token_b[:, None])
-            runs_bm = jnp.where(same_bm, s.runs_bm + 1, 0)
-            hit_bm = runs_bm >= (sampling.loop_repeats - 1) * periods_m[None]
-            loop_b = live_b & ~done_b & hit_bm.any(1)
-            period_b = periods_m[jnp.argmax(hit_bm, axis=1)]  # the smallest matching n
-            # Only the length is cut here; the repeated tokens are zeroed once, after the loop.
-            lengths_b = jnp.where(loop_b, s.step + 1 - (sampling.loop_repeats - 1) * period_b, lengths_b)
+            runs_bm, loop_b, cut_b = _loop_step(s.step, s.runs_bm, tokens_bn, token_b, periods_m, sampling.loop_repeats)
+            loop_b &= live_b & ~done_b
+            lengths_b = jnp.where(loop_b, cut_b, lengths_b)
             truncated_b = truncated_b | loop_b
             done_b = done_b | loop_b
         out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None], jnp.ones_like(token_b)[:, None], s.cache)
