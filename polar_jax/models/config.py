@@ -25,6 +25,16 @@ class RopeScaling:
     original_max_position: int = 8192
 
 
+# The fields that say how a model is run, not what it is: configs set them per stage
+# (model.*, policy.*), checkpoints do not carry them.
+RUNTIME_FIELDS = ("dtype", "remat", "attention_impl", "scan_unroll")
+
+
+def runtime_settings(section) -> dict:
+    """A config section's (model, policy, ...) `RUNTIME_FIELDS` as `ModelConfig` keyword arguments."""
+    return {k: section[k] for k in RUNTIME_FIELDS}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A Llama-like decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU, optional heads."""
@@ -71,6 +81,11 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def runtime(self) -> dict:
+        """How this model is run, not what it is (`RUNTIME_FIELDS`): what a model run with
+        another's settings copies."""
+        return {k: getattr(self, k) for k in RUNTIME_FIELDS}
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inverse of `from_dict`)."""

@@ -25,6 +25,7 @@ from polar_jax.data import encoding
 from polar_jax.io import models, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
+from polar_jax.models.config import runtime_settings
 from polar_jax.rft import references, step
 from polar_jax.train.optim import OptimConfig, make_optimizer
 from polar_jax.train.state import abstract_state, create_state
@@ -168,8 +169,7 @@ def load_models(config) -> Models:
 
 def policy_runtime(config) -> dict:
     """How the policy is run (`ModelConfig` fields): policy.dtype, remat, attention_impl, scan_unroll."""
-    p = config.policy
-    return dict(dtype=p.dtype, remat=p.remat, attention_impl=p.attention_impl, scan_unroll=p.scan_unroll)
+    return runtime_settings(config.policy)
 
 
 def require_heads(config, policy_cfg, reward_cfg=None) -> None:
@@ -199,10 +199,7 @@ def critic_config(config, policy_cfg, reward_cfg=None):
         heads=("value",),
         tie_embeddings=False,
         value_head_bias=bool(config.critic.value_head_bias),
-        dtype=policy_cfg.dtype,
-        remat=policy_cfg.remat,
-        attention_impl=policy_cfg.attention_impl,
-        scan_unroll=policy_cfg.scan_unroll,
+        **policy_cfg.runtime(),
     )
 
 

@@ -22,7 +22,7 @@ from polar_jax.data import pipeline as data_pipeline
 from polar_jax.io import models
 from polar_jax.io.model import Model
 from polar_jax.models import families
-from polar_jax.models.config import ModelConfig
+from polar_jax.models.config import ModelConfig, runtime_settings
 from polar_jax.models.vocab import grow_vocab
 from polar_jax.train import step as steps
 from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
@@ -45,7 +45,7 @@ def build_model(config) -> Model:
     if m.init == "scratch":
         cfg = model_config_from_sizes(config)
         return Model(cfg, None, "llama", families.hf_config_for(cfg, "llama", "reward"))
-    model = models.load_model(m.init, **_runtime(m))
+    model = models.load_model(m.init, **runtime_settings(m))
     params = dict(model.params)
     cfg = model.cfg
     mismatched = [
@@ -87,11 +87,7 @@ def model_config_from_sizes(config, heads: tuple[str, ...] = ("reward",)) -> Mod
             f"config.model.{', config.model.'.join(missing)} not set: the sizes come from the config "
             f"here (model.init={m.init}); set them with --config.model.KEY=VALUE"
         )
-    return ModelConfig(**{k: m[k] for k in SIZE_FIELDS}, heads=tuple(heads), **_runtime(m))
-
-
-def _runtime(m) -> dict:
-    return dict(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl, scan_unroll=m.scan_unroll)
+    return ModelConfig(**{k: m[k] for k in SIZE_FIELDS}, heads=tuple(heads), **runtime_settings(m))
 
 
 def _data_vocab_size(config) -> int | None:
