@@ -30,8 +30,9 @@ falls back as responses collapse to a few tokens and regrow (-5.43 at 200).
 At the end DIR/rft_results.json holds held-out measures before and after: `reward_*` (mean
 POLAR reward) and `target_loglik_*` (the target's mean per-token log-likelihood of the policy's
 responses: a measure that does not go through the reward model). For scale, the target's own
-samples score reward 2.36 and log-likelihood -4.54; the untrained policy's -2.99 and -5.71
-(after 200 iterations: 1.87 and -4.79; measured with verl's loss aggregation, dual clip and critic bias).
+samples score reward 4.06 and log-likelihood -4.54; the untrained policy's -3.83 and -5.71
+(after 200 iterations: 3.49 and -4.89; measured with verl's loss aggregation, dual clip and critic bias,
+on the demo models of session 5: the figures move with float rounding in the demo's LM training).
 The demo evaluates sampled responses (fixed key), not greedy ones: greedy decoding of these
 small LMs collapses to a newline or a quote, before and after. About 3 minutes on 2 CPU cores.
 """
