@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from polar_jax.data import encoding, records, schema, sources
 from polar_jax.errors import UserError
-from polar_jax.io import atomic
+from polar_jax.io import atomic, stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,14 @@ def encode_rows(
 
 
 def iter_rows(
-    inputs: Sequence[str | os.PathLike], skip_invalid: bool, report: schema.SkipReport | None
+    inputs: Sequence[str | os.PathLike],
+    skip_invalid: bool,
+    report: schema.SkipReport | None,
+    max_row_bytes: int = schema.MAX_ROW_BYTES,
 ) -> Iterator[schema.Row]:
-    """The valid triplet rows of all inputs, file after file."""
+    """The valid triplet rows of all inputs, file after file (a line over `max_row_bytes` is a bad row)."""
     for path in inputs:
-        yield from schema.read_jsonl(path, "triplet", skip_invalid=skip_invalid, report=report)
+        yield from schema.read_jsonl(path, "triplet", skip_invalid, report, max_row_bytes)
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -234,22 +237,25 @@ def prepare(
     progress: bool | None = None,
     encoder: Encoder | None = None,
     trust_remote_code: bool = False,
+    max_row_bytes: int = schema.MAX_ROW_BYTES,
 ) -> dict:
     """Validate, encode and write triplet JSONL `inputs` to ArrayRecord shards in `output`; returns the stats.
 
     Strict mode raises `schema.DataError` at the first bad row (nothing is written); with
     `skip_invalid` bad rows are skipped and counted by reason. `encoder` reuses a loaded tokenizer;
-    `trust_remote_code` lets a tokenizer that ships its own code (InternLM2's) run it.
+    `trust_remote_code` lets a tokenizer that ships its own code (InternLM2's) run it. A line over
+    `max_row_bytes` is a bad row ("too_long"), refused before it is read whole or tokenised.
     """
     start = time.perf_counter()
     inputs = [os.fspath(p) for p in inputs]
     output = os.fspath(output)
     workers = _checked_workers(inputs, shards, workers)
     _check_output(output)  # now, not after minutes of work
+    stale_partials.remove_stale(output, "partial")  # a killed run's .DIR.partial-PID (its PID gone)
 
     # Pass 1: validate and count (strict mode stops here, before the slow part).
     report = schema.SkipReport()
-    n_rows = sum(1 for _ in iter_rows(inputs, skip_invalid, report))
+    n_rows = sum(1 for _ in iter_rows(inputs, skip_invalid, report, max_row_bytes))
     if n_rows == 0:
         raise PrepareError(
             f"no valid triplet rows in {', '.join(inputs)}"
@@ -269,7 +275,7 @@ def prepare(
         # Everything goes into a temporary sibling (.DIR.partial-PID) that replaces DIR (if empty) at the end.
         with atomic.directory(output, tag="partial", overwrite=False) as tmp:
             encode_start = time.perf_counter()
-            encoded = encode_rows(iter_rows(inputs, skip_invalid, None), encoder, workers, rows_per_task)
+            encoded = encode_rows(iter_rows(inputs, skip_invalid, None, max_row_bytes), encoder, workers, rows_per_task)
             written = _write_shards(tmp, encoded, n_rows, shards, progress)
             encode_seconds = time.perf_counter() - encode_start
 

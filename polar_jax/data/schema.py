@@ -14,6 +14,8 @@ non-empty string, or a non-empty list of messages `{"role": str, "content": str}
 silently). A message's role and content must be non-empty.
 
 Files are read as bytes and decoded line by line, so invalid UTF-8 is reported at its line.
+A line longer than `max_row_bytes` (16 MiB by default) is
+refused as "too_long" before it is parsed, reading at most that much of it at a time.
 Every rejection has a stable reason code (`REASONS`). Blank lines are not rows: they are
 counted under "blank_line" in a `SkipReport` and never raise, in either mode.
 """
@@ -49,7 +51,11 @@ REASONS = {
     "bad_value": "a field's value is not one of those allowed",
     "empty": "an empty string, message list or message content",
     "blank_line": "a blank line (counted, never an error)",
+    "too_long": "the line is longer than the row-size limit (--max-row-bytes); it is not read whole",
 }
+
+MAX_ROW_BYTES = 16 * 2**20  # a longer line is refused (or skipped) before it is read whole, decoded or parsed
+_SKIP_CHUNK = 2**20  # an over-long line's rest is read and dropped in pieces of this size
 
 SKIP_HINT = "fix the row, or use --skip-invalid (skip_invalid=True) to skip such rows; they are counted and reported"
 
@@ -211,21 +217,49 @@ def parse_line(raw: bytes, kind: str, source: str, first_line: bool = False) -> 
     return validate_row(obj, kind, source)
 
 
+def _lines(f, max_row_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, 0) per line of binary file `f`; a line over `max_row_bytes` (its newline not counted)
+    is (None, its length), read and dropped in chunks: never held whole."""
+    while raw := f.readline(max_row_bytes + 1):
+        if raw.endswith(b"\n") or len(raw) <= max_row_bytes:
+            yield raw, 0
+            continue
+        size = len(raw)
+        del raw
+        while (chunk := f.readline(_SKIP_CHUNK)) and not chunk.endswith(b"\n"):
+            size += len(chunk)
+        yield None, size + len(chunk.rstrip(b"\r\n"))
+
+
 def read_jsonl(
-    path: str | os.PathLike, kind: str, skip_invalid: bool = False, report: SkipReport | None = None
+    path: str | os.PathLike,
+    kind: str,
+    skip_invalid: bool = False,
+    report: SkipReport | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
 ) -> Iterator[Row]:
     """Yield the valid rows of a JSONL file of `kind` ("triplet" | "score" | "rft") in file order.
 
     Strict (default): raise DataError at the first bad row. `skip_invalid`: count each bad row in
-    `report` (by reason, with examples) and go on. Blank lines are counted, never raised.
+    `report` (by reason, with examples) and go on. Blank lines are counted, never raised. A line
+    over `max_row_bytes` is a "too_long" row, found without reading it whole (bounded memory).
     """
     if kind not in TEXT_FIELDS:
         raise ValueError(f"unknown row kind {kind!r}; choose one of {', '.join(TEXT_FIELDS)}")
+    if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, int) or max_row_bytes < 1:
+        raise UserError(f"max_row_bytes (--max-row-bytes) must be a positive integer, got {max_row_bytes!r}")
     name = os.fspath(path)
     with open(path, "rb") as f:  # bytes: decode per line to report bad UTF-8 at its line
-        for line_no, raw in enumerate(f, start=1):
+        for line_no, (raw, size) in enumerate(_lines(f, max_row_bytes), start=1):
             source = f"{name}:{line_no}"
             try:
+                if raw is None:
+                    raise DataError(
+                        source,
+                        "too_long",
+                        f"the line is {size} bytes, over the limit of {max_row_bytes} bytes",
+                        hint=f"{SKIP_HINT}; or raise the limit with --max-row-bytes",
+                    )
                 data = parse_line(raw, kind, source, first_line=line_no == 1)
             except DataError as e:
                 if not skip_invalid:
