@@ -3,11 +3,13 @@
 #   cuDNN vs XLA attention agreement (test + table), forward throughput next to transformers,
 #   and the train step of an ~800M reward model next to transformers + PyTorch (eager, compile).
 # Usage: launch/bench_gpu.sh [OUTDIR] [PARTS]   PARTS: any of attention,forward,train (default all)
+# A relative OUTDIR (or PYTHON=path) is read from the caller's directory.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${1:-.}"; parts="${2:-attention,forward,train}"; mkdir -p "$out"
+. "$(dirname "$0")/paths.sh"
+out=$(abs "${1:-.}"); parts="${2:-attention,forward,train}"
+py="${PYTHON:-python3}"; case $py in */*) py=$(abs "$py") ;; esac
+cd "$(dirname "$0")/.." && mkdir -p "$out" || exit 1
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
-py="${PYTHON:-python3}"
 {
   nvidia-smi -L
   $py -c "import jax, flax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())"

@@ -8,6 +8,8 @@
 #                              with no TPU or NVIDIA device, and so do the tests.
 #   launch/setup.sh --cuda     also install JAX's CUDA 13 plugin (NVIDIA GPUs)
 set -euo pipefail
+python_bin="${PYTHON:-python3.12}"
+case $python_bin in */*) python_bin=$(. "$(dirname "$0")/paths.sh" && abs "$python_bin") ;; esac  # before the cd
 cd "$(dirname "$0")/.."
 want_tpu=0 want_cuda=0
 for arg in "$@"; do
@@ -18,7 +20,6 @@ for arg in "$@"; do
   esac
 done
 
-python_bin="${PYTHON:-python3.12}"
 command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
 if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   echo "setup.sh: need Python 3.12 (found $("$python_bin" --version 2>&1)); set PYTHON=/path/to/python3.12" >&2
