@@ -57,6 +57,8 @@ TRAIN: dict[str, Rule] = {
     "checkpoint_minutes": Float(gt=0),
     "keep_checkpoints": Int(ge=1),
     "max_bad_steps": Int(ge=1),
+    "allow_changed_config": BOOL,
+    "start_over": BOOL,
     "accum_steps": Int(ge=1),
     "margin": Float(),
     "peak_tflops": Float(ge=0, note="0 = look it up"),
@@ -97,6 +99,8 @@ RFT: dict[str, Rule] = {
     "checkpoint_minutes": Float(gt=0),
     "keep_checkpoints": Int(ge=1),
     "max_bad_steps": Int(ge=1),
+    "allow_changed_config": BOOL,
+    "start_over": BOOL,
     "setup_hint": STR,
     "policy.init": STR,
     "policy.trust_remote_code": BOOL,
@@ -257,6 +261,22 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def config_difference(old: Mapping, new: Mapping, limit: int = 5, ignore: tuple[str, ...] = ()) -> str:
+    """The differing keys of two (nested) configs as text, at most `limit` of them ("" when
+    equal); keys equal to or under an `ignore` entry ("mesh" covers "mesh.fsdp") are skipped."""
+    a, b = flatten(old), flatten(new)
+
+    def ignored(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in ignore)
+
+    diffs = [
+        f"{key}: {a.get(key, '<absent>')!r} there, {b.get(key, '<absent>')!r} now"
+        for key in sorted(set(a) | set(b))
+        if not ignored(key) and a.get(key, "<absent>") != b.get(key, "<absent>")
+    ]
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
 def check(config: Any, kind: str, source: str = "the config", overrides=()) -> None:

@@ -21,6 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_minutes = 30.0  # also save when this long has passed since the last save
     c.keep_checkpoints = 3
     c.max_bad_steps = 10  # this many skipped (non-finite) optimiser steps in a row stop the run
+    # A rerun resumes the workdir's checkpoints only with a config that computes the same thing
+    # (train/loop.py RESUME_FREE_KEYS lists what may change); these two are the deliberate exceptions:
+    c.allow_changed_config = False  # resume them anyway (e.g. a lower learning rate after a divergence)
+    c.start_over = False  # none of them readable: start at step 0 (otherwise the run stops and lists them)
     c.setup_hint = ""  # said when a model path is missing (e.g. which command makes it)
 
     c.policy = ml_collections.ConfigDict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from polar_jax.config_checks import config_difference
 from polar_jax.scaling.planning import RunPlan
 
 
@@ -30,28 +31,6 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
 def is_finished(run: RunPlan) -> bool:
     """Whether the run's metrics hold an evaluation at its final step."""
     return any(r.get("step") == run.steps and "eval_loss" in r for r in read_metrics(run.workdir))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """A nested dict as one level, its keys joined by dots ("optim.lr")."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_difference(old: dict, new: dict, limit: int = 5) -> str:
-    """The differing keys of two configs as text, at most `limit` of them ("" when equal)."""
-    a, b = _flatten(old), _flatten(new)
-    diffs = [
-        f"{key}: {a.get(key, '<absent>')!r} there, {b.get(key, '<absent>')!r} now"
-        for key in sorted(set(a) | set(b))
-        if a.get(key, "<absent>") != b.get(key, "<absent>")
-    ]
-    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
 def _started(workdir: pathlib.Path) -> bool:

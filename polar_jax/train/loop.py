@@ -8,8 +8,10 @@
     run.result  # RunResult: last step, why it stopped, last logged metrics, each hook's last output
 
 A stage brings only its set-up and its step (`step_fn(state, index) -> (state, metrics)`);
-the loop owns what every run does the same way: config.json and run.json (`run_manifest`) at
-every start and resume, the mesh, restore-or-init from the newest checkpoint, metrics.jsonl
+the loop owns what every run does the same way: the workdir's lock (`io.workdir_lock`: one
+run per workdir), the refusal to resume checkpoints with a config that changes the result
+(`check_resume_config`: the differing keys are listed, nothing is moved), config.json and
+run.json (`run_manifest`) at every start and resume, the mesh, restore-or-init from the newest checkpoint, metrics.jsonl
 and TensorBoard (`MetricsWriter`), a progress bar, hooks every N steps, a checkpoint every
 `checkpoint_every` steps / `checkpoint_minutes` minutes / at the last step / when SIGTERM or
 SIGINT arrives (one save per step: saving a step twice makes orbax raise
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import signal
 import time
@@ -34,7 +37,10 @@ import jax
 from tqdm import tqdm
 
 from polar_jax import parallel, run_manifest
+from polar_jax.config_checks import config_difference
+from polar_jax.errors import UserError
 from polar_jax.io import checkpoint
+from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,63 @@ class Log:
     host_metrics: bool = False
 
 
+# Config keys a resumed run may change: where and how it runs, how often it logs / saves /
+# evaluates, not what it computes. A resume that changes any other key is refused.
+RESUME_FREE_KEYS = (
+    "mesh",
+    "log_every",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "keep_checkpoints",
+    "eval_every",
+    "max_bad_steps",
+    "peak_tflops",
+    "start_over",
+    "allow_changed_config",
+    "setup_hint",
+    "data.num_workers",
+    "model.remat",
+    "model.scan_unroll",
+    "model.attention_impl",
+    "policy.remat",
+    "policy.scan_unroll",
+    "policy.attention_impl",
+)
+
+
+class ConfigChanged(UserError):
+    """A rerun on a workdir with checkpoints whose config changes the result."""
+
+
+def check_resume_config(workdir: pathlib.Path, resolved: dict) -> None:
+    """Refuse to resume `workdir`'s checkpoints with a config that differs from its config.json in
+    anything but `RESUME_FREE_KEYS` (paths compare as the files they name, not their spelling);
+    with allow_changed_config set, resume with a warning that lists the changes."""
+    saved, checkpoints = workdir / "config.json", workdir / "checkpoints"
+    if not saved.is_file() or not any(p.name.isdigit() for p in checkpoints.glob("*")):
+        return
+    diff = config_difference(
+        _resolved_paths(json.loads(saved.read_text())), _resolved_paths(resolved), limit=8, ignore=RESUME_FREE_KEYS
+    )
+    if diff and resolved.get("allow_changed_config"):
+        log.warning("resuming %s with a changed config (allow_changed_config): %s", checkpoints, diff)
+    elif diff:
+        raise ConfigChanged(
+            f"{workdir} holds checkpoints of another config ({diff}): resuming them with this one would mix two "
+            f"runs. Set those keys back to resume, start this config in another --workdir (the checkpoints in "
+            f"{checkpoints} stay as they are), or resume them anyway with --config.allow_changed_config=True"
+        )
+
+
+def _resolved_paths(tree):
+    """`tree` with every string naming existing paths (comma-separated too) as their real paths."""
+    if isinstance(tree, dict):
+        return {k: _resolved_paths(v) for k, v in tree.items()}
+    if isinstance(tree, str) and tree and all(os.path.exists(p) for p in tree.split(",")):
+        return ",".join(os.path.realpath(p) for p in tree.split(","))
+    return tree
+
+
 class Run:
     """One run's lifetime in `workdir`: config.json and run.json written, the mesh built (and
     its logical-axis rules in force inside the `with`), the checkpointer and metrics writer
@@ -113,14 +176,21 @@ class Run:
         if single_process and jax.process_count() > 1:
             raise NotImplementedError(single_process)
         self.workdir = pathlib.Path(workdir).absolute()
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.resolved = json.loads(config.to_json())
-        if jax.process_index() == 0:
-            (self.workdir / "config.json").write_text(json.dumps(self.resolved, indent=2) + "\n")
-        self.mesh = parallel.make_mesh(dict(config.mesh))
-        log.info("mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size, jax.devices()[0].device_kind)
-        run_manifest.write(self.workdir, config, inputs, mesh=self.mesh)  # run.json; warns on changed inputs
-        self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
+        self.lock = WorkdirLock(self.workdir, desc, enabled=jax.process_index() == 0).acquire()
+        try:
+            check_resume_config(self.workdir, self.resolved)
+            if jax.process_index() == 0:
+                (self.workdir / "config.json").write_text(json.dumps(self.resolved, indent=2) + "\n")
+            self.mesh = parallel.make_mesh(dict(config.mesh))
+            log.info(
+                "mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size, jax.devices()[0].device_kind
+            )
+            run_manifest.write(self.workdir, config, inputs, mesh=self.mesh)  # run.json; warns on changed inputs
+            self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
+        except BaseException:
+            self.lock.release()
+            raise
         self.writer: MetricsWriter | None = None
         self.start = self.step = 0
         self.stopped_by = "done"
@@ -134,9 +204,16 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self._rules.__exit__(*exc)
-        self.ckpt.close()
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            self.ckpt.close()
+            if self.writer is not None:
+                self.writer.close()
+        except Exception:
+            if exc[0] is None:
+                raise
+            log.exception("while closing after %s (raised below)", exc[0].__name__)  # never hides the first error
+        finally:
+            self.lock.release()
         if exc[0] is None:
             log.info(
                 "metrics in %s, TensorBoard events in %s", self.workdir / "metrics.jsonl", self.workdir / "tensorboard"

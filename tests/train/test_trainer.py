@@ -122,7 +122,9 @@ def test_non_finite_steps_stop_the_run_and_keep_the_good_checkpoint(tmp_path):
     assert rows[-1]["skipped"] == 3.0
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) <= 4
-    restarted = load_config(CONFIG, SMALL + ["--config.steps=5", "--config.max_bad_steps=100"])
+    restarted = load_config(
+        CONFIG, SMALL + ["--config.steps=5", "--config.max_bad_steps=100", "--config.allow_changed_config=True"]
+    )
     result = trainer.train(restarted, tmp_path, progress=False)  # the checkpoint loads and trains on
     assert result.step == 5
     assert all(np.isfinite(p).all() for p in final_params(tmp_path))
