@@ -9,6 +9,7 @@ contract sizes), optim, steps, seed, accum_steps, margin.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import pathlib
 
@@ -19,6 +20,7 @@ from polar_jax import parallel
 from polar_jax.data import batch as batch_contract
 from polar_jax.data import encoding, sources, synthetic
 from polar_jax.data import pipeline as data_pipeline
+from polar_jax.errors import ConfigError
 from polar_jax.io import models
 from polar_jax.io.model import Model
 from polar_jax.models import families
@@ -42,8 +44,10 @@ def build_model(config) -> Model:
     reward head added, zero or normal init) or a POLAR reward model (SFT) in any format.
     """
     m = config.model
+    data_info = check_prepared_data(config)
     if m.init == "scratch":
         cfg = model_config_from_sizes(config)
+        _check_data_vocab(config, cfg, data_info)
         return Model(cfg, None, "llama", families.hf_config_for(cfg, "llama", "reward"))
     model = models.load_model(m.init, **runtime_settings(m))
     params = dict(model.params)
@@ -65,12 +69,8 @@ def build_model(config) -> Model:
             else (rng.standard_normal(cfg.d_model) * std).astype(np.float32)
         )
         cfg = cfg.replace(heads=("reward",), tie_embeddings=False)
-    vocab = _data_vocab_size(config)
-    if config.data.kind == "synthetic" and config.data.synthetic_vocab_size > cfg.vocab_size:
-        raise ValueError(
-            f"data.synthetic_vocab_size={config.data.synthetic_vocab_size} exceeds the model's "
-            f"vocabulary ({cfg.vocab_size})"
-        )
+    vocab = data_info.get("vocab_size")
+    _check_data_vocab(config, cfg, {})  # synthetic data; prepared data grows the embedding instead
     if vocab and vocab > cfg.vocab_size:
         log.info("growing the vocabulary %d -> %d for the tokens `prepare` added", cfg.vocab_size, vocab)
         cfg, params = grow_vocab(cfg, params, vocab, jax.random.key(config.seed))
@@ -90,9 +90,63 @@ def model_config_from_sizes(config, heads: tuple[str, ...] = ("reward",)) -> Mod
     return ModelConfig(**{k: m[k] for k in SIZE_FIELDS}, heads=tuple(heads), **runtime_settings(m))
 
 
-def _data_vocab_size(config) -> int | None:
-    data_dir = prepared_data_dir(config)
-    return encoding.read_encoding_file(data_dir).get("vocab_size") if data_dir else None
+def _check_data_vocab(config, cfg: ModelConfig, data_info: dict) -> None:
+    """The data's token ids must fit the model's vocabulary: synthetic data by its
+    synthetic_vocab_size, prepared data (a model from scratch, whose size the config fixes)
+    by the vocabulary of the tokenizer it was prepared with."""
+    d = config.data
+    if d.kind == "synthetic" and d.synthetic_vocab_size > cfg.vocab_size:
+        raise ConfigError(
+            f"data.synthetic_vocab_size={d.synthetic_vocab_size} exceeds the model's vocabulary ({cfg.vocab_size})"
+        )
+    vocab = data_info.get("vocab_size")
+    if vocab and vocab > cfg.vocab_size:
+        raise ConfigError(
+            f"config.model.vocab_size={cfg.vocab_size}, but {data_info['dir']} was prepared with a tokenizer of "
+            f"{vocab} tokens (ids up to {vocab - 1}): embedding lookups past the table would read the wrong rows. "
+            f"Set --config.model.vocab_size={vocab} (or more), or prepare the data with a tokenizer that fits"
+        )
+
+
+# ------------------------------------------------------------------------------------ inputs agree
+
+AGREEING_FIELDS = ("vocab_size", "reward_token_id", "tokenizer")  # what every prepared directory must share
+
+
+def check_prepared_data(config) -> dict:
+    """Every prepared directory of data.train and data.eval must come from one tokenizer: the same
+    vocabulary, reward token and tokenizer files (`tokenizer_fingerprint`). Returns the first
+    one's encoding.json with "dir" and "tokenizer" added ({} for synthetic data or bare shards)."""
+    if config.data.kind != "array_record":
+        return {}
+    seen = []
+    for key in ("train", "eval"):
+        for item in [i for i in str(config.data[key] or "").split(",") if i]:
+            info = encoding.read_encoding_file(item) if pathlib.Path(item).is_dir() else None
+            if info is not None:
+                tok_dir = pathlib.Path(item) / info.get("tokenizer_dir", "tokenizer")
+                seen.append((f"data.{key}", {**info, "dir": item, "tokenizer": tokenizer_fingerprint(tok_dir)}))
+    for key, info in seen[1:]:
+        first_key, first = seen[0]
+        differ = [f for f in AGREEING_FIELDS if info.get(f) != first.get(f)]
+        if differ:
+            shown = ", ".join(f"{f} {first.get(f)!r} vs {info.get(f)!r}" for f in differ if f != "tokenizer")
+            raise ConfigError(
+                f"{key} {info['dir']} and {first_key} {first['dir']} were prepared with different tokenizers "
+                f"({shown or 'different tokenizer files'}): their ids mean different tokens. Prepare both with the "
+                f"same --tokenizer"
+            )
+    return seen[0][1] if seen else {}
+
+
+def tokenizer_fingerprint(directory: pathlib.Path) -> str | None:
+    """sha256 over the names and bytes of a tokenizer directory's files (None when it has none)."""
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ data
