@@ -23,6 +23,7 @@ import pathlib
 
 from polar_jax.config_loading import load_config
 from polar_jax.errors import UserError
+from polar_jax.io.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(sweep.describe_plans(plans))
         return 0
+    with WorkdirLock(workdir, "scaling"):  # one sweep per workdir (its runs lock their own directories too)
+        return _sweep(args, config, plans, workdir)
+
+
+def _sweep(args: argparse.Namespace, config, plans, workdir: pathlib.Path) -> int:
+    """Run (or print) the chosen runs, then collect, fit and write the results."""
+    from polar_jax.scaling import sweep
+
     only = {n for n in args.only.split(",") if n}
     unknown = only - {p.name for p in plans} - {p.size for p in plans}
     if unknown:

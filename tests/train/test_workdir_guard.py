@@ -4,6 +4,7 @@ with the differing keys while the checkpoints stay where they are."""
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -83,3 +84,14 @@ def test_a_path_respelled_is_the_same_config(tmp_path, monkeypatch):
     assert r.start == 4
     with pytest.raises(loop.ConfigChanged, match="data.train"):
         run(workdir, config(data={"kind": "synthetic", "train": str(tmp_path / "other.jsonl")}), total=7)
+
+
+def test_a_scaling_sweep_on_a_held_workdir_is_refused_in_one_line(tmp_path, capsys):
+    from polar_jax.__main__ import main
+
+    holder = {"command": "scaling", "host": socket.gethostname(), "pid": os.getpid(), "started": "x"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+    config = pathlib.Path(__file__).resolve().parents[2] / "configs" / "scaling" / "cpu_synthetic.py"
+    assert main(["scaling", "--config", str(config), "--workdir", str(tmp_path), "--no-progress"]) == 2
+    assert f"is in use by a scaling run (PID {os.getpid()} on this host" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing trained
