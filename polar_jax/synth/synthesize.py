@@ -2,7 +2,8 @@
 chosen, B the rejected; rows go to JSONL shards in the official format with provenance.
 
     OUT/triplets-00000.jsonl ...   {prompt, reference, chosen, rejected, meta}
-    OUT/synth.json                 the plan and the pool (a resumed run must match it)
+    OUT/synth.json                 the plan and the pool, inputs by content (a resumed run must match it:
+                                   `synth.resume`; paths may be spelled otherwise, or the directory moved)
     OUT/summary.json               counts, tokens, seconds (rewritten at the end of each run)
     OUT/run.json                   the run manifest (polar_jax.run_manifest): code, versions, inputs
 
@@ -31,7 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from polar_jax import run_manifest
-from polar_jax.io import atomic
+from polar_jax.errors import UserError
+from polar_jax.io import atomic, content_id
+from polar_jax.synth import resume
 from polar_jax.synth.pool import PolicyPool, Sample
 from polar_jax.synth.prompts import PromptSource
 
@@ -143,11 +146,33 @@ def _compact(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "name" and v not in ("", ())}
 
 
+class PolicyCheckpointError(UserError, FileNotFoundError):
+    """A policy's checkpoint path names nothing."""
+
+
+def checkpoint_identity(pool: PolicyPool, name: str) -> dict:
+    """A policy checkpoint by content (`io.content_id.identity`), never by its path's spelling."""
+    try:
+        return content_id.identity(pool.checkpoint_path(name))
+    except FileNotFoundError:
+        raise PolicyCheckpointError(
+            f"policy {name}: checkpoint {pool.specs[name].checkpoint!r} does not exist "
+            f"(resolved to {pool.checkpoint_path(name)}); fix its path in the pool"
+        ) from None
+
+
+def _instructions_sha256(prompts: PromptSource) -> str:
+    return hashlib.sha256(json.dumps([[p.text, p.source] for p in prompts.instructions]).encode()).hexdigest()
+
+
 def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dict:
-    """Everything that decides the shards' contents, as JSON (stored in synth.json)."""
+    """Everything that decides the shards' contents, as JSON (stored in synth.json), every input
+    by content; "as_given" records the checkpoints' paths as spelled (provenance, never compared:
+    see `synth.resume`)."""
     return {
+        "version": resume.VERSION,
         "plan": dataclasses.asdict(plan),
-        "policies": [pool.specs[n].settings() for n in pool.names],
+        "policies": [{**pool.specs[n].settings(), "checkpoint": checkpoint_identity(pool, n)} for n in pool.names],
         "batch_size": pool.batch_size,
         "prompt_bucket": pool.prompt_bucket,
         "prompts": {
@@ -158,7 +183,10 @@ def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dic
             "instruction_fraction": prompts.instruction_fraction,
             "documents_sha256": hashlib.sha256("\0".join(prompts.documents).encode()).hexdigest(),
             "instructions": len(prompts.instructions),
+            "instructions_sha256": _instructions_sha256(prompts),
+            "tokenizer_sha256": content_id.tokenizer_identity(prompts.tokenizer),
         },
+        "as_given": {"checkpoints": {n: pool.specs[n].checkpoint for n in pool.names}},
     }
 
 
@@ -168,24 +196,17 @@ def synthesize(
     """Write (or finish writing) the plan's shards into `out_dir`; returns the summary."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / "synth.json"
     wanted = fingerprint(pool, prompts, plan)
-    if manifest.exists():
-        if json.loads(manifest.read_text()) != json.loads(json.dumps(wanted)):
-            raise ValueError(
-                f"{out_dir} holds triplets synthesised with other settings ({manifest}); "
-                "use another output directory, or delete this one to start over"
-            )
-    else:
-        atomic.write_text(manifest, json.dumps(wanted, indent=1))
+    resume.check_or_write(out_dir, wanted)
     instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()
     run_manifest.write(
         out_dir,
         wanted,
-        {  # the corpus and instructions by content: the files are read already
-            **{f"policy.{n}": pool.specs[n].checkpoint for n in pool.names},
+        {  # every input by content (the files are read already); their paths are in synth.json's "as_given"
+            **{f"policy.{n}": p["checkpoint"] for n, p in zip(pool.names, wanted["policies"])},
             "prompts.documents": "sha256:" + wanted["prompts"]["documents_sha256"],
             "prompts.instructions": "sha256:" + instructions,
+            "prompts.tokenizer": "sha256:" + wanted["prompts"]["tokenizer_sha256"],
         },
     )
     done = [s for s in range(plan.num_shards) if shard_path(out_dir, s).exists()]
