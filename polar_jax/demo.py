@@ -113,8 +113,8 @@ def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> Policy
     return PolicyPool(specs, batch_size=cfg.sample_batch, prompt_bucket=32)
 
 
-def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, progress: bool) -> dict:
-    """The three triplet sets (resumable); returns their summaries."""
+def synth_jobs(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path) -> dict:
+    """{split: (prompt source, plan, output directory)} of the three triplet sets."""
     p = paths(workdir)
     documents = corpus.corpus_documents()
     train_docs, heldout_docs = prompts_lib.split_documents(documents, cfg.heldout_every)
@@ -133,7 +133,7 @@ def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, 
             ),
         ),
     }
-    summaries = {}
+    jobs = {}
     for split, (docs, plan) in plans.items():
         source = prompts_lib.PromptSource(
             documents,
@@ -143,8 +143,30 @@ def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, 
             max_tokens=cfg.prompt_tokens[1],
             seed=plan.seed,
         )
-        summaries[split] = synthesize.synthesize(pool, source, plan, p["synth"] / split, progress=progress)
-    return summaries
+        jobs[split] = (source, plan, p["synth"] / split)
+    return jobs
+
+
+def synthesize_splits(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path, progress: bool) -> dict:
+    """The three triplet sets (resumable); returns their summaries."""
+    return {
+        split: synthesize.synthesize(pool, source, plan, out, progress=progress)
+        for split, (source, plan, out) in synth_jobs(cfg, pool, workdir).items()
+    }
+
+
+def stage_fingerprints(cfg: DemoConfig, pool: PolicyPool, workdir: pathlib.Path) -> dict:
+    """What decides the outputs of the stages that check their inputs on a rerun: each triplet
+    set's synthesis fingerprint (compared on resume, without its provenance: `synth.resume`) and
+    the reward model's training config. Equal for every spelling of the same workdir."""
+    out = {
+        f"synth.{split}": {
+            k: v for k, v in synthesize.fingerprint(pool, source, plan).items() if k not in synthesize.resume.PROVENANCE
+        }
+        for split, (source, plan, _) in synth_jobs(cfg, pool, workdir).items()
+    }
+    out["rm"] = rm_config(cfg, workdir).to_dict()
+    return out
 
 
 def encoding_config() -> encoding.EncodingConfig:
@@ -193,8 +215,9 @@ def rm_config(cfg: DemoConfig, workdir: pathlib.Path):
     )
     c.model.dtype = "float32"  # bfloat16 is emulated, and slow, on CPU
     c.data.kind = "array_record"
-    c.data.train = str(p["prepared"] / "train")
-    c.data.eval = str(p["prepared"] / "heldout_prompts")
+    # Resolved: any spelling of the workdir (relative, absolute, through a symlink) gives one config.
+    c.data.train = str((p["prepared"] / "train").resolve())
+    c.data.eval = str((p["prepared"] / "heldout_prompts").resolve())
     c.data.batch_size = 16
     c.data.seq_len = 512
     c.data.max_pairs_per_row = 2
