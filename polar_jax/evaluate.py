@@ -35,6 +35,7 @@ import numpy as np
 
 from polar_jax import scoring
 from polar_jax.data import encoding, schema
+from polar_jax.io import paths as paths_lib
 from polar_jax.io.model import Model
 
 log = logging.getLogger(__name__)
@@ -49,23 +50,11 @@ POLICY_KEYS = ("reference_policy", "chosen_policy", "rejected_policy")
 CHANCE = 0.5
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
-    """Files as given, and each directory as its `*.jsonl` files (sorted); an error for a
-    path that does not exist or a directory without `*.jsonl` files."""
-    out = []
-    for p in map(pathlib.Path, paths):
-        if p.is_dir():
-            shards = sorted(p.glob("*.jsonl"))
-            if not shards:
-                raise FileNotFoundError(
-                    f"{p}: a directory without *.jsonl files; give JSONL files or a directory of them"
-                )
-            out.extend(shards)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-    return out
+def expand_paths(paths: Iterable[str | os.PathLike], flag: str = "--input") -> list[pathlib.Path]:
+    """Files as given, and each directory as its `*.jsonl` files (sorted), each file once
+    (`io.paths.expand_inputs`, the rule every command follows); an error for a path that does not
+    exist or a directory without `*.jsonl` files."""
+    return paths_lib.expand_inputs(paths, flag)
 
 
 def read_triplets(

@@ -4,7 +4,8 @@ rejected[, meta]}: how often r(prompt, reference, chosen) > r(prompt, reference,
 
     python -m polar_jax evaluate --model DIR --input test.jsonl [--train-data train_dir] [--output results.json]
 
---input and --train-data take files or directories (all their *.jsonl files, sorted). The seen
+--input and --train-data take files or directories (all their *.jsonl files, sorted; a file named
+twice is read once; an empty file is an error). --seen-policies names must be policies of the data. The seen
 policies come from --seen-policies a,b,c or from the policy names in the --train-data files'
 meta. The paper's preference accuracy is the same computation on a file whose reference is
 the top-ranked response, chosen rank 2 and rejected rank 3. Bad rows stop the run at
@@ -16,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pathlib
 
 from polar_jax import evaluate
 from polar_jax.commands import score
 from polar_jax.data import schema
 from polar_jax.errors import UserError
-from polar_jax.io import models, tokenizers
+from polar_jax.io import atomic, models, paths, tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +66,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     score.add_encoding_arguments(parser)
 
 
-def _seen_policies(args: argparse.Namespace) -> set[str] | None:
-    """The seen set from --seen-policies or --train-data; None when neither is given."""
+def _checked_seen_names(names: set[str], rows: list[dict]) -> set[str]:
+    """--seen-policies names, each of which must name a policy of the evaluated rows (else a typo
+    would silently move rows from seen to unseen)."""
+    known = set().union(*(evaluate.row_policies(row) for row in rows)) if rows else set()
+    unknown = sorted(names - known)
+    if unknown:
+        raise UserError(
+            f"--seen-policies {', '.join(unknown)}: no such policy in the data's meta "
+            f"({', '.join(evaluate.POLICY_KEYS)}); its policies are: {', '.join(sorted(known)) or 'none'}"
+        )
+    return names
+
+
+def _seen_policies(args: argparse.Namespace, rows: list[dict]) -> set[str] | None:
+    """The seen set from --seen-policies (checked against the rows' policies) or --train-data; None when neither."""
     if args.seen_policies is not None:
         names = {name.strip() for name in args.seen_policies.split(",") if name.strip()}
         if not names:
-            raise ValueError("--seen-policies names no policy; give comma-separated names")
-        return names
+            raise UserError("--seen-policies names no policy; give comma-separated names")
+        return _checked_seen_names(names, rows)
     if args.train_data is None:
         return None
+    train_files = evaluate.expand_paths(args.train_data, "--train-data")
+    paths.check_not_empty(train_files, "--train-data")
     report = schema.SkipReport()
-    names = evaluate.policies_in(args.train_data, args.skip_invalid, report)
+    names = evaluate.policies_in(train_files, args.skip_invalid, report)
     if report.invalid:
         log.warning(
             "skipped %d invalid training rows while collecting policy names:\n%s", report.invalid, report.summary()
         )
     if not names:
-        raise ValueError(
+        raise UserError(
             f"--train-data {' '.join(args.train_data)}: no row names a policy in meta "
             f"({', '.join(evaluate.POLICY_KEYS)}); give --seen-policies instead"
         )
@@ -90,14 +105,18 @@ def _seen_policies(args: argparse.Namespace) -> set[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the triplets, score both candidates of each, print (and write) the accuracy table."""
+    """Read the triplets, score both candidates of each, print (and write, atomically) the accuracy table."""
+    if args.output:
+        paths.check_output_file(args.output)  # before any work: not after printing the table
+    files = evaluate.expand_paths(args.data)  # a missing file, a bad row or a bad flag: one line, exit 2
+    paths.check_not_empty(files)
+    models.check_heads(args.model, "reward", "evaluate")
     enc_cfg = score.encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
-    files = evaluate.expand_paths(args.data)  # a missing file, a bad row or a bad flag: one line, exit 2
     rows = evaluate.read_triplets(files, args.skip_invalid, report)
-    seen = _seen_policies(args)
     if not rows:
-        raise UserError(f"no valid triplets in {' '.join(args.data)}")
+        raise paths.no_rows_error(files, "triplet")
+    seen = _seen_policies(args, rows)
     if report.invalid:
         log.warning("skipped %d invalid rows:\n%s", report.invalid, report.summary())
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
@@ -115,6 +134,6 @@ def run(args: argparse.Namespace) -> int:
             "skipped": report.to_dict(),
             "encoding": enc_cfg.to_dict(),
         }
-        pathlib.Path(args.output).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        atomic.write_text(args.output, json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         log.info("wrote %s", args.output)
     return 0

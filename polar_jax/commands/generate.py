@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load, generate (greedy or sampled), print each prompt with its continuation and the speed."""
     src = args.model or gguf.smollm2_gguf_path()
+    models.check_heads(src, "lm", "generate")  # a reward model or a workdir: say what it is, before loading
     start = time.perf_counter()
     model = models.load_model(src)
     tokenizer = tokenizers.load_tokenizer(src, args.trust_remote_code)

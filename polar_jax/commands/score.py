@@ -1,7 +1,10 @@
 """Score {prompt, reference, output} rows (the official client's format; strings or message
 lists) with a POLAR reward model: each output row is the input row plus "reward".
 
-    python -m polar_jax score --model DIR --input rows.jsonl --output scored.jsonl
+    python -m polar_jax score --model DIR --input rows.jsonl [more.jsonl DIR ...] --output scored.jsonl
+
+--input takes files and directories (their *.jsonl files, sorted; a file named twice is read once);
+an empty input file is an error. --output is checked before any work and written atomically.
 
 The tokenizer defaults to the model directory's; the reward token to the model config's
 `reward_token_id` (released checkpoints carry it, and so do models `train` writes); the
@@ -20,7 +23,7 @@ import os
 
 from polar_jax import scoring
 from polar_jax.data import encoding, schema
-from polar_jax.io import models, tokenizers
+from polar_jax.io import models, paths, tokenizers
 
 log = logging.getLogger(__name__)
 _DEFAULTS = encoding.EncodingConfig()
@@ -29,7 +32,13 @@ _DEFAULTS = encoding.EncodingConfig()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `score`."""
     parser.add_argument("--model", required=True, metavar="DIR", help="reward model: HF directory, polar_jax directory")
-    parser.add_argument("--input", required=True, metavar="FILE", help="JSONL rows {prompt, reference, output[, meta]}")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="JSONL rows {prompt, reference, output[, meta]}: files, or directories of *.jsonl files (sorted)",
+    )
     parser.add_argument("--output", required=True, metavar="FILE", help='JSONL written: each row with its "reward"')
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory or .gguf (default: the model's)")
     parser.add_argument(
@@ -94,14 +103,20 @@ def encoding_config_from_args(args: argparse.Namespace, model_dir: str | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read and validate rows, score them, write them with their rewards."""
+    """Check the paths, read and validate rows, score them, write them with their rewards (atomically)."""
+    output = paths.check_output_file(args.output)  # before any work: not after scoring every row
+    files = paths.expand_inputs(args.input)
+    paths.check_not_empty(files)
+    models.check_heads(args.model, "reward", "score")
     enc_cfg = encoding_config_from_args(args, args.model)
     report = schema.SkipReport()
-    rows = [r.data for r in schema.read_jsonl(args.input, "score", args.skip_invalid, report)]  # bad rows: exit 2
+    rows = [r.data for f in files for r in schema.read_jsonl(f, "score", args.skip_invalid, report)]  # bad: exit 2
+    if not rows:
+        raise paths.no_rows_error(files, "score")
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
     rewards = scoring.score_rows(model, tokenizer, rows, enc_cfg, batch_size=args.batch_size)
-    with open(args.output, "w") as f:
+    with paths.atomic_lines(output) as f:  # the old file or the complete new one, never a part
         for row, reward in zip(rows, rewards):
             f.write(json.dumps({**row, "reward": float(reward)}, ensure_ascii=False) + "\n")
     if report.invalid:

@@ -24,6 +24,7 @@ import msgpack
 from array_record.python import array_record_module
 
 from polar_jax.data import records
+from polar_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,36 @@ def shard_name(index: int, count: int) -> str:
     return SHARD_PATTERN.format(index=index, count=count)
 
 
+# Every ArrayRecord (Riegeli) file starts with these bytes: the hash of its first, fixed block header.
+ARRAY_RECORD_MAGIC = b"\x83\xafp\xd1\r\x88J?"
+PREPARE_HINT = "run `python -m polar_jax prepare` on it first"
+
+
+class NotArrayRecordError(UserError, ValueError):
+    """A file given as prepared (ArrayRecord) data that is not one: JSONL, empty or something else."""
+
+
+def check_array_record(path: str | os.PathLike) -> None:
+    """Raise `NotArrayRecordError` unless `path` starts as an ArrayRecord file does; a JSONL file
+    (or a directory of them, in `find_shards`) is told to go through `prepare` first."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(ARRAY_RECORD_MAGIC):
+        return
+    if not head:
+        raise NotArrayRecordError(f"{path} is empty, not an ArrayRecord file; {PREPARE_HINT} (on its JSONL)")
+    if head.lstrip()[:1] in (b"{", b"[") or os.fspath(path).endswith(".jsonl"):
+        raise NotArrayRecordError(f"{path} is JSONL, not ArrayRecord: {PREPARE_HINT}")
+    raise NotArrayRecordError(f"{path} is not an ArrayRecord file (prepare writes triplets-*-of-*.array_record)")
+
+
 def find_shards(directory: str | os.PathLike) -> list[str]:
     """The triplet shards in a `prepare` output directory, in order; error if there are none."""
     paths = sorted(glob.glob(os.path.join(os.fspath(directory), "triplets-*-of-*.array_record")))
     if not paths:
-        raise FileNotFoundError(f"no triplets-*-of-*.array_record shards in {directory}; run `prepare` first")
+        jsonl = glob.glob(os.path.join(os.fspath(directory), "*.jsonl"))
+        hint = f"it holds JSONL ({len(jsonl)} *.jsonl files): {PREPARE_HINT}" if jsonl else "run `prepare` first"
+        raise FileNotFoundError(f"no triplets-*-of-*.array_record shards in {directory}; {hint}")
     counts = {re.search(r"-of-(\d+)\.array_record$", p).group(1) for p in paths}
     if len(counts) != 1 or len(paths) != int(counts.pop()):
         raise ValueError(
@@ -106,6 +132,7 @@ class ArrayRecordTriplets:
         for path in self._paths:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no ArrayRecord file {path}")
+            check_array_record(path)
             reader = array_record_module.ArrayRecordReader(path)
             sizes.append(reader.num_records())
             options = reader.writer_options_string()

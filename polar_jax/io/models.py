@@ -9,18 +9,43 @@ import pathlib
 import shutil
 
 from polar_jax.data import encoding
+from polar_jax.errors import UserError
 from polar_jax.io import gguf, hf, polar_format, remote_code, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.models import families
 
 
+class ModelKindError(UserError, ValueError):
+    """A path that is not the kind of model a command needs (a workdir, a reward model for `generate`...)."""
+
+
+# A run's workdir (`train`, `rft`) -> the subdirectory its finished model is written to.
+WORKDIR_MODELS = (("model", "a training workdir"), ("policy", "an RFT workdir"))
+
+
+def _check_not_workdir(src: pathlib.Path) -> None:
+    """Refuse a run's workdir (checkpoints/ beside the run's config.json) given where a model is expected."""
+    if not (src / "checkpoints").is_dir() or any(src.glob("*.safetensors")):
+        return
+    for sub, kind in WORKDIR_MODELS:
+        if (src / sub).is_dir():
+            raise ModelKindError(f"{src} is {kind}; its model is {src / sub}")
+    raise ModelKindError(
+        f"{src} is a run's workdir (checkpoints/) without a finished model yet: "
+        f"{src / 'model'} (train) or {src / 'policy'} (rft) is written when the run ends"
+    )
+
+
 def source_format(src: str | pathlib.Path) -> str:
-    """ "gguf", "polar" or "hf" for a path, or an error saying what was expected."""
+    """ "gguf", "polar" or "hf" for a path, or an error saying what was expected (and what it is
+    when it is a run's workdir)."""
     src = pathlib.Path(src)
     if src.is_file() and src.suffix == ".gguf":
         return "gguf"
     if src.is_dir() and polar_format.is_polar_dir(src):
         return "polar"
+    if src.is_dir():
+        _check_not_workdir(src)
     if src.is_dir() and (src / "config.json").exists():
         return "hf"
     raise FileNotFoundError(
@@ -72,6 +97,17 @@ def read_model_config(src: str | pathlib.Path, heads: tuple[str, ...] | None = N
             heads = hf.heads_of(names)
         return families.config_from_hf(hf_config, heads=heads, **runtime)
     return families.config_from_hf(gguf.read_gguf_config(src), heads=heads or ("lm",), **runtime)
+
+
+def check_heads(src: str | pathlib.Path, head: str, command: str) -> tuple[str, ...]:
+    """The heads of the model at `src` (config only, no weights), or `ModelKindError` saying what the
+    model is and what `command` needs when it lacks `head` ("lm": a causal LM, "reward": a reward model)."""
+    heads = tuple(read_model_config(src).heads)
+    if head in heads:
+        return heads
+    what = "a reward model" if "reward" in heads else "a causal LM" if "lm" in heads else "a model"
+    needs = {"lm": "a causal LM (a model with an lm head)", "reward": "a reward model (a model with a reward head)"}
+    raise ModelKindError(f"{src} is {what} (heads {', '.join(heads)}): {command} needs {needs.get(head, head)}")
 
 
 def copy_model_files(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
