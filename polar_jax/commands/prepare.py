@@ -1,27 +1,42 @@
 """Tokenise JSONL triplets ({prompt, reference, chosen, rejected, meta}) into ArrayRecord shards
 for training, in the official POLAR encoding: DIR/triplets-*.array_record, encoding.json,
 tokenizer/ (as used, added tokens included) and stats.json. Bad rows stop the run at their
-FILE:LINE unless --skip-invalid is given."""
+FILE:LINE unless --skip-invalid is given. --input takes files and directories (their *.jsonl files,
+sorted; a file named twice is read once); an empty input file is an error."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from polar_jax.data import encoding, prepare
+from polar_jax.data import encoding, prepare, schema
+from polar_jax.io import paths
 
 _DEFAULTS = encoding.EncodingConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `prepare`."""
-    parser.add_argument("--input", nargs="+", required=True, metavar="FILE", help="JSONL triplet files, read in order")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="JSONL triplet files, or directories of *.jsonl files (sorted), read in order",
+    )
     parser.add_argument("--tokenizer", required=True, metavar="TOK", help="HF tokenizer directory or .gguf file")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory (must not exist or be empty)")
     parser.add_argument(
         "--skip-invalid",
         action="store_true",
         help="skip bad rows (counted by reason in stats.json) instead of stopping",
+    )
+    parser.add_argument(
+        "--max-row-bytes",
+        type=int,
+        default=schema.MAX_ROW_BYTES,
+        metavar="N",
+        help=f"a longer JSONL line is a bad row (too_long), refused before it is parsed (default {schema.MAX_ROW_BYTES})",
     )
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: all CPU cores)")
     parser.add_argument("--shards", type=int, default=1, help="number of ArrayRecord files")
@@ -67,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         split_text=args.split_text,
         reward_token=args.reward_token,
     )
+    inputs = paths.expand_inputs(args.input)  # directories, files named twice: as score and evaluate do
+    paths.check_not_empty(inputs)
     stats = prepare.prepare(
-        args.input,
+        inputs,
         args.tokenizer,
         args.output,
         cfg,
@@ -77,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         shards=args.shards,
         add_special_tokens=args.add_special_tokens,
         trust_remote_code=args.trust_remote_code,
+        max_row_bytes=args.max_row_bytes,
     )
     lengths = stats["sequence_length"]
     print(
