@@ -8,6 +8,7 @@ import tracemalloc
 
 import pytest
 
+from polar_jax.__main__ import main
 from polar_jax.data import schema
 
 ROW = {"prompt": "p", "reference": "r", "chosen": "c", "rejected": "d"}
@@ -38,6 +39,16 @@ def test_long_row_is_a_counted_skip(tmp_path):
     assert [r.line for r in rows] == [1, 3]
     assert report.counts == {"too_long": 1}
     assert len(list(schema.read_jsonl(path, "triplet", max_row_bytes=4096))) == 3  # at the limit: a row
+
+
+def test_prepare_refuses_a_long_row_before_loading_the_tokenizer(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    _write(path, 4096)
+    code = main(["prepare", "--input", str(path), "--tokenizer", str(tmp_path / "no-tokenizer"),
+                 "--output", str(tmp_path / "out"), "--max-row-bytes", "1024"])  # fmt: skip
+    assert code == 2
+    assert f"{path}:2: the line is 4096 bytes, over the limit of 1024 bytes [too_long]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_memory_stays_bounded_on_a_huge_row(tmp_path):
