@@ -27,6 +27,12 @@ def _check_not_workdir(src: pathlib.Path) -> None:
     """Refuse a run's workdir (checkpoints/ beside the run's config.json) given where a model is expected."""
     if not (src / "checkpoints").is_dir() or any(src.glob("*.safetensors")):
         return
+    config = src / "config.json"  # a run's config, not a Hugging Face model's (which names its model_type)
+    try:
+        if config.is_file() and "model_type" in json.loads(config.read_text() or "{}"):
+            return
+    except ValueError:
+        pass  # not JSON: not a Hugging Face config either
     for sub, kind in WORKDIR_MODELS:
         if (src / sub).is_dir():
             raise ModelKindError(f"{src} is {kind}; its model is {src / sub}")
