@@ -158,6 +158,15 @@ def _describe_code(code: dict) -> str:
     return f"package {code.get('package_version')}"
 
 
+def _content(fp):
+    """A fingerprint without the paths it was read from: what the input holds."""
+    if isinstance(fp, dict):
+        return {k: v for k, v in fp.items() if k != "path"}
+    if isinstance(fp, list):
+        return [_content(f) for f in fp]
+    return fp
+
+
 def _input_path(fp) -> str:
     if isinstance(fp, dict):
         return fp.get("path", "?")
@@ -215,5 +224,5 @@ def _warn_changes(old: dict, new: dict) -> None:
         )
     old_inputs = old.get("inputs") or {}
     for name, fp in new["inputs"].items():
-        if name in old_inputs and old_inputs[name] != fp:
+        if name in old_inputs and _content(old_inputs[name]) != _content(fp):  # a respelled path is the same input
             log.warning("input %s changed since the run started: %s", name, _input_path(fp))

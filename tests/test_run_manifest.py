@@ -9,6 +9,7 @@ import subprocess
 
 import jax
 import ml_collections
+import pytest
 
 from polar_jax import run_manifest as M
 
@@ -145,18 +146,22 @@ class _Pool:
         self.names = ["a", "b"]
         self.specs = {"a": PolicySpec("a", checkpoint), "b": PolicySpec("b", "smollm2")}
 
+    def checkpoint_path(self, name):
+        return pathlib.Path(self.specs[name].checkpoint if name == "a" else self.specs["a"].checkpoint + ".b")
+
     def sample(self, name, prompts, key):
         from polar_jax.synth.pool import Sample
 
         return [Sample(f"{name}:{p}", 3, False) for p in prompts]
 
 
-def test_synth_writes_run_json_and_warns_when_a_checkpoint_changed(tmp_path, caplog):
+def test_synth_writes_run_json_and_refuses_a_changed_checkpoint(tmp_path):
     import tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from polar_jax.synth import synthesize as S
     from polar_jax.synth.prompts import PromptSource
+    from polar_jax.synth.resume import SynthResumeError
 
     alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
@@ -164,21 +169,21 @@ def test_synth_writes_run_json_and_warns_when_a_checkpoint_changed(tmp_path, cap
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
     ckpt = tmp_path / "a.gguf"
     ckpt.write_bytes(b"weights v1")
+    pathlib.Path(str(ckpt) + ".b").write_bytes(b"policy b")
     prompts = PromptSource(["a document with some words in it. " * 4], tokenizer, min_tokens=2, max_tokens=5, seed=5)
     plan = S.SynthPlan(num_triplets=4, shard_size=2, seed=9)
     out = tmp_path / "synth"
     S.synthesize(_Pool(str(ckpt)), prompts, plan, out, progress=False)
     m = json.loads((out / "run.json").read_text())
     assert m["seeds"] == {"plan.seed": 9, "prompts.seed": 5}
-    assert m["inputs"]["policy.a"] == M.fingerprint(str(ckpt)) and m["inputs"]["policy.a"]["size"] == 10
-    assert m["inputs"]["policy.b"] == "smollm2"
+    assert m["inputs"]["policy.a"] == {"kind": "file", "bytes": 10, "sha256": M.fingerprint(str(ckpt))["sha256"]}
+    assert m["inputs"]["policy.b"]["bytes"] == len(b"policy b")  # by content too (its checkpoint_path)
     assert m["inputs"]["prompts.documents"].startswith("sha256:") and m["devices"]["count"] == jax.device_count()
     assert m["versions"]["jax"] == importlib.metadata.version("jax") and m["previous"] == []
-    ckpt.write_bytes(b"weights v2")
-    with caplog.at_level(logging.WARNING, logger="polar_jax.run_manifest"):
+    ckpt.write_bytes(b"weights v2")  # the same path, other weights: synthesis refuses to mix them (issue 15)
+    with pytest.raises(SynthResumeError, match=r"policies.a.checkpoint"):
         S.synthesize(_Pool(str(ckpt)), prompts, plan, out, progress=False)
-    assert [r.getMessage() for r in caplog.records] == [f"input policy.a changed since the run started: {ckpt}"]
-    assert len(json.loads((out / "run.json").read_text())["previous"]) == 1
+    assert json.loads((out / "run.json").read_text())["previous"] == []
 
 
 def test_each_scaling_run_dir_gets_a_run_json(tmp_path):

@@ -15,7 +15,7 @@ Saves are asynchronous (training continues while the state is written). What can
   at all. Only when an older step is restored are the newer unreadable ones set aside (renamed
   `unreadable-<step>-<time>`, kept for inspection), the log naming which and why. When steps
   exist and none is readable, `NoReadableCheckpoint` lists each with its cause and nothing is
-  moved, unless `start_over=True` (the run's `--config.start_over=true`).
+  moved, unless `start_over=True` (the run's `--config.start_over=True`).
 - Saves: an error of the previous asynchronous save (disk full, ...) is raised by the next
   `save`, `wait` or `close` as one `CheckpointSaveError` naming the step, directory and cause.
 
@@ -163,7 +163,7 @@ class Checkpointer:
             raise NoReadableCheckpoint(
                 f"no readable checkpoint in {self.directory} ({listing}); nothing was moved. To start over at step 0 "
                 "(the unreadable steps are kept, renamed unreadable-<step>-<time>), rerun with "
-                "--config.start_over=true, or use a new workdir"
+                "--config.start_over=True, or use a new workdir"
             )
         log.warning("starting over at step 0: no readable checkpoint (%s)", listing)
         self._set_aside_all(failed, "starting over at step 0")

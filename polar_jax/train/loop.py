@@ -39,7 +39,7 @@ from tqdm import tqdm
 from polar_jax import parallel, run_manifest
 from polar_jax.config_checks import config_difference
 from polar_jax.errors import UserError
-from polar_jax.io import checkpoint
+from polar_jax.io import checkpoint, content_id
 from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.train.metrics import MetricsWriter
 
@@ -132,9 +132,9 @@ def check_resume_config(workdir: pathlib.Path, resolved: dict) -> None:
     saved, checkpoints = workdir / "config.json", workdir / "checkpoints"
     if not saved.is_file() or not any(p.name.isdigit() for p in checkpoints.glob("*")):
         return
-    diff = config_difference(
-        _resolved_paths(json.loads(saved.read_text())), _resolved_paths(resolved), limit=8, ignore=RESUME_FREE_KEYS
-    )
+    old = _resolved_paths(json.loads(saved.read_text()))
+    new = _same_content_as(old, _resolved_paths(resolved))
+    diff = config_difference(old, new, limit=8, ignore=RESUME_FREE_KEYS)
     if diff and resolved.get("allow_changed_config"):
         log.warning("resuming %s with a changed config (allow_changed_config): %s", checkpoints, diff)
     elif diff:
@@ -145,11 +145,26 @@ def check_resume_config(workdir: pathlib.Path, resolved: dict) -> None:
         )
 
 
+def _same_content_as(old, new):
+    """`new` with each path value that names other real paths than `old`'s but the same files
+    (a moved or copied input: `io.content_id`) replaced by `old`'s value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: _same_content_as(old.get(k), v) for k, v in new.items()}
+    if isinstance(old, str) and isinstance(new, str) and old != new and _paths(old) and _paths(new):
+        if [content_id.identity(p) for p in old.split(",")] == [content_id.identity(p) for p in new.split(",")]:
+            return old
+    return new
+
+
+def _paths(value: str) -> bool:
+    return bool(value) and all(os.path.exists(p) for p in value.split(","))
+
+
 def _resolved_paths(tree):
     """`tree` with every string naming existing paths (comma-separated too) as their real paths."""
     if isinstance(tree, dict):
         return {k: _resolved_paths(v) for k, v in tree.items()}
-    if isinstance(tree, str) and tree and all(os.path.exists(p) for p in tree.split(",")):
+    if isinstance(tree, str) and _paths(tree):
         return ",".join(os.path.realpath(p) for p in tree.split(","))
     return tree
 
@@ -204,16 +219,14 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self._rules.__exit__(*exc)
-        try:
-            self.ckpt.close()
-            if self.writer is not None:
-                self.writer.close()
-        except Exception:
-            if exc[0] is None:
-                raise
-            log.exception("while closing after %s (raised below)", exc[0].__name__)  # never hides the first error
+        try:  # a failed last save raises here only when nothing else did: the first error is the one shown
+            self.ckpt.close(raise_errors=exc[0] is None)
         finally:
-            self.lock.release()
+            try:
+                if self.writer is not None:
+                    self.writer.close()
+            finally:
+                self.lock.release()
         if exc[0] is None:
             log.info(
                 "metrics in %s, TensorBoard events in %s", self.workdir / "metrics.jsonl", self.workdir / "tensorboard"
@@ -232,7 +245,9 @@ class Run:
     def restore_or_init(self, abstract_state, make_state: Callable[[], Any], data_iterator=None):
         """The newest readable checkpoint restored onto `abstract_state`'s shardings (with the
         data iterator's position), or `make_state()` at step 0; opens the metrics writer there."""
-        start, state = self.ckpt.restore_latest(abstract_state, data_iterator)
+        start, state = self.ckpt.restore_latest(
+            abstract_state, data_iterator, start_over=bool(self.config.get("start_over", False))
+        )
         if state is None:
             start, state = 0, make_state()
         else:

@@ -144,7 +144,7 @@ def test_no_readable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
     message = str(raised.value)
     assert isinstance(raised.value, UserError)
     assert "step 2: ChecksumMismatch" in message and "step 1: ChecksumMismatch" in message
-    assert "--config.start_over=true" in message and "nothing was moved" in message
+    assert "--config.start_over=True" in message and "nothing was moved" in message
     assert names(tmp_path) == before == ["1", "2"]
     assert next(data) == 0  # the iterator did not move either
 

@@ -76,14 +76,22 @@ def test_a_changed_config_is_refused_with_its_keys_and_the_checkpoints_stay(tmp_
 
 def test_a_path_respelled_is_the_same_config(tmp_path, monkeypatch):
     data = tmp_path / "data.jsonl"
-    data.write_text("")
+    data.write_text("{}")
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "run"
     run(workdir, config(data={"kind": "synthetic", "train": "data.jsonl"}), total=4)
     r, _ = run(workdir, config(data={"kind": "synthetic", "train": str(data)}), total=6)
     assert r.start == 4
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(data.read_text())  # a copied input: the same files
+    r, _ = run(workdir, config(data={"kind": "synthetic", "train": str(copy)}), total=7)
+    assert r.start == 6
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("{} ")  # another path with other files
     with pytest.raises(loop.ConfigChanged, match="data.train"):
-        run(workdir, config(data={"kind": "synthetic", "train": str(tmp_path / "other.jsonl")}), total=7)
+        run(workdir, config(data={"kind": "synthetic", "train": str(changed)}), total=8)
+    with pytest.raises(loop.ConfigChanged, match="data.train"):
+        run(workdir, config(data={"kind": "synthetic", "train": str(tmp_path / "other.jsonl")}), total=8)
 
 
 def test_a_scaling_sweep_on_a_held_workdir_is_refused_in_one_line(tmp_path, capsys):
