@@ -30,6 +30,7 @@ import time
 from polar_jax import evaluate
 from polar_jax.data import encoding, prepare
 from polar_jax.io import models, tokenizers
+from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.synth import corpus, demo_lms, synthesize
 from polar_jax.synth import prompts as prompts_lib
 from polar_jax.synth.pool import CHATML, SMOLLM2, PolicyPool, PolicySpec
@@ -241,8 +242,13 @@ def evaluate_splits(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> d
 
 
 def run_demo(workdir: str | pathlib.Path, cfg: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
-    """Run (or resume) every stage; write and return WORKDIR/demo_results.json's contents."""
-    workdir = pathlib.Path(workdir)
+    """Run (or resume) every stage; write and return WORKDIR/demo_results.json's contents. One
+    demo per workdir at a time (`io.workdir_lock`; its stages lock their own directories too)."""
+    with WorkdirLock(workdir, "demo"):
+        return _run_demo(pathlib.Path(workdir), cfg, progress)
+
+
+def _run_demo(workdir: pathlib.Path, cfg: DemoConfig, progress: bool) -> dict:
     p = paths(workdir)
     unknown = set(cfg.heldout_policies) - set(cfg.policy_names())
     if unknown:

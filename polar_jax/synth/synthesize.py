@@ -34,6 +34,7 @@ from tqdm import tqdm
 from polar_jax import run_manifest
 from polar_jax.errors import UserError
 from polar_jax.io import atomic, content_id
+from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.synth import resume
 from polar_jax.synth.pool import PolicyPool, Sample
 from polar_jax.synth.prompts import PromptSource
@@ -193,9 +194,14 @@ def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dic
 def synthesize(
     pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike, progress: bool = True
 ) -> dict:
-    """Write (or finish writing) the plan's shards into `out_dir`; returns the summary."""
+    """Write (or finish writing) the plan's shards into `out_dir`; returns the summary. One
+    synthesis per directory at a time (`io.workdir_lock`)."""
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(out_dir, "synth"):
+        return _synthesize(pool, prompts, plan, out_dir, progress)
+
+
+def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: pathlib.Path, progress: bool):
     wanted = fingerprint(pool, prompts, plan)
     resume.check_or_write(out_dir, wanted)
     instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()

@@ -103,3 +103,15 @@ def test_a_scaling_sweep_on_a_held_workdir_is_refused_in_one_line(tmp_path, caps
     assert main(["scaling", "--config", str(config), "--workdir", str(tmp_path), "--no-progress"]) == 2
     assert f"is in use by a scaling run (PID {os.getpid()} on this host" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_synth_and_the_demo_on_a_held_directory_are_refused_before_any_work(tmp_path):
+    from polar_jax import demo
+    from polar_jax.synth import synthesize
+
+    with WorkdirLock(tmp_path, "synth"):
+        with pytest.raises(WorkdirBusy, match="in use by a synth run"):
+            synthesize.synthesize(None, None, None, tmp_path)  # refused before the pool or prompts are read
+        with pytest.raises(WorkdirBusy, match="in use by a synth run"):
+            demo.run_demo(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
