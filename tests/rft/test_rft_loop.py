@@ -151,6 +151,11 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(config_file, refer
     reference = json.loads((reference_run / "rft_results.json").read_text())
     assert results == {**reference, "policy": str(tmp_path / "policy")}
 
+    logged = (tmp_path / "metrics.jsonl").read_text()
+    again = trainer.train(config, tmp_path, progress=False)  # a finished run, rerun: its final evaluation again
+    assert again.step == ITERATIONS and again.results == results
+    assert (tmp_path / "metrics.jsonl").read_text() == logged  # no repeated rows (issue 15)
+
 
 def test_a_missing_model_names_the_config_key_and_the_hint(config_file, tmp_path):
     override = "--config.policy.init=/nonexistent/policy"
