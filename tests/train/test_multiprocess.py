@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two(workdir, steps: int) -> list[str]:
+def run_two(workdir, steps: int, *extra: str) -> list[str]:
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     procs = [
@@ -40,6 +40,7 @@ def run_two(workdir, steps: int) -> list[str]:
                 str(workdir),
                 *ARGS,
                 f"--config.steps={steps}",
+                *extra,
                 "--coordinator",
                 f"localhost:{port}",
                 "--num-processes",
@@ -72,7 +73,9 @@ def test_two_processes_train_checkpoint_resume_and_agree(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
     assert (tmp_path / "model" / "polar_model.json").exists()
 
-    second = run_two(tmp_path, steps=12)  # the same workdir: both processes resume from step 8
+    # The same workdir: both processes resume from step 8. More steps change the LR schedule, so the run
+    # says it knowingly (a resume with a config that changes the result is otherwise refused).
+    second = run_two(tmp_path, 12, "--config.allow_changed_config=True")
     assert all("resumed from" in out for out in second)
     (s0, loss0), (s1, loss1) = final_line(second[0], 0), final_line(second[1], 1)
     assert s0 == s1 == 12 and loss0 == loss1
