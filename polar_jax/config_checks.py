@@ -81,6 +81,8 @@ TRAIN: dict[str, Rule] = {
     "data.seq_len": Int(ge=8),
     "data.max_pairs_per_row": Int(ge=1),
     "data.mode": OneOf("packed", "padded"),
+    "data.shared_prefix": BOOL,
+    "data.attention_window": Int(ge=-1, note="-1 = the prepared data's longest segment, 0 = whole rows"),
     "data.num_workers": Int(ge=0),
     "mesh.data": MESH_AXIS,
     "mesh.fsdp": MESH_AXIS,

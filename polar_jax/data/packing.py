@@ -1,7 +1,10 @@
 """Packing POLAR pairs into fixed-shape batches (pure numpy; no Grain, no JAX).
 
 A pair is one triplet's two token sequences, chosen and rejected, each ending with the
-reward token. A pair is never split across rows. Every batch has static shapes; its arrays
+reward token. A pair is never split across rows. It is laid out unshared (two segments) or,
+with `shared_prefix=True`, as its common prefix once and then the two suffixes (`data.batch`
+describes both layouts); a pair's length for the planners is the tokens it takes in its layout
+(`pair_tokens`). Every batch has static shapes; its arrays
 (tokens_bt, segment_ids_bt, positions_bt, reward_index_bp2, pair_mask_bp, record_index_bp)
 are declared once, with their dtypes and meanings, in `polar_jax.data.batch` (the batch contract).
 
@@ -26,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from polar_jax.data.batch import ALL_KEYS as BATCH_KEYS  # noqa: F401  (old name, kept for importers)
-from polar_jax.data.batch import PAD_ID, check_batch  # noqa: F401  (check_batch moved to data/batch.py)
+from polar_jax.data.batch import (  # noqa: F401  (PAD_ID and check_batch: moved to data/batch.py, kept here)
+    PAD_ID,
+    check_batch,
+    pair_span,
+    shared_prefix_length,
+)
 
 
 class PairTooLongError(ValueError):
@@ -43,17 +51,36 @@ def record_source(meta: Mapping[str, Any] | None, fallback: str) -> str:
     return fallback
 
 
-def check_pair_fits(chosen_len: int, rejected_len: int, limit: int, where: str) -> None:
-    """Raise `PairTooLongError` naming `where` if chosen + rejected exceed `limit` tokens."""
+def pair_tokens(pair: Mapping[str, Any], shared_prefix: bool) -> int:
+    """Tokens `pair` ({"chosen", "rejected"}) takes in a row of its layout."""
+    chosen, rejected = pair["chosen"], pair["rejected"]
+    prefix = shared_prefix_length(chosen, rejected) if shared_prefix else 0
+    return pair_span(len(chosen), len(rejected), prefix, shared_prefix)[0]
+
+
+def check_pair_fits(
+    chosen_len: int, rejected_len: int, limit: int, where: str, prefix_len: int | None = None, window: int = 0
+) -> None:
+    """Raise `PairTooLongError` naming `where` if the pair exceeds `limit` tokens of a row, or (with
+    `window` > 0) one of its segments exceeds the attention window; `prefix_len`: the shared
+    layout with that common prefix (None: unshared)."""
     if chosen_len < 1 or rejected_len < 1:
         raise ValueError(
             f"{where}: empty sequence (chosen {chosen_len}, rejected {rejected_len} tokens); "
             "every sequence ends with the reward token, re-run `prepare`"
         )
-    if chosen_len + rejected_len > limit:
+    total, span = pair_span(chosen_len, rejected_len, prefix_len or 0, prefix_len is not None)
+    if window and span > window:
+        raise PairTooLongError(
+            f"{where}: a segment of {span} tokens exceeds the attention window of {window} "
+            f"(data.attention_window, which every segment of a row must fit): raise it, or set it to -1 to take "
+            f"the longest segment of the prepared data, or 0 for whole-row attention"
+        )
+    if total > limit:
+        shared_note = f" ({total} with its common prefix once)" if prefix_len is not None else ""
         raise PairTooLongError(
             f"{where}: pair of {chosen_len} (chosen) + {rejected_len} (rejected) = "
-            f"{chosen_len + rejected_len} tokens does not fit a row of {limit}; pairs are never cut "
+            f"{chosen_len + rejected_len} tokens{shared_note} does not fit a row of {limit}; pairs are never cut "
             f"or dropped: raise the row length / largest bucket, or re-run `prepare` with "
             f"max_length <= {limit // 2} (and max_response_length to match) so every sequence is at most half a row"
         )
@@ -250,9 +277,15 @@ def plan_packed_rows(
 
 
 def make_batch(
-    rows: Sequence[Sequence[Mapping[str, Any]]], *, row_len: int, max_pairs_per_row: int, batch_size: int | None = None
+    rows: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    row_len: int,
+    max_pairs_per_row: int,
+    batch_size: int | None = None,
+    shared_prefix: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Lay out rows of pairs ({"chosen", "rejected"[, "record_index"]}) as one batch (`data.batch` contract).
+    """Lay out rows of pairs ({"chosen", "rejected"[, "record_index"]}) as one batch (`data.batch` contract),
+    unshared or, with `shared_prefix`, each pair's common prefix once and then its two suffixes.
 
     Rows beyond `len(rows)` up to `batch_size` are all padding (no pairs), so shapes stay static.
     """
@@ -261,6 +294,7 @@ def make_batch(
         raise ValueError(f"{len(rows)} rows do not fit batch_size={b}")
     tokens_bt = np.full((b, row_len), PAD_ID, np.int32)
     segment_ids_bt = np.zeros((b, row_len), np.int32)
+    branch_ids_bt = np.zeros((b, row_len), np.int32)
     positions_bt = np.zeros((b, row_len), np.int32)
     reward_index_bp2 = np.zeros((b, max_pairs_per_row, 2), np.int32)
     pair_mask_bp = np.zeros((b, max_pairs_per_row), bool)
@@ -272,21 +306,29 @@ def make_batch(
             raise ValueError(f"row {r} holds {len(row)} pairs; max_pairs_per_row={max_pairs_per_row}")
         start = 0
         for p, pair in enumerate(row):
+            prefix = shared_prefix_length(pair["chosen"], pair["rejected"]) if shared_prefix else 0
+            # (tokens, segment id, branch id, first position) of each piece of the pair's layout
+            pieces = [(pair["chosen"][:prefix], p + 1, 0, 0)] if prefix else []
             for side, key in enumerate(("chosen", "rejected")):
-                seq = pair[key]
+                segment = p + 1 if shared_prefix else 2 * p + 1 + side
+                pieces.append((pair[key][prefix:], segment, side + 1 if shared_prefix else 0, prefix))
+            for seq, segment, branch, first in pieces:
                 end = start + len(seq)
                 if end > row_len:
-                    raise PairTooLongError(f"row {r} overflows its {row_len} tokens at pair {p} ({key})")
+                    raise PairTooLongError(f"row {r} overflows its {row_len} tokens at pair {p}")
                 tokens_bt[r, start:end] = seq
-                segment_ids_bt[r, start:end] = 2 * p + 1 + side
-                positions_bt[r, start:end] = ramp_t[: end - start]
-                reward_index_bp2[r, p, side] = end - 1
+                segment_ids_bt[r, start:end] = segment
+                branch_ids_bt[r, start:end] = branch
+                positions_bt[r, start:end] = ramp_t[first : first + end - start]
                 start = end
+            # The reward tokens: the last of the chosen piece and the last of the rejected one (the last piece).
+            reward_index_bp2[r, p] = (start - len(pieces[-1][0]) - 1, start - 1)
             pair_mask_bp[r, p] = True
             record_index_bp[r, p] = pair.get("record_index", -1)
     return {
         "tokens_bt": tokens_bt,
         "segment_ids_bt": segment_ids_bt,
+        "branch_ids_bt": branch_ids_bt,
         "positions_bt": positions_bt,
         "reward_index_bp2": reward_index_bp2,
         "pair_mask_bp": pair_mask_bp,
@@ -301,6 +343,7 @@ def pack_pairs(
     seq_len: int,
     max_pairs_per_row: int,
     max_open_rows: int = 16,
+    shared_prefix: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Packed mode over an in-memory list of pairs: all batches (the last padded with empty rows)."""
     planner = PackedPlanner(
@@ -308,9 +351,10 @@ def pack_pairs(
     )
     plans = []
     for i, pair in enumerate(pairs):
-        lc, lr = len(pair["chosen"]), len(pair["rejected"])
-        check_pair_fits(lc, lr, seq_len, record_source(pair.get("meta"), f"pair {i}"))
-        plans += planner.add(i, lc + lr)
+        prefix = shared_prefix_length(pair["chosen"], pair["rejected"]) if shared_prefix else None
+        where = record_source(pair.get("meta"), f"pair {i}")
+        check_pair_fits(len(pair["chosen"]), len(pair["rejected"]), seq_len, where, prefix)
+        plans += planner.add(i, pair_tokens(pair, shared_prefix))
     plans += planner.flush()
     return [
         make_batch(
@@ -318,6 +362,7 @@ def pack_pairs(
             row_len=plan.row_len,
             max_pairs_per_row=max_pairs_per_row,
             batch_size=batch_size,
+            shared_prefix=shared_prefix,
         )
         for plan in plans
     ]
@@ -359,18 +404,25 @@ def unpack_batch(batch: Mapping[str, np.ndarray]) -> list[dict]:
     """The real pairs of a batch: {"row", "slot", "record_index", "chosen", "rejected"} each.
 
     The inverse of `make_batch`, for tests and debugging: pair p's chosen sequence is segment
-    2p+1 of its row, its rejected sequence segment 2p+2.
+    2p+1 of its row, its rejected sequence segment 2p+2; in the shared layout segment p+1's
+    prefix followed by its branch 1 (chosen) or branch 2 (rejected).
     """
     out = []
     for r, p in zip(*np.nonzero(batch["pair_mask_bp"])):
-        seg_t = batch["segment_ids_bt"][r]
+        seg_t, branch_t, tokens_t = batch["segment_ids_bt"][r], batch["branch_ids_bt"][r], batch["tokens_bt"][r]
+        if branch_t.any():
+            in_pair_t = seg_t == p + 1
+            chosen = tokens_t[in_pair_t & (branch_t != 2)]
+            rejected = tokens_t[in_pair_t & (branch_t != 1)]
+        else:
+            chosen, rejected = tokens_t[seg_t == 2 * p + 1], tokens_t[seg_t == 2 * p + 2]
         out.append(
             {
                 "row": int(r),
                 "slot": int(p),
                 "record_index": int(batch["record_index_bp"][r, p]),
-                "chosen": batch["tokens_bt"][r, seg_t == 2 * p + 1],
-                "rejected": batch["tokens_bt"][r, seg_t == 2 * p + 2],
+                "chosen": chosen,
+                "rejected": rejected,
             }
         )
     return out

@@ -4,7 +4,8 @@
       -> validate + decode            (a pair longer than a row is an error naming FILE:LINE)
       -> host shard                   source[shard_index::shard_count]: disjoint, covering
       -> seeded shuffle, repeat       a new permutation every epoch, the same for a given seed
-      -> pack + batch                 `packing.PackedPlanner` (or `BucketPlanner`, padding mode)
+      -> pack + batch                 `packing.PackedPlanner` (or `BucketPlanner`, padding mode), each pair
+                                      unshared or as its shared prefix + two suffixes (`shared_prefix`)
       -> optional worker processes    `grain` mp_prefetch
     batches: the dict of arrays documented in `packing` (tokens_bt, segment_ids_bt, ...)
 
@@ -39,6 +40,7 @@ import grain
 import numpy as np
 
 from polar_jax.data import records
+from polar_jax.data.batch import pair_span, shared_prefix_length
 from polar_jax.data.packing import (
     BatchPlan,
     BucketPlanner,
@@ -68,6 +70,8 @@ class PipelineConfig:
     num_workers: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 4
+    shared_prefix: bool = False  # lay each pair out as its common prefix once, then the two suffixes
+    attention_window: int = 0  # > 0: a pair with a segment longer than this is an error naming FILE:LINE
 
     def __post_init__(self):
         if self.mode not in ("packed", "padded"):
@@ -82,6 +86,8 @@ class PipelineConfig:
             raise ValueError(f"seed={self.seed} must lie in [0, 2**32)")
         if self.num_workers < 0 or self.read_threads < 0:
             raise ValueError("num_workers and read_threads must be >= 0")
+        if self.attention_window < 0:
+            raise ValueError(f"attention_window={self.attention_window}: 0 (whole rows) or the longest segment allowed")
         if self.buckets is not None and max(self.buckets) > self.seq_len:
             raise ValueError(f"buckets={self.buckets} exceed seq_len={self.seq_len}")
 
@@ -115,6 +121,8 @@ def make_pipeline(
     num_workers: int = 0,
     worker_buffer_size: int = 2,
     read_threads: int = 4,
+    shared_prefix: bool = False,
+    attention_window: int = 0,
 ) -> grain.IterDataset:
     """A Grain `IterDataset` of static-shape batches (see `packing`) from a random-access source.
 
@@ -143,6 +151,8 @@ def make_pipeline(
         num_workers=num_workers,
         worker_buffer_size=worker_buffer_size,
         read_threads=read_threads,
+        shared_prefix=shared_prefix,
+        attention_window=attention_window,
     )
     return build_pipeline(source, cfg)
 
@@ -156,7 +166,10 @@ def build_pipeline(source: Any, cfg: PipelineConfig) -> grain.IterDataset:
         raise ValueError(f"shard_count={cfg.shard_count} exceeds the {n} records: some hosts would get none")
     _new_planner(cfg)  # bad buckets fail here, not at the first batch
     limit = cfg.row_buckets[-1]
-    ds = grain.MapDataset.source(source).map_with_index(functools.partial(_to_pair, num_records=n, limit=limit))
+    to_pair = functools.partial(
+        _to_pair, num_records=n, limit=limit, shared_prefix=cfg.shared_prefix, window=cfg.attention_window
+    )
+    ds = grain.MapDataset.source(source).map_with_index(to_pair)
     # Shard before shuffling: each host owns a fixed subset, so hosts stay disjoint in every epoch.
     ds = ds[cfg.shard_index :: cfg.shard_count]
     if cfg.shuffle:
@@ -174,8 +187,9 @@ def build_pipeline(source: Any, cfg: PipelineConfig) -> grain.IterDataset:
     return it_ds
 
 
-def _to_pair(index: int, record: Any, *, num_records: int, limit: int) -> dict:
-    """Decode a record (dict or msgpack bytes) into a pair; a pair over `limit` tokens is an error."""
+def _to_pair(index: int, record: Any, *, num_records: int, limit: int, shared_prefix: bool, window: int) -> dict:
+    """Decode a record (dict or msgpack bytes) into a pair with its length in the row's layout
+    ("tokens"); a pair over `limit` tokens, or with a segment over `window`, is an error."""
     # Grain passes indices past the end in later epochs (the source wraps them around).
     record_index = index % num_records
     if isinstance(record, (bytes, bytearray, memoryview)):
@@ -185,8 +199,10 @@ def _to_pair(index: int, record: Any, *, num_records: int, limit: int) -> dict:
     where = record_source(record.get("meta"), f"record {record_index}")
     if chosen.ndim != 1 or rejected.ndim != 1:
         raise ValueError(f"{where}: chosen {chosen.shape} and rejected {rejected.shape} must be 1-D id arrays")
-    check_pair_fits(len(chosen), len(rejected), limit, where)
-    return {"record_index": record_index, "chosen": chosen, "rejected": rejected}
+    prefix = shared_prefix_length(chosen, rejected) if shared_prefix else None
+    check_pair_fits(len(chosen), len(rejected), limit, where, prefix, window)
+    tokens = pair_span(len(chosen), len(rejected), prefix or 0, shared_prefix)[0]
+    return {"record_index": record_index, "chosen": chosen, "rejected": rejected, "tokens": tokens}
 
 
 def _with_key(key: int, pair: dict) -> dict:
@@ -239,11 +255,15 @@ class PlannedBatchIterator(grain.DatasetIterator):
                 break
             key = int(pair["key"])
             self._pairs[key] = pair
-            self._ready.extend(self._planner.add(key, len(pair["chosen"]) + len(pair["rejected"])))
+            self._ready.extend(self._planner.add(key, int(pair["tokens"])))
         plan = self._ready.popleft()
         rows = [[self._pairs.pop(k) for k in row] for row in plan.rows]
         return make_batch(
-            rows, row_len=plan.row_len, max_pairs_per_row=self._cfg.pairs_per_row, batch_size=self._cfg.batch_size
+            rows,
+            row_len=plan.row_len,
+            max_pairs_per_row=self._cfg.pairs_per_row,
+            batch_size=self._cfg.batch_size,
+            shared_prefix=self._cfg.shared_prefix,
         )
 
     def get_state(self) -> dict:

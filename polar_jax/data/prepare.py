@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from polar_jax.data import encoding, records, schema, sources
+from polar_jax.data.batch import shared_prefix_length
 from polar_jax.errors import UserError
 from polar_jax.io import atomic, stale_partials
 
@@ -314,6 +315,10 @@ class _Written:
     truncated: collections.Counter
     rows_truncated: int
     rows: int
+    # Tokens of each pair in the shared-prefix layout (its common prefix once) and of that prefix:
+    # the trainer's attention window and the sharing ratio come from these.
+    shared_pair_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    prefix_counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 def _write_shards(tmp, encoded: Iterator, n_rows: int, shards: int, progress: bool | None) -> _Written:
@@ -337,6 +342,9 @@ def _write_shards(tmp, encoded: Iterator, n_rows: int, shards: int, progress: bo
                     writer.write(records.encode_record(enc.chosen, enc.rejected, meta))
                     written.length_counts[len(enc.chosen)] += 1
                     written.length_counts[len(enc.rejected)] += 1
+                    prefix = shared_prefix_length(enc.chosen, enc.rejected)
+                    written.shared_pair_counts[len(enc.chosen) + len(enc.rejected) - prefix] += 1
+                    written.prefix_counts[prefix] += 1
                     written.truncated.update(enc.truncated)
                     written.rows_truncated += bool(enc.truncated)
                     bar.update(1)
@@ -375,6 +383,8 @@ def _stats(
         "rows_truncated": written.rows_truncated,
         "truncated": {part: written.truncated.get(part, 0) for part in PARTS},
         "sequence_length": length_stats(written.length_counts),
+        "shared_pair_length": length_stats(written.shared_pair_counts),
+        "shared_prefix_length": length_stats(written.prefix_counts),
         "shards": written.shard_info,
         "workers": workers,
         # seconds: the whole call (validation, tokenizer load, worker start-up included);

@@ -1,8 +1,18 @@
 """Attention back-ends behind one function, `attend`.
 
 All back-ends share one rule: query i of a row sees key j when both carry the same non-zero
-segment id and key j's position is not after query i's. Segment id 0 marks padding (and empty
-KV-cache slots), so packed rows, padded rows and cached decoding are one mechanism.
+segment id, key j's branch is 0 or query i's own branch, and key j's position is not after
+query i's. Segment id 0 marks padding (and empty KV-cache slots), so packed rows, padded rows
+and cached decoding are one mechanism. Branches are the shared-prefix layout (`data.batch`): a
+segment's branch-0 tokens (the prefix shared by its candidates) come first, then each
+candidate's suffix as branch 1, 2, ...; a suffix sees its prefix and itself, never a sibling.
+Without branch ids every token is branch 0, which is the plain segment rule.
+
+`window` (> 0) says that every segment spans at most `window` tokens of its row (the packer
+guarantees it, `data.packing`): then a query's keys all lie in the `window` tokens ending at
+it, and the XLA path computes only those (query block x key window) tiles instead of the whole
+row, which is exact and costs T x (window + block) instead of T x T. cuDNN receives it as its
+sliding window.
 
 - "xla":    plain einsum + masked softmax; the reference, runs everywhere (CPU tests).
 - "cudnn":  `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on GPU).
@@ -24,11 +34,18 @@ import jax.numpy as jnp
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs):
-    """Boolean [B, T, S]: same non-zero segment and key position <= query position."""
+# Query rows per tile of the windowed XLA path (`windowed_attention`).
+WINDOW_BLOCK = 128
+
+
+def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs, q_branch_bt=None, kv_branch_bs=None):
+    """Boolean [B, T, S]: same non-zero segment, key branch 0 or the query's, key position <= query position."""
     same_segment = (q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]) & (kv_segment_bs[:, None, :] != 0)
     causal = kv_pos_bs[:, None, :] <= q_pos_bt[:, :, None]
-    return same_segment & causal
+    if kv_branch_bs is None:
+        return same_segment & causal
+    visible_branch = (kv_branch_bs[:, None, :] == 0) | (kv_branch_bs[:, None, :] == q_branch_bt[:, :, None])
+    return same_segment & causal & visible_branch
 
 
 def xla_attention(q_bthe, k_bske, v_bske, mask_bts):
@@ -44,23 +61,73 @@ def xla_attention(q_bthe, k_bske, v_bske, mask_bts):
     return out_btkge.reshape(b, t, h, e)
 
 
-def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt):
-    """cuDNN flash attention for one packed row: causal by index plus a same-segment mask."""
-    same_segment_bts = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+def windowed_attention(q_bthe, k_bske, v_bske, segment_bt, pos_bt, branch_bt, window: int, block: int = WINDOW_BLOCK):
+    """Self-attention over one row computing only the keys within `window` tokens of each query.
+
+    Exact when every segment spans at most `window` tokens: query block n (tokens [n c, n c + c))
+    then needs key blocks n - w .. n, w = ceil((window - 1) / c). Keys are gathered into those
+    windows ([B, N, (w + 1) c, ...]) and the mask of `attention_mask` applies inside them.
+    Here n indexes query blocks, c tokens in a block, s key slots of a block's window.
+    """
+    b, t, h, e = q_bthe.shape
+    c = min(block, t)
+    n = -(-t // c)
+    w = -(-(window - 1) // c)
+    pad = n * c - t
+    branch_bt = jnp.zeros_like(segment_bt) if branch_bt is None else branch_bt
+
+    def blocks(x, front):  # [B, T, ...] -> [B, front + N, c, ...], zero-padded (segment 0: masked)
+        x = jnp.pad(x, [(0, 0), (front * c, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(b, front + n, c, *x.shape[2:])
+
+    def windows(x):  # [B, T, ...] -> [B, N, (w + 1) c, ...]: key block n - w .. n for query block n
+        xb = blocks(x, w)
+        return jnp.concatenate([xb[:, o : o + n] for o in range(w + 1)], axis=2)
+
+    k = k_bske.shape[2]
+    q_bnckge = blocks(q_bthe, 0).reshape(b, n, c, k, h // k, e)
+    k_bnske, v_bnske = windows(k_bske), windows(v_bske)
+    q_seg_bnc, kv_seg_bns = blocks(segment_bt, 0), windows(segment_bt)
+    q_pos_bnc, kv_pos_bns = blocks(pos_bt, 0), windows(pos_bt)
+    q_br_bnc, kv_br_bns = blocks(branch_bt, 0), windows(branch_bt)
+    mask_bncs = attention_mask(
+        q_seg_bnc.reshape(b * n, c),
+        kv_seg_bns.reshape(b * n, -1),
+        q_pos_bnc.reshape(b * n, c),
+        kv_pos_bns.reshape(b * n, -1),
+        q_br_bnc.reshape(b * n, c),
+        kv_br_bns.reshape(b * n, -1),
+    ).reshape(b, n, c, -1)
+    logits_bnkgcs = jnp.einsum("bnckge,bnske->bnkgcs", q_bnckge, k_bnske).astype(jnp.float32) * (e**-0.5)
+    logits_bnkgcs = jnp.where(mask_bncs[:, :, None, None], logits_bnkgcs, _MASK_VALUE)
+    probs_bnkgcs = jax.nn.softmax(logits_bnkgcs, axis=-1).astype(v_bske.dtype)
+    out_bnckge = jnp.einsum("bnkgcs,bnske->bnckge", probs_bnkgcs, v_bnske)
+    return out_bnckge.reshape(b, n * c, h, e)[:, :t]
+
+
+def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt=None, window: int = 0):
+    """cuDNN flash attention for one packed row: causal by index plus the segment (and branch) mask;
+    `window` > 0 becomes cuDNN's sliding window (exact under the `window` guarantee)."""
+    positions_bt = jnp.broadcast_to(jnp.arange(segment_ids_bt.shape[1]), segment_ids_bt.shape)
+    mask_bts = attention_mask(segment_ids_bt, segment_ids_bt, positions_bt, positions_bt, branch_bt, branch_bt)
     return jax.nn.dot_product_attention(
         q_bthe,
         k_bske,
         v_bske,
-        mask=same_segment_bts[:, None],
+        mask=mask_bts[:, None],
         is_causal=True,
+        local_window_size=(window - 1, 0) if window > 0 else None,
         implementation="cudnn",
     )
 
 
-def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt):
+def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt=None, window: int = 0):
     """The TPU kernel; under a multi-device mesh, inside `shard_map` (a Pallas call is opaque
     to the partitioner), split like the activations: batch and heads per the logical rules."""
     from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
+
+    if branch_bt is not None or window:
+        raise NotImplementedError("the Pallas back-end does not take shared-prefix rows or a window yet")
 
     # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
     interpret = target_platform() != "tpu"
@@ -118,20 +185,28 @@ def attend(
     kv_segment_bs,
     q_pos_bt,
     kv_pos_bs,
+    q_branch_bt=None,
+    kv_branch_bs=None,
     impl: str = "xla",
     self_attention: bool = True,
+    window: int = 0,
 ):
     """Masked grouped-query attention; `self_attention` says keys are the queries' own row.
 
-    Fused kernels assume causality by index, which holds for a row whose positions restart
-    at 0 per segment and increase by one, i.e. every row without a KV cache.
+    Fused kernels assume causality by index, which holds for every row without a KV cache:
+    positions restart at 0 per segment and increase by one, and in the shared-prefix layout a
+    suffix's positions continue from its prefix's end, laid out after it. `window` > 0: every
+    segment spans at most that many tokens (see the module docstring); 0: the whole row.
     """
     impl = resolve_impl(impl, q_bthe.dtype, q_bthe.shape[1])
-    if impl == "xla" or not self_attention:
-        mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs)
+    t = q_bthe.shape[1]
+    if not self_attention or (impl == "xla" and not 0 < window < t - WINDOW_BLOCK):
+        mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs, q_branch_bt, kv_branch_bs)
         return xla_attention(q_bthe, k_bske, v_bske, mask_bts)
+    if impl == "xla":
+        return windowed_attention(q_bthe, k_bske, v_bske, q_segment_bt, q_pos_bt, q_branch_bt, window)
     if impl == "cudnn":
-        return cudnn_attention(q_bthe, k_bske, v_bske, q_segment_bt)
+        return cudnn_attention(q_bthe, k_bske, v_bske, q_segment_bt, q_branch_bt, window if window < t else 0)
     if impl == "pallas":
-        return _pallas(q_bthe, k_bske, v_bske, q_segment_bt)
+        return _pallas(q_bthe, k_bske, v_bske, q_segment_bt, q_branch_bt, window if window < t else 0)
     raise ValueError(f"unknown attention impl {impl!r}")

@@ -4,7 +4,11 @@
 
 Inputs are one mechanism for every use: `segment_ids_bt` is 0 on padding and 1, 2, ... for
 the sequences packed into a row; `positions_bt` restart at 0 per segment. Attention never
-crosses segments. Passing a `KVCache` appends the new tokens to it and attends over it.
+crosses segments. `branch_ids_bt` (optional) is the shared-prefix layout of `data.batch`: a
+segment's prefix (branch 0) is seen by each of its suffixes (branches 1, 2, ...), a suffix
+never by a sibling. `attention_window` (a module attribute, static) promises that no segment
+spans more tokens than that, so attention computes only that far back (`attention.attend`).
+Passing a `KVCache` appends the new tokens to it and attends over it.
 
 Every parameter is declared once, with its shape and logical axes, by `_param` below; layers
 are stacked with `nn.scan`, which adds the leading "layers" axis. Sharding is then only a
@@ -132,9 +136,10 @@ class Attention(nn.Module):
     """Grouped-query self-attention with RoPE and optional q/k/v biases."""
 
     cfg: ModelConfig
+    attention_window: int = 0
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, segment_ids_bt, layer_cache, cache_meta):
+    def __call__(self, x_btd, positions_bt, segment_ids_bt, branch_ids_bt, layer_cache, cache_meta):
         cfg = self.cfg
         d, h, k, e = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         init = _normal(cfg)
@@ -167,7 +172,10 @@ class Attention(nn.Module):
                 kv_segment_bs=segment_ids_bt,
                 q_pos_bt=positions_bt,
                 kv_pos_bs=positions_bt,
+                q_branch_bt=branch_ids_bt,
+                kv_branch_bs=branch_ids_bt,
                 impl=cfg.attention_impl,
+                window=self.attention_window,
             )
             new_cache = None
         else:
@@ -213,13 +221,15 @@ class Block(nn.Module):
     """One pre-norm decoder layer; the scan body (carry = residual stream)."""
 
     cfg: ModelConfig
+    attention_window: int = 0
 
     @nn.compact
-    def __call__(self, x_btd, layer_cache, positions_bt, segment_ids_bt, cache_meta):
-        attn_out_btd, new_cache = Attention(self.cfg, name="attn")(
+    def __call__(self, x_btd, layer_cache, positions_bt, segment_ids_bt, branch_ids_bt, cache_meta):
+        attn_out_btd, new_cache = Attention(self.cfg, self.attention_window, name="attn")(
             RMSNorm(self.cfg, name="attn_norm")(x_btd),
             positions_bt,
             segment_ids_bt,
+            branch_ids_bt,
             layer_cache,
             cache_meta,
         )
@@ -244,7 +254,7 @@ def _stacked_blocks(cfg: ModelConfig):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: LAYERS},
@@ -271,9 +281,18 @@ class Transformer(nn.Module):
     """Embedding, scanned decoder layers, final norm, and the heads named in `cfg.heads`."""
 
     cfg: ModelConfig
+    attention_window: int = 0  # > 0: no segment spans more tokens (see the module docstring)
 
     @nn.compact
-    def __call__(self, tokens_bt, positions_bt, segment_ids_bt, cache: KVCache | None = None, logits_at_bn=None):
+    def __call__(
+        self,
+        tokens_bt,
+        positions_bt,
+        segment_ids_bt,
+        cache: KVCache | None = None,
+        logits_at_bn=None,
+        branch_ids_bt=None,
+    ):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         embedding_vd = _param(self, "embedding", (VOCAB, EMBED), (cfg.vocab_size, cfg.d_model), _normal(cfg))
@@ -288,8 +307,8 @@ class Transformer(nn.Module):
                 cache.index,
             )
             layer_caches = (cache.k_lbske, cache.v_lbske)
-        x_btd, new_layer_caches = _stacked_blocks(cfg)(cfg, name="layers")(
-            x_btd, layer_caches, positions_bt, segment_ids_bt, cache_meta
+        x_btd, new_layer_caches = _stacked_blocks(cfg)(cfg, self.attention_window, name="layers")(
+            x_btd, layer_caches, positions_bt, segment_ids_bt, branch_ids_bt, cache_meta
         )
         hidden_btd = RMSNorm(cfg, name="final_norm")(x_btd)
 
@@ -345,10 +364,24 @@ def logical_axes(cfg: ModelConfig):
     return nn.get_partition_spec(boxed)
 
 
-def forward(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt, cache=None, logits_at_bn=None):
-    """One forward pass: `Transformer(cfg).apply` with plain (unboxed) parameters; LM logits
-    at every position, or only at `logits_at_bn` [B, N]."""
-    return Transformer(cfg).apply({"params": params}, tokens_bt, positions_bt, segment_ids_bt, cache, logits_at_bn)
+def forward(
+    cfg: ModelConfig,
+    params,
+    tokens_bt,
+    positions_bt,
+    segment_ids_bt,
+    cache=None,
+    logits_at_bn=None,
+    *,
+    branch_ids_bt=None,
+    attention_window: int = 0,
+):
+    """One forward pass: `Transformer(cfg, attention_window).apply` with plain (unboxed) parameters;
+    LM logits at every position, or only at `logits_at_bn` [B, N]; `branch_ids_bt` for rows in
+    the shared-prefix layout."""
+    return Transformer(cfg, attention_window).apply(
+        {"params": params}, tokens_bt, positions_bt, segment_ids_bt, cache, logits_at_bn, branch_ids_bt
+    )
 
 
 def padded_inputs(mask_bt):

@@ -49,6 +49,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 4096  # tokens per row
     c.data.max_pairs_per_row = 8
     c.data.mode = "packed"  # "packed" | "padded" (length buckets)
+    # Each pair's common prefix (prompt, reference, prompt again) computed once for both candidates
+    # (exact: the same rewards and gradients); False lays the two sequences out whole.
+    c.data.shared_prefix = True
+    # Attention computes only this far back, the longest segment a row may hold: -1 = the longest in
+    # the prepared data (stats.json), 0 = whole rows, N = at most N tokens (a longer pair is an error).
+    c.data.attention_window = -1
     c.data.num_workers = 0
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1 takes the rest

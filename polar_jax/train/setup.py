@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import pathlib
 
@@ -215,8 +216,27 @@ def pipeline_config(config, train: bool = True) -> data_pipeline.PipelineConfig:
         mode=d.mode,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        shared_prefix=bool(d.shared_prefix),
+        attention_window=attention_window(config),
         **order,
     )
+
+
+def attention_window(config) -> int:
+    """The longest segment the rows may hold (0: no promise, whole-row attention): data.attention_window,
+    or with -1 the longest segment of the prepared data (its stats.json, in the configured layout)."""
+    d = config.data
+    if d.attention_window >= 0:
+        return 0 if d.attention_window >= d.seq_len else int(d.attention_window)
+    longest = 0
+    for item in [i for key in ("train", "eval") for i in str(d[key] or "").split(",") if i]:
+        stats_path = pathlib.Path(item) / "stats.json"
+        stats = json.loads(stats_path.read_text()) if d.kind == "array_record" and stats_path.is_file() else {}
+        field = "shared_pair_length" if d.shared_prefix else "sequence_length"
+        if "max" not in stats.get(field, {}):
+            return 0  # data without the statistic (bare shards, synthetic, older prepare): whole rows
+        longest = max(longest, int(stats[field]["max"]))
+    return longest if 0 < longest < d.seq_len else 0
 
 
 # ------------------------------------------------------------------------------------ step
@@ -262,6 +282,7 @@ def jit_train_step(config, model_cfg: ModelConfig, optimizer, schedule, state_sh
             schedule=schedule,
             accum_steps=config.accum_steps,
             margin=config.margin,
+            attention_window=attention_window(config),
         ),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, None),
@@ -272,6 +293,8 @@ def jit_train_step(config, model_cfg: ModelConfig, optimizer, schedule, state_sh
 def jit_eval_step(config, model_cfg: ModelConfig, params_sharding, batch_sharding):
     """The jitted held-out step: loss and accuracy sums of one batch."""
     return jax.jit(
-        functools.partial(steps.eval_step, model_cfg=model_cfg, margin=config.margin),
+        functools.partial(
+            steps.eval_step, model_cfg=model_cfg, margin=config.margin, attention_window=attention_window(config)
+        ),
         in_shardings=(params_sharding, batch_sharding),
     )

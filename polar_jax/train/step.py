@@ -19,9 +19,18 @@ BATCH_NDIM = {k: batch_contract.ndim(k) for k in BATCH_KEYS}
 SUM_KEYS = (*objectives.SUM_KEYS, "tokens")
 
 
-def loss_sums(params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0):
-    """Summed Bradley-Terry loss of one (micro-)batch and its summed metrics."""
-    out = T.forward(model_cfg, params, batch["tokens_bt"], batch["positions_bt"], batch["segment_ids_bt"])
+def loss_sums(params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0):
+    """Summed Bradley-Terry loss of one (micro-)batch, in either layout of `data.batch`, and its
+    summed metrics; `attention_window` > 0 is the packer's promise that no segment is longer."""
+    out = T.forward(
+        model_cfg,
+        params,
+        batch["tokens_bt"],
+        batch["positions_bt"],
+        batch["segment_ids_bt"],
+        branch_ids_bt=batch["branch_ids_bt"],
+        attention_window=attention_window,
+    )
     chosen_bp, rejected_bp = objectives.pair_rewards(out.reward_bt, batch["reward_index_bp2"])
     loss_sum, sums = objectives.bradley_terry(chosen_bp, rejected_bp, batch["pair_mask_bp"], margin)
     sums["tokens"] = jnp.sum(batch["segment_ids_bt"] != 0).astype(jnp.float32)
@@ -48,6 +57,7 @@ def train_step(
     schedule: optax.Schedule,
     accum_steps: int = 1,
     margin: float = 0.0,
+    attention_window: int = 0,
 ):
     """One update on the mean loss over every real pair of the batch; returns (state, metrics).
 
@@ -57,7 +67,7 @@ def train_step(
     grad_fn = jax.grad(loss_sums, has_aux=True)
 
     def accumulate(carry, micro):
-        grads, sums = grad_fn(state.params, micro, model_cfg, margin)
+        grads, sums = grad_fn(state.params, micro, model_cfg, margin, attention_window)
         acc_grads, acc_sums = carry
         return (jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_sums, sums)), None
 
@@ -80,7 +90,7 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, *, model_cfg: ModelConfig, margin: float = 0.0) -> dict:
+def eval_step(params, batch: dict, *, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0) -> dict:
     """Summed loss / accuracy metrics of one batch (add them up, then `objectives.finalize`)."""
-    _, sums = loss_sums(params, batch, model_cfg, margin)
+    _, sums = loss_sums(params, batch, model_cfg, margin, attention_window)
     return sums

@@ -21,6 +21,7 @@ def test_keys_and_ranks():
     assert contract.ALL_KEYS == (
         "tokens_bt",
         "segment_ids_bt",
+        "branch_ids_bt",
         "positions_bt",
         "reward_index_bp2",
         "pair_mask_bp",
@@ -30,6 +31,7 @@ def test_keys_and_ranks():
     assert {k: contract.ndim(k) for k in contract.ALL_KEYS} == {
         "tokens_bt": 2,
         "segment_ids_bt": 2,
+        "branch_ids_bt": 2,
         "positions_bt": 2,
         "reward_index_bp2": 3,
         "pair_mask_bp": 2,

@@ -70,6 +70,7 @@ def test_make_batch_lays_out_pairs_exactly():
     assert {k: v.dtype.name for k, v in batch.items()} == {
         "tokens_bt": "int32",
         "segment_ids_bt": "int32",
+        "branch_ids_bt": "int32",
         "positions_bt": "int32",
         "reward_index_bp2": "int32",
         "pair_mask_bp": "bool",

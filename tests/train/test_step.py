@@ -36,6 +36,7 @@ def one_pair_per_row(records, seq_len):
     batch = {
         "tokens_bt": np.zeros((n, seq_len), np.int32),
         "segment_ids_bt": np.zeros((n, seq_len), np.int32),
+        "branch_ids_bt": np.zeros((n, seq_len), np.int32),
         "positions_bt": np.zeros((n, seq_len), np.int32),
         "reward_index_bp2": np.zeros((n, 1, 2), np.int32),
         "pair_mask_bp": np.ones((n, 1), bool),
