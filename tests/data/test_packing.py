@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from polar_jax.bench.data import REWARD_ID, synthetic_pair_lengths
+from polar_jax.bench.data import REWARD_ID, synthetic_pair_lengths, synthetic_records
 from polar_jax.data import packing
 from polar_jax.models import transformer
 from polar_jax.models.config import ModelConfig
@@ -127,6 +127,20 @@ def test_packed_mode_fills_95_percent_of_16k_rows_on_the_realistic_mix():
     padded = pair_n.sum() / sum(packing.bucket_for(int(n), buckets) for n in pair_n)
     assert packed >= 0.95
     assert 0.6 < padded < 0.8  # what padding to power-of-two buckets costs on the same pairs
+
+
+def test_shared_layout_packs_95_percent_of_rows_with_fewer_tokens_on_the_realistic_mix():
+    """The same mix with each pair's prefix once (`synthetic_records` shares the prefix ids): rows of
+    8k and 16k still fill to 95%, and the pairs take what the prefix saves fewer tokens."""
+    records = synthetic_records(3000, seed=4, cap=8192)
+    shared_n = np.array([packing.pair_tokens(r, shared_prefix=True) for r in records])
+    unshared_n = np.array([packing.pair_tokens(r, shared_prefix=False) for r in records])
+    prefix_n, _, _ = synthetic_pair_lengths(3000, seed=4, cap=8192)
+    np.testing.assert_array_equal(unshared_n - shared_n, prefix_n)  # the common prefix is exactly the shared part
+    for seq_len in (8192, 16384):
+        rows = packing.plan_packed_rows(shared_n, seq_len=seq_len, max_pairs_per_row=32, max_open_rows=16)
+        assert sorted(k for row in rows for k in row) == list(range(3000))
+        assert shared_n.sum() / (len(rows) * seq_len) >= 0.95
 
 
 def test_pair_longer_than_a_row_is_an_error_naming_its_source():

@@ -198,3 +198,50 @@ def test_packed_pipeline_fills_95_percent_of_16k_rows_on_the_realistic_mix():
     padded = collect(pipeline.make_pipeline(recs, **kw, mode="padded"), limit=100)
     assert packing.useful_token_fraction(packed) >= 0.95
     assert packing.useful_token_fraction(padded) < 0.8
+
+
+def make_shared_records(n, seed=0):
+    """Records whose chosen and rejected share a random prefix (0 to 40 tokens), as POLAR pairs do."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        prefix = rng.integers(10, 5000, rng.integers(0, 40))
+        chosen, rejected = (
+            np.concatenate([prefix, rng.integers(10, 5000, rng.integers(0, 20)), [REWARD_ID]]).astype(np.int32)
+            for _ in range(2)
+        )
+        out.append({"chosen": chosen, "rejected": rejected, "meta": {"source": f"shared.jsonl:{i + 1}"}})
+    return out
+
+
+def test_shared_prefix_pipeline_yields_every_pair_once_in_fewer_rows():
+    recs = make_shared_records(150)
+    kw = dict(**COMMON, seed=3, num_epochs=1)
+    shared = collect(pipeline.make_pipeline(recs, **kw, shared_prefix=True))
+    unshared = collect(pipeline.make_pipeline(recs, **kw))
+    for batches in (shared, unshared):
+        got = {g["record_index"]: g for batch in batches for g in packing.unpack_batch(batch)}
+        assert sorted(got) == list(range(150))
+        for i, rec in enumerate(recs):
+            np.testing.assert_array_equal(got[i]["chosen"], rec["chosen"])
+            np.testing.assert_array_equal(got[i]["rejected"], rec["rejected"])
+    assert all(batch["branch_ids_bt"].any() for batch in shared) and not any(b["branch_ids_bt"].any() for b in unshared)
+    tokens = [sum(int(np.count_nonzero(b["segment_ids_bt"])) for b in bs) for bs in (shared, unshared)]
+    assert tokens[0] == sum(packing.pair_tokens(r, True) for r in recs) < tokens[1]
+
+
+def test_shared_prefix_pipeline_resumes_exactly():
+    ds = pipeline.make_pipeline(make_shared_records(120), **COMMON, seed=5, num_epochs=None, shared_prefix=True)
+    resume_check(ds, k=6)
+
+
+def test_a_pair_longer_than_the_attention_window_fails_naming_its_file_and_line():
+    recs = make_shared_records(20)
+    recs[7] = {
+        "chosen": np.full(30, 5, np.int32),
+        "rejected": np.full(31, 6, np.int32),
+        "meta": {"source": "w.jsonl:8"},
+    }
+    kw = dict(**COMMON, seed=0, num_epochs=1, shared_prefix=True, attention_window=60)
+    with pytest.raises(packing.PairTooLongError, match=r"w\.jsonl:8: a segment of 61 tokens exceeds the attention"):
+        collect(pipeline.make_pipeline(recs, **kw))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from polar_jax.__main__ import main
+from polar_jax.data import batch as batch_contract
 from polar_jax.data import encoding, prepare, records, sources
 from polar_jax.io import gguf, tokenizers
 
@@ -137,6 +138,15 @@ def test_cli_round_trip_one_worker_matches_encode_triplet(smollm2, tmp_path):
     assert length["median"] == (lengths[11] + lengths[12]) / 2
     assert sum(length["histogram"].values()) == 24
     assert max(lengths) <= CFG.max_length
+    # The shared-prefix layout's statistics: each pair with its common prefix once (the trainer's window).
+    prefixes = [batch_contract.shared_prefix_length(e.chosen, e.rejected) for e in want]
+    shared = [len(e.chosen) + len(e.rejected) - n for e, n in zip(want, prefixes)]
+    assert min(prefixes) > 0  # the official format: every pair shares at least its prompt and reference
+    assert (stats["shared_pair_length"]["count"], stats["shared_pair_length"]["max"]) == (12, max(shared))
+    assert (stats["shared_prefix_length"]["min"], stats["shared_prefix_length"]["max"]) == (
+        min(prefixes),
+        max(prefixes),
+    )
 
 
 def test_cli_two_workers_three_shards_skip_invalid_keeps_input_order(smollm2, tmp_path):
