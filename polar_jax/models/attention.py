@@ -123,17 +123,16 @@ def cudnn_attention(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt=None, wind
 
 def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt=None, window: int = 0):
     """The TPU kernel; under a multi-device mesh, inside `shard_map` (a Pallas call is opaque
-    to the partitioner), split like the activations: batch and heads per the logical rules."""
+    to the partitioner), split like the activations: batch and heads per the logical rules.
+    Branch ids (shared-prefix rows) go to splash's exact two-call tree mask, split like the
+    segment ids; `window` > 0 makes splash skip the key blocks outside it."""
     from polar_jax.models import attention_pallas  # TPU-only kernel; import on use
 
-    if branch_bt is not None or window:
-        raise NotImplementedError("the Pallas back-end does not take shared-prefix rows or a window yet")
-
     # Off TPU the kernel can only run in Pallas interpret mode (tests, CPU checks).
-    interpret = target_platform() != "tpu"
+    options = {"interpret": target_platform() != "tpu", "window": window}
     mesh = jax.sharding.get_abstract_mesh()  # inside jit: the mesh `parallel.use_rules` set
     if mesh.empty or mesh.size == 1:
-        return attention_pallas.pallas_attention(q_bthe, k_bske, v_bske, segment_ids_bt, interpret=interpret)
+        return attention_pallas.pallas_attention(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt, **options)
     batch_axes, _, head_axis, _ = nn.logical_to_mesh_axes(("batch", None, "heads", None))
     if head_axis is not None and k_bske.shape[2] % mesh.shape[head_axis]:
         head_axis = None  # too few kv heads to split: each device computes all heads
@@ -142,10 +141,11 @@ def _pallas(q_bthe, k_bske, v_bske, segment_ids_bt, branch_bt=None, window: int 
         k_bske,
         v_bske,
         segment_ids_bt,
+        branch_bt,
         mesh=mesh,
         batch_axes=batch_axes,
         head_axis=head_axis,
-        interpret=interpret,
+        **options,
     )
 
 

@@ -105,10 +105,18 @@ def _interpret_value(interpret: Any, kernel: str):
     return interpret  # an explicit pltpu.InterpretParams
 
 
+def _static_mask(seq_len: int, window: int):
+    """Causal; with `window` > 0 also local (a query's `window` keys ending at it), so splash
+    skips the key blocks wholly outside the window."""
+    if window > 0:
+        return _splash_mask.LocalMask(shape=(seq_len, seq_len), window_size=(window - 1, 0), offset=0)
+    return _splash_mask.CausalMask(shape=(seq_len, seq_len))
+
+
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret):
+def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret, window: int = 0):
     """The splash kernel for one example ([H, T, E]); cached, its mask info is numpy-built."""
-    mask = _splash_mask.MultiHeadMask([_splash_mask.CausalMask(shape=(seq_len, seq_len))] * num_q_heads)
+    mask = _splash_mask.MultiHeadMask([_static_mask(seq_len, window)] * num_q_heads)
     block_sizes = _splash.BlockSizes(
         block_q=bq,
         block_kv=bkv,
@@ -127,20 +135,30 @@ def _splash_kernel(seq_len: int, num_q_heads: int, bq: int, bkv: int, interpret)
         )
 
 
-def _splash_bhte(q, k, v, seg, *, bq, bkv, interpret):
-    """q [B, H, T, E] (already scaled), k and v [B, K, T, E], seg [B, T] int32."""
-    _, h, t, _ = q.shape
-    kernel = _splash_kernel(t, h, bq, bkv, interpret)
+def _splash_bhte(q, k, v, seg, branch=None, *, bq, bkv, interpret, window=0):
+    """q [B, H, T, E] (already scaled), k and v [B, K, T, E], seg and branch [B, T] int32.
 
-    def one_row(q1, k1, v1, s1):
-        return kernel(q1, k1, v1, segment_ids=_splash.SegmentIds(q=s1, kv=s1))
+    With `branch`, the tree mask by two merged calls (`attention_pallas_tree`).
+    """
+    _, h, t, _ = q.shape
+    kernel = _splash_kernel(t, h, bq, bkv, interpret, window)
+    if branch is not None:
+        from polar_jax.models import attention_pallas_tree
+
+        tree = attention_pallas_tree.make_tree_attention(kernel)
+        operands, one_row = (q, k, v, seg, branch), tree
+    else:
+        operands = (q, k, v, seg)
+
+        def one_row(q1, k1, v1, s1):
+            return kernel(q1, k1, v1, segment_ids=_splash.SegmentIds(q=s1, kv=s1))
 
     if interpret is False or interpret is True:
-        return jax.vmap(one_row)(q, k, v, seg)
+        return jax.vmap(one_row)(*operands)
     # The TPU interpreter (InterpretParams) of jax 0.11.2 rejects a vmapped kernel whose
     # compiler params carry dimension_semantics (the batching rule adds a grid dimension:
     # "safe_zip() argument 1 has length 3 but argument 0 has length 4"): loop instead.
-    return jax.lax.map(lambda row: one_row(*row), (q, k, v, seg))
+    return jax.lax.map(lambda row: one_row(*row), operands)
 
 
 def _flash_bhte(q, k, v, seg, *, scale, bq, bkv, interpret):
@@ -208,7 +226,9 @@ def pallas_attention(
     k_bske: jax.Array,
     v_bske: jax.Array,
     segment_ids_bt: jax.Array,
+    branch_ids_bt: jax.Array | None = None,
     *,
+    window: int = 0,
     interpret: bool | Any = False,
     block_q: int | None = None,
     block_kv: int | None = None,
@@ -220,6 +240,10 @@ def pallas_attention(
         q_bthe: queries [B, T, H, E].
         k_bske, v_bske: keys and values [B, T, K, E]; H must be a multiple of K.
         segment_ids_bt: integer [B, T]; 0 is padding.
+        branch_ids_bt: integer [B, T] or None: the shared-prefix layout's branches (0: a
+            segment's prefix, 1, 2, ...: its suffixes; `models.attention`). Splash only.
+        window: > 0 promises every segment spans at most `window` tokens of its row; splash
+            then skips the key blocks outside it. A speed hint only: flash ignores it.
         interpret: run in Pallas interpret mode (CPU tests): True, or a
             `pltpu.InterpretParams` for the TPU interpreter (slower; simulates TPU memory,
             e.g. NaN-filled uninitialised buffers).
@@ -257,6 +281,10 @@ def pallas_attention(
         raise ValueError(f"unknown kernel {kernel!r}")
     if not (HAS_SPLASH if kernel == "splash" else HAS_FLASH):
         raise RuntimeError(f"the Pallas {kernel} attention kernel is not in this JAX version")
+    if branch_ids_bt is not None and kernel == "flash":
+        raise NotImplementedError("shared-prefix rows (branch ids) need the splash kernel; flash has no tree mask")
+    if branch_ids_bt is not None and branch_ids_bt.shape != (b, t):
+        raise ValueError(f"branch_ids must be [B, T] = {(b, t)}, got {branch_ids_bt.shape}")
     interpret = _interpret_value(interpret, kernel)
 
     dtype = q_bthe.dtype
@@ -268,7 +296,8 @@ def pallas_attention(
     if kernel == "splash":
         # Splash has no softmax-scale argument: fold 1/sqrt(E) into q (multiplied in f32).
         q = (q.astype(jnp.float32) * scale).astype(dtype)
-        o = _splash_bhte(q, k, v, seg, bq=bq, bkv=bkv, interpret=interpret)
+        branch = None if branch_ids_bt is None else branch_ids_bt.astype(jnp.int32)
+        o = _splash_bhte(q, k, v, seg, branch, bq=bq, bkv=bkv, interpret=interpret, window=window)
     else:
         o = _flash_bhte(q, k, v, seg, scale=scale, bq=bq, bkv=bkv, interpret=interpret)
     return jnp.swapaxes(o, 1, 2).astype(dtype)
@@ -279,6 +308,7 @@ def sharded_pallas_attention(
     k_bske: jax.Array,
     v_bske: jax.Array,
     segment_ids_bt: jax.Array,
+    branch_ids_bt: jax.Array | None = None,
     *,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
     batch_axes: str | Sequence[str] | None = ("data",),
@@ -289,7 +319,8 @@ def sharded_pallas_attention(
 
     B is split over `batch_axes`; with `head_axis`, H and K are both split over that axis
     (K must be divisible by its size; contiguous chunks keep the h // G pairing). T and E
-    are never split; other mesh axes see replicated operands.
+    are never split; other mesh axes see replicated operands. `branch_ids_bt` (optional) is
+    split like the segment ids.
     """
     if isinstance(batch_axes, str):
         batch_axes = (batch_axes,)
@@ -297,10 +328,13 @@ def sharded_pallas_attention(
     if batch is not None and len(batch) == 1:
         batch = batch[0]
     qkv_spec = P(batch, None, head_axis, None)
+    operands = (q_bthe, k_bske, v_bske, segment_ids_bt)
+    if branch_ids_bt is not None:
+        operands += (branch_ids_bt,)
     return jax.shard_map(
         functools.partial(pallas_attention, **kwargs),
         mesh=mesh,
-        in_specs=(qkv_spec, qkv_spec, qkv_spec, P(batch, None)),
+        in_specs=(qkv_spec, qkv_spec, qkv_spec) + (P(batch, None),) * (len(operands) - 3),
         out_specs=qkv_spec,
         check_vma=False,
-    )(q_bthe, k_bske, v_bske, segment_ids_bt)
+    )(*operands)
