@@ -93,9 +93,11 @@ def pair_rewards(
     enc_cfg: encoding.EncodingConfig | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    shared_prefix: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(r_chosen_n, r_rejected_n): float32 rewards of each triplet's chosen and rejected
-    candidates against its prompt and reference, in row order."""
+    candidates against its prompt and reference, in row order (`shared_prefix`: a triplet's
+    common prefix computed once, the same rewards, `scoring.reward_scores`)."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()
     reward_id = scoring.reward_token_id_for(model, tokenizer, enc_cfg)
     pairs = [encoding.encode_triplet(tokenizer, row, enc_cfg, reward_id) for row in rows]
@@ -109,7 +111,9 @@ def pair_rewards(
             enc_cfg.max_response_length,
         )
     sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    rewards_2n = scoring.reward_scores(model.cfg, model.params, sequences, batch_size=batch_size, progress=progress)
+    rewards_2n = scoring.reward_scores(
+        model.cfg, model.params, sequences, batch_size=batch_size, progress=progress, shared_prefix=shared_prefix
+    )
     return rewards_2n[: len(rows)], rewards_2n[len(rows) :]
 
 

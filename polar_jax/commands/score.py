@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="rows scored per forward pass")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
+    parser.add_argument(
+        "--no-shared-prefix",
+        action="store_true",
+        help="lay every row out whole (default: rows of one prompt and reference compute their common prefix "
+        "once; the same rewards, faster)",
+    )
     add_encoding_arguments(parser)
 
 
@@ -115,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         raise paths.no_rows_error(files, "score")
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
-    rewards = scoring.score_rows(model, tokenizer, rows, enc_cfg, batch_size=args.batch_size)
+    rewards = scoring.score_rows(
+        model, tokenizer, rows, enc_cfg, batch_size=args.batch_size, shared_prefix=not args.no_shared_prefix
+    )
     with paths.atomic_lines(output) as f:  # the old file or the complete new one, never a part
         for row, reward in zip(rows, rewards):
             f.write(json.dumps({**row, "reward": float(reward)}, ensure_ascii=False) + "\n")

@@ -60,6 +60,7 @@ class RewardModel:
     encoding: encoding.EncodingConfig
     batch_size: int = 16
     strip_think: str = "official"  # THINK_RULES
+    shared_prefix: bool = True  # the rollouts of a prompt share its reference: their prefix is computed once
 
     def __post_init__(self):
         strip_think("", self.strip_think)  # an unknown rule fails here, not at the first score
@@ -73,13 +74,15 @@ class RewardModel:
         ]
 
     def score(self, prompts: list[Text], references: list[Text], responses: list[str]) -> np.ndarray:
-        """float32 [B]: the POLAR score of each response against its reference."""
+        """float32 [B]: the POLAR score of each response against its reference (`shared_prefix`: the
+        same scores, each group's common prefix computed once, `scoring.reward_scores`)."""
         return scoring.reward_scores(
             self.cfg,
             self.params,
             self.sequences(prompts, references, responses),
             batch_size=self.batch_size,
             progress=False,
+            shared_prefix=self.shared_prefix,
         )
 
 
