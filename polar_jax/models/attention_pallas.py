@@ -8,6 +8,11 @@ Semantics are those of the XLA reference in `polar_jax.models.attention`:
 - Self-attention over one packed row: causal by index within the row, and a query sees only
   keys with its own segment id. Segment id 0 is padding: its outputs are don't-care but finite
   (a padding query sees the padding keys up to itself, so no softmax row is empty).
+- With branch ids (the shared-prefix layout), the tree mask: a key of the query's segment is
+  seen when its branch is 0 or the query's own. Splash only: two calls merged exactly by
+  log-sum-exp, with a custom VJP (`attention_pallas_tree`).
+- `window` > 0 (every segment spans at most that many tokens): splash's static mask is causal
+  and local, so it skips the key blocks outside the window; flash ignores it (a speed hint).
 - Softmax scale 1/sqrt(E), softmax statistics in float32, output dtype = q dtype.
 
 Kernels. Splash attention (`make_splash_mha` with a `CausalMask` and `SegmentIds`) handles
@@ -221,6 +226,30 @@ def _under_tpu_interpret(fn, params):
     return wrapped
 
 
+def _check_shapes(q_bthe, k_bske, v_bske, segment_ids_bt, branch_ids_bt) -> None:
+    """Raise ValueError unless q [B, T, H, E], k = v [B, T, K, E] with K | H, ids [B, T]."""
+    if q_bthe.ndim != 4 or k_bske.ndim != 4 or v_bske.ndim != 4:
+        raise ValueError(
+            "pallas_attention expects q [B, T, H, E] and k, v [B, T, K, E]; got "
+            f"{q_bthe.shape}, {k_bske.shape}, {v_bske.shape}"
+        )
+    b, t, h, e = q_bthe.shape
+    if k_bske.shape != v_bske.shape:
+        raise ValueError(f"k {k_bske.shape} and v {v_bske.shape} must have the same shape")
+    if k_bske.shape[0] != b or k_bske.shape[1] != t or k_bske.shape[3] != e:
+        raise ValueError(
+            "pallas_attention is self-attention over one packed row: expected k, v "
+            f"[{b}, {t}, K, {e}], got {k_bske.shape}"
+        )
+    kv_heads = k_bske.shape[2]
+    if h % kv_heads:
+        raise ValueError(f"query heads H={h} must be a multiple of kv heads K={kv_heads}")
+    if segment_ids_bt.shape != (b, t):
+        raise ValueError(f"segment_ids must be [B, T] = {(b, t)}, got {segment_ids_bt.shape}")
+    if branch_ids_bt is not None and branch_ids_bt.shape != (b, t):
+        raise ValueError(f"branch_ids must be [B, T] = {(b, t)}, got {branch_ids_bt.shape}")
+
+
 def pallas_attention(
     q_bthe: jax.Array,
     k_bske: jax.Array,
@@ -254,24 +283,8 @@ def pallas_attention(
     Returns:
         [B, T, H, E] in the dtype of `q_bthe`.
     """
-    if q_bthe.ndim != 4 or k_bske.ndim != 4 or v_bske.ndim != 4:
-        raise ValueError(
-            "pallas_attention expects q [B, T, H, E] and k, v [B, T, K, E]; got "
-            f"{q_bthe.shape}, {k_bske.shape}, {v_bske.shape}"
-        )
+    _check_shapes(q_bthe, k_bske, v_bske, segment_ids_bt, branch_ids_bt)
     b, t, h, e = q_bthe.shape
-    if k_bske.shape != v_bske.shape:
-        raise ValueError(f"k {k_bske.shape} and v {v_bske.shape} must have the same shape")
-    if k_bske.shape[0] != b or k_bske.shape[1] != t or k_bske.shape[3] != e:
-        raise ValueError(
-            "pallas_attention is self-attention over one packed row: expected k, v "
-            f"[{b}, {t}, K, {e}], got {k_bske.shape}"
-        )
-    kv_heads = k_bske.shape[2]
-    if h % kv_heads:
-        raise ValueError(f"query heads H={h} must be a multiple of kv heads K={kv_heads}")
-    if segment_ids_bt.shape != (b, t):
-        raise ValueError(f"segment_ids must be [B, T] = {(b, t)}, got {segment_ids_bt.shape}")
     bq = _resolve_block("block_q", block_q, t)
     bkv = _resolve_block("block_kv", block_kv, t)
 
@@ -283,8 +296,6 @@ def pallas_attention(
         raise RuntimeError(f"the Pallas {kernel} attention kernel is not in this JAX version")
     if branch_ids_bt is not None and kernel == "flash":
         raise NotImplementedError("shared-prefix rows (branch ids) need the splash kernel; flash has no tree mask")
-    if branch_ids_bt is not None and branch_ids_bt.shape != (b, t):
-        raise ValueError(f"branch_ids must be [B, T] = {(b, t)}, got {branch_ids_bt.shape}")
     interpret = _interpret_value(interpret, kernel)
 
     dtype = q_bthe.dtype

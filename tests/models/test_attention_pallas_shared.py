@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from polar_jax.models import attention as A
 from polar_jax.models import attention_pallas as ap
@@ -48,6 +49,7 @@ def shared_rows(b: int, t: int, seed: int, max_span: int | None = None):
 
 
 def random_qkv(b: int, t: int, seed: int = 0):
+    """Float32 q [B, T, H, E], k and v [B, T, K, E] from a seeded normal."""
     rng = np.random.default_rng(seed)
     q = jnp.asarray(rng.normal(size=(b, t, H, E)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(b, t, K, E)), jnp.float32)
@@ -188,3 +190,21 @@ def test_attend_with_pallas_takes_branches_and_window():
         )
 
     assert_matches_reference(attn, q, k, v, segment, branch, position)
+
+
+@pytest.mark.slow
+def test_sharded_tree_splits_branch_ids_like_segment_ids():
+    devices = jax.devices()
+    if len(devices) < 4:
+        pytest.skip("needs 4 devices (conftest simulates 8 CPU devices)")
+    mesh = Mesh(np.array(devices[:4]).reshape(2, 2), ("data", "model"))
+    segment, branch, position = shared_rows(2, 128, seed=5)
+    q, k, v = random_qkv(2, 128, seed=5)
+    seg, br = jnp.asarray(segment), jnp.asarray(branch)
+
+    def attn(q, k, v):
+        return ap.sharded_pallas_attention(
+            q, k, v, seg, br, mesh=mesh, batch_axes="data", head_axis="model", interpret=True
+        )
+
+    assert_matches_reference(jax.jit(attn), q, k, v, segment, branch, position)
