@@ -208,3 +208,50 @@ def test_sharded_tree_splits_branch_ids_like_segment_ids():
         )
 
     assert_matches_reference(jax.jit(attn), q, k, v, segment, branch, position)
+
+
+@pytest.mark.slow
+def test_train_loss_and_gradients_on_the_pallas_path_equal_the_unshared_xla_step():
+    import dataclasses
+
+    from polar_jax.data import packing
+    from polar_jax.models import transformer
+    from polar_jax.models.config import ModelConfig
+    from polar_jax.train import step as steps
+
+    cfg = ModelConfig(
+        vocab_size=64,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        mlp_dim=64,
+        heads=("reward",),
+        init_std=0.1,
+        dtype="float32",
+    )
+    rng = np.random.default_rng(2)
+    pairs = []
+    for i in range(6):
+        prefix = list(rng.integers(1, 64, int(rng.integers(0, 40))))
+        chosen, rejected = (
+            np.array(prefix + list(rng.integers(1, 64, int(rng.integers(1, 30)))), np.int32) for _ in "cr"
+        )
+        pairs.append({"chosen": chosen, "rejected": rejected, "record_index": i})
+    params = transformer.init_params(cfg, jax.random.key(0))
+
+    def loss_and_grads(model_cfg, shared, window):
+        batches = packing.pack_pairs(pairs, batch_size=4, seq_len=256, max_pairs_per_row=4, shared_prefix=shared)
+        grad_fn = jax.grad(steps.loss_sums, has_aux=True)
+        results = [
+            grad_fn(params, {k: jnp.asarray(b[k]) for k in steps.BATCH_KEYS}, model_cfg, 0.0, window) for b in batches
+        ]
+        grads = jax.tree.map(lambda *g: sum(g), *[r[0] for r in results])
+        return sum(float(r[1]["loss_sum"]) for r in results), grads
+
+    loss_ref, grads_ref = loss_and_grads(cfg, shared=False, window=0)
+    loss, grads = loss_and_grads(dataclasses.replace(cfg, attention_impl="pallas"), shared=True, window=70)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-6)
