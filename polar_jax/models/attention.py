@@ -34,8 +34,25 @@ import jax.numpy as jnp
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-# Query rows per tile of the windowed XLA path (`windowed_attention`).
-WINDOW_BLOCK = 128
+# Query rows per tile of the windowed XLA path (`windowed_attention`): the one of these whose key
+# window, (ceil((window - 1) / block) + 1) x block, is shortest (ties: the larger block).
+WINDOW_BLOCKS = (128, 64, 32, 16)
+WINDOW_BLOCK = WINDOW_BLOCKS[0]  # the largest tile (keys per query: `window_keys`)
+
+
+def window_block(window: int) -> int:
+    """The tile the windowed XLA path uses for `window`: keys per query = (ceil((window - 1) / c) + 1) c,
+    smallest over `WINDOW_BLOCKS` (on 2 CPU cores, window 134 at T 512: 16 rows, 160 keys, 1.8x faster than
+    128 rows, 384 keys)."""
+    return min(WINDOW_BLOCKS, key=lambda c: (-(-(window - 1) // c) + 1) * c)
+
+
+def window_keys(window: int, seq_len: int) -> int:
+    """Keys per query the XLA path computes for rows of `seq_len` with `window` (0: the whole row)."""
+    if not 0 < window < seq_len:
+        return seq_len
+    c = window_block(window)
+    return min((-(-(window - 1) // c) + 1) * c, seq_len)
 
 
 def attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs, q_branch_bt=None, kv_branch_bs=None):
@@ -61,7 +78,7 @@ def xla_attention(q_bthe, k_bske, v_bske, mask_bts):
     return out_btkge.reshape(b, t, h, e)
 
 
-def windowed_attention(q_bthe, k_bske, v_bske, segment_bt, pos_bt, branch_bt, window: int, block: int = WINDOW_BLOCK):
+def windowed_attention(q_bthe, k_bske, v_bske, segment_bt, pos_bt, branch_bt, window: int, block: int | None = None):
     """Self-attention over one row computing only the keys within `window` tokens of each query.
 
     Exact when every segment spans at most `window` tokens: query block n (tokens [n c, n c + c))
@@ -70,7 +87,7 @@ def windowed_attention(q_bthe, k_bske, v_bske, segment_bt, pos_bt, branch_bt, wi
     Here n indexes query blocks, c tokens in a block, s key slots of a block's window.
     """
     b, t, h, e = q_bthe.shape
-    c = min(block, t)
+    c = min(block or window_block(window), t)
     n = -(-t // c)
     w = -(-(window - 1) // c)
     pad = n * c - t
@@ -200,7 +217,7 @@ def attend(
     """
     impl = resolve_impl(impl, q_bthe.dtype, q_bthe.shape[1])
     t = q_bthe.shape[1]
-    if not self_attention or (impl == "xla" and not 0 < window < t - WINDOW_BLOCK):
+    if not self_attention or (impl == "xla" and window_keys(window, t) >= t):
         mask_bts = attention_mask(q_segment_bt, kv_segment_bs, q_pos_bt, kv_pos_bs, q_branch_bt, kv_branch_bs)
         return xla_attention(q_bthe, k_bske, v_bske, mask_bts)
     if impl == "xla":
