@@ -10,6 +10,7 @@ import pathlib
 import time
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
 from polar_jax.flops import peak_tflops, train_flops_per_token
@@ -87,26 +88,81 @@ class MetricsWriter:
             self.tb.close()
 
 
+# What `Throughput` counts per second, from `batch_counts`.
+COUNT_KEYS = ("pairs", "tokens", "unshared_tokens")
+
+
+def batch_counts(batch) -> dict[str, int]:
+    """A host batch's real pairs, the tokens its rows compute (real, non-padding tokens) and the
+    tokens the unshared layout would compute for the same pairs (each pair's chosen + rejected
+    length). In the shared-prefix layout (`data.batch`) that is the real tokens plus each pair's
+    prefix once more: the branch-0 tokens of a segment that also holds branch 1 / 2 tokens. Pure numpy."""
+    segment_bt, branch_bt = np.asarray(batch["segment_ids_bt"]), np.asarray(batch["branch_ids_bt"])
+    # (row, segment) as one number, so a segment id means the same segment in its row only
+    row_segment_bt = np.arange(segment_bt.shape[0])[:, None] * (int(segment_bt.max(initial=0)) + 1) + segment_bt
+    branched = np.unique(row_segment_bt[branch_bt != 0])  # the segments with suffixes: shared-prefix pairs
+    prefix_t = (branch_bt == 0) & (segment_bt != 0) & np.isin(row_segment_bt, branched)
+    tokens = int(np.count_nonzero(segment_bt))
+    prefix_tokens = int(np.count_nonzero(prefix_t))
+    return {
+        "pairs": int(np.count_nonzero(batch["pair_mask_bp"])),
+        "tokens": tokens,
+        "unshared_tokens": tokens + prefix_tokens,
+    }
+
+
 class Throughput:
-    """Tokens per second over each log window, and MFU where the chip's peak is known
-    (`flops.peak_tflops`; config.peak_tflops overrides). `add` keeps the count on the device,
-    so the loop does not wait for a step it does not log."""
+    """Pairs, tokens computed and unshared-equivalent tokens per second over each log window, the
+    seconds per step, and MFU of the FLOPs computed where the chip's peak is known
+    (`flops.peak_tflops`; config.peak_tflops overrides). `add` counts a step's host batch before it
+    goes to the device (`batch_counts`), so nothing waits for the device; with several processes
+    `read` sums every process's counts (a collective at log steps, which every process reaches).
+    `window`: the attention window the step computes with (`train.setup.attention_window`)."""
 
-    def __init__(self, model_cfg, config, devices: int):
+    def __init__(self, model_cfg, config, devices: int, window: int = 0, clock=time.perf_counter):
         self.peak, self.peak_source = peak_tflops(config.peak_tflops)
-        self.flops_per_token = train_flops_per_token(model_cfg, config.data.seq_len)
-        self.devices = devices
-        self.start, self.tokens = time.perf_counter(), 0.0
+        self.clock = clock
+        self.model_cfg, self.window, self.devices = model_cfg, window, devices
+        self._flops_per_token: dict[int, float] = {}  # by row length: the attention term depends on it
+        self._reset()
 
-    def add(self, tokens) -> None:
-        """Count one step's tokens (a device scalar is fine)."""
-        self.tokens = self.tokens + tokens
+    def _reset(self) -> None:
+        self.start = self.clock()
+        self.counts = np.zeros(len(COUNT_KEYS) + 1)  # COUNT_KEYS, then FLOPs
+        self.steps = 0
+
+    def flops_per_token(self, row_len: int) -> float:
+        """Training FLOPs per real token of a row of `row_len` tokens (`flops.train_flops_per_token`)."""
+        if row_len not in self._flops_per_token:
+            self._flops_per_token[row_len] = train_flops_per_token(self.model_cfg, row_len, self.window)
+        return self._flops_per_token[row_len]
+
+    def add(self, batch) -> None:
+        """Count one step's host batch (this process's rows)."""
+        counts = batch_counts(batch)
+        flops = counts["tokens"] * self.flops_per_token(int(np.shape(batch["tokens_bt"])[1]))
+        self.counts += np.array([*(counts[k] for k in COUNT_KEYS), flops])
+        self.steps += 1
 
     def read(self, step: int, metrics: dict) -> dict:
-        """The step's metrics as floats, with tokens_per_s (and mfu) since the last read."""
+        """The step's metrics as floats, with pairs_per_s, tokens_per_s (computed),
+        unshared_tokens_per_s, step_s (seconds per step) and mfu, since the last read."""
         logged = {k: float(v) for k, v in metrics.items()}
-        logged["tokens_per_s"] = float(self.tokens) / (time.perf_counter() - self.start)
+        seconds = self.clock() - self.start
+        counts = _sum_over_processes(self.counts)
+        for key, value in zip(COUNT_KEYS, counts):
+            logged[f"{key}_per_s"] = float(value) / seconds
+        logged["step_s"] = seconds / max(self.steps, 1)
         if self.peak:
-            logged["mfu"] = logged["tokens_per_s"] * self.flops_per_token / (self.peak * 1e12 * self.devices)
-        self.start, self.tokens = time.perf_counter(), 0.0
+            logged["mfu"] = float(counts[-1]) / seconds / (self.peak * 1e12 * self.devices)
+        self._reset()
         return logged
+
+
+def _sum_over_processes(counts: np.ndarray) -> np.ndarray:
+    """`counts` summed over every process (itself when there is one)."""
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(counts)).reshape(jax.process_count(), -1).sum(axis=0)

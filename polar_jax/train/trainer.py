@@ -30,9 +30,20 @@ from polar_jax.io import polar_format, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.train import loop, objectives, setup
 from polar_jax.train.metrics import Throughput
+from polar_jax.train.prefetch import DevicePrefetch
 from polar_jax.train.state import abstract_state, create_state
 
 log = logging.getLogger(__name__)
+
+# The progress bar's fields: bar name -> (logged metric, format); pairs/s, the tokens the rows
+# compute per second and the tokens the unshared layout would compute for the same pairs.
+PROGRESS_FIELDS = {
+    "loss": ("loss", ".4f"),
+    "acc": ("accuracy", ".3f"),
+    "pairs/s": ("pairs_per_s", ".1f"),
+    "tok/s": ("tokens_per_s", ".0f"),
+    "unshared tok/s": ("unshared_tokens_per_s", ".0f"),
+}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progress: bool = True) -> loop.RunResult:
@@ -62,30 +73,30 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
         batch_sharding = setup.batch_shardings(run.mesh)
         train_step = setup.jit_train_step(config, model.cfg, optimizer, schedule, state_sharding, batch_sharding)
         eval_step = setup.jit_eval_step(config, model.cfg, state_sharding.params, batch_sharding)
-        throughput = Throughput(model.cfg, config, run.mesh.size)
+        throughput = Throughput(model.cfg, config, run.mesh.size, window=setup.attention_window(config))
+        with DevicePrefetch(train_iter, put=lambda local: setup.global_batch(local, batch_sharding)) as batches:
 
-        def step_fn(state, _):
-            state, metrics = train_step(state, setup.global_batch(next(train_iter), batch_sharding))
-            throughput.add(metrics["tokens"])  # stays on device: no sync per step
-            return state, metrics
+            def step_fn(state, _):
+                host_batch, device_batch = next(batches)  # put on the device while the last step ran
+                state, metrics = train_step(state, device_batch)
+                throughput.add(host_batch)  # counted on the host: no device sync per step
+                return state, metrics
 
-        def evaluate_all(step, state, metrics) -> dict:  # several held-out sets: each on its own too
-            out = {"eval_": evaluate(eval_step, state.params, eval_source, config, batch_sharding)}
-            for name, source in split_sources.items():
-                out[f"eval_{name}_"] = evaluate(eval_step, state.params, source, config, batch_sharding)
-            return out
+            def evaluate_all(step, state, metrics) -> dict:  # several held-out sets: each on its own too
+                out = {"eval_": evaluate(eval_step, state.params, eval_source, config, batch_sharding)}
+                for name, source in split_sources.items():
+                    out[f"eval_{name}_"] = evaluate(eval_step, state.params, source, config, batch_sharding)
+                return out
 
-        state = run.loop(
-            step_fn,
-            state,
-            train_iter,
-            log_spec=loop.Log(
-                postfix={"loss": ("loss", ".4f"), "acc": ("accuracy", ".3f")},
-                read=throughput.read,
-                hint="lower optim.lr or check the data",
-            ),
-            hooks=(loop.Hook(evaluate_all, every=config.eval_every, at_end=bool(config.eval_every), name="eval"),),
-        )
+            state = run.loop(
+                step_fn,
+                state,
+                batches,  # its state: the iterator's after the last batch a step took, not the ones fetched ahead
+                log_spec=loop.Log(
+                    postfix=PROGRESS_FIELDS, read=throughput.read, hint="lower optim.lr or check the data"
+                ),
+                hooks=(loop.Hook(evaluate_all, every=config.eval_every, at_end=bool(config.eval_every), name="eval"),),
+            )
         evaluated = run.hook_outputs.get("eval", {}).get("eval_", {})
         if not evaluated and config.eval_every and run.stopped_by == "done":  # a finished run, rerun
             evaluated = evaluate(eval_step, state.params, eval_source, config, batch_sharding)
@@ -109,13 +120,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, progre
 
 
 def evaluate(eval_step, params, source, config, batch_sharding) -> dict:
-    """Loss and accuracy over `config.eval_batches` batches of the held-out source (same every time)."""
+    """Loss and accuracy over `config.eval_batches` batches of the held-out source (same every time),
+    the next batches put on the device while a batch is evaluated."""
     totals = None
-    for i, batch in enumerate(data_pipeline.build_pipeline(source, setup.pipeline_config(config, train=False))):
-        if i == config.eval_batches:
-            break
-        sums = eval_step(params, setup.global_batch(batch, batch_sharding))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    stream = iter(data_pipeline.build_pipeline(source, setup.pipeline_config(config, train=False)))
+    with DevicePrefetch(stream, put=lambda local: setup.global_batch(local, batch_sharding)) as batches:
+        for i, (_, batch) in enumerate(batches):
+            if i == config.eval_batches:
+                break
+            sums = eval_step(params, batch)
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     return {k: float(v) for k, v in objectives.finalize(totals).items()} if totals else {}
 
 
