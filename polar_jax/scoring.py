@@ -118,7 +118,8 @@ def _group_rewards(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_id
 def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, pad_multiple: int, progress: bool):
     """`reward_scores` with shared-prefix groups: group (`groups.group_by_prefix`, at most `MAX_GROUP`
     candidates and twice the widest unshared row each), pack whole groups first-fit into rows of one
-    width (a multiple of `pad_multiple`), longest groups first, and score `batch_size` rows a call with
+    width (a multiple of `pad_multiple`), longest groups first, and score `batch_size` rows a call (a
+    last, short batch: the next power of two of its rows) with
     `MAX_CANDIDATES_PER_ROW` slots and the attention window of the batch's longest group (rounded up
     to a multiple of 128; 0, the whole row, when it covers the row): few compiled shapes."""
     empty = [i for i, s in enumerate(sequences) if len(s) == 0]
@@ -142,9 +143,10 @@ def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, 
     rows = groups.plan_rows(spans, [len(m) for m in members], row_len, MAX_CANDIDATES_PER_ROW)
     bar = tqdm(total=len(sequences), desc="score", unit="row", disable=not progress)
     for start in range(0, len(rows), batch_size):
-        laid = groups.layout_rows(
-            seqs, members, rows[start : start + batch_size], row_len, MAX_CANDIDATES_PER_ROW, batch_size
-        )
+        batch_rows = rows[start : start + batch_size]
+        # A last, short batch gets the next power of two of its rows (few shapes, little padding).
+        rows_in_call = min(batch_size, 1 << (len(batch_rows) - 1).bit_length())
+        laid = groups.layout_rows(seqs, members, batch_rows, row_len, MAX_CANDIDATES_PER_ROW, rows_in_call)
         window = _round_up(laid.longest_segment, 128)
         rewards_bn = _group_rewards(
             cfg,

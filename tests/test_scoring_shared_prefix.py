@@ -13,6 +13,7 @@ from polar_jax import evaluate as ev
 from polar_jax import scoring
 from polar_jax.data import encoding, groups
 from polar_jax.io.model import Model
+from polar_jax.models import attention
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.rft import rewards
@@ -106,12 +107,18 @@ def test_a_group_longer_than_a_row_is_refused_naming_it():
     assert groups.plan_rows([200, 100, 50, 10], [1, 1, 1, 1], 256, 32) == [[0, 2], [1, 3]]  # first fit, in order
 
 
-@pytest.mark.parametrize("seed,batch_size,pad_multiple", [(0, 4, 128), (1, 2, 512), (2, 8, 128)])
-def test_shared_scores_equal_the_unshared_in_input_order(params, seed, batch_size, pad_multiple):
-    """pad_multiple 512: rows far wider than any group, so attention runs over the window only."""
+@pytest.mark.parametrize("seed,batch_size,pad_multiple", [(0, 4, 128), (1, 2, 1024), (2, 8, 128)])
+def test_shared_scores_equal_the_unshared_in_input_order(params, seed, batch_size, pad_multiple, monkeypatch):
+    """pad_multiple 1024: rows far wider than any group, so attention runs over the window only."""
     seqs = _random_groups(seed)
     unshared = _scores(params, seqs, False, batch_size, pad_multiple)
+    windowed_calls = []
+    windowed = attention.windowed_attention
+    monkeypatch.setattr(
+        attention, "windowed_attention", lambda *a, **k: windowed_calls.append(a[-1]) or windowed(*a, **k)
+    )
     shared = _scores(params, seqs, True, batch_size, pad_multiple)
+    assert windowed_calls or pad_multiple != 1024  # the wide rows ran the windowed path (their shapes: only here)
     assert len(set(np.round(unshared, 5))) > len(seqs) // 2  # real, varied scores were compared
     np.testing.assert_allclose(shared, unshared, rtol=1e-5, atol=1e-6)
     members = groups.group_by_prefix(seqs, scoring.MAX_GROUP, scoring.MIN_SHARED_TOKENS)
