@@ -72,8 +72,8 @@ def reward_scores(
     `shared_prefix=False` (the reference): sequences are sorted by length, one a row, padded to a
     multiple of `pad_multiple`, so a run compiles one program per length bucket.
     `shared_prefix=True`: sequences sharing a long id prefix (`groups.group_by_prefix`: the
-    candidates of one prompt and reference) are scored as one group, their prefix computed once
-    (`_shared_prefix_scores`); the same rewards, fewer tokens.
+    candidates of one prompt and reference) are scored as one group, their prefix computed once,
+    and identical sequences once (`_shared_prefix_scores`); the same rewards, fewer tokens.
     """
     if "reward" not in cfg.heads:
         raise ValueError(f"this model has heads {cfg.heads}; scoring needs a reward model")

@@ -121,6 +121,8 @@ def test_shared_scores_equal_the_unshared_in_input_order(params, seed, batch_siz
     assert windowed_calls or pad_multiple != 1024  # the wide rows ran the windowed path (their shapes: only here)
     assert len(set(np.round(unshared, 5))) > len(seqs) // 2  # real, varied scores were compared
     np.testing.assert_allclose(shared, unshared, rtol=1e-5, atol=1e-6)
+    twins = [(i, j) for i in range(len(seqs)) for j in range(i) if np.array_equal(seqs[i], seqs[j])]
+    assert twins and all(shared[i] == shared[j] for i, j in twins)  # identical sequences: one score, bit for bit
     members = groups.group_by_prefix(seqs, scoring.MAX_GROUP, scoring.MIN_SHARED_TOKENS)
     assert len(members) < len(seqs) // 2  # the groups formed: the shared path shared something
 

@@ -75,7 +75,8 @@ def group_by_prefix(
     if max_group < 1 or min_shared < 1:
         raise ValueError(f"max_group={max_group} and min_shared={min_shared} must be >= 1")
     arrays = [np.asarray(s) for s in sequences]
-    order = sorted(range(len(arrays)), key=lambda i: arrays[i].tolist())
+    # Big-endian bytes of the (non-negative) ids sort as the id lists do, at 4 bytes a token.
+    order = sorted(range(len(arrays)), key=lambda i: arrays[i].astype(">u4").tobytes())
     groups: list[list[int]] = []
     members: list[int] = []
     raw, shortest = 0, 0  # the current group's raw common prefix and its shortest member
