@@ -1,7 +1,10 @@
 """Scoring with shared-prefix groups (`data.groups`, `scoring.reward_scores(shared_prefix=True)`) gives the
 scores of laying each sequence out whole (the reference), in input order: for random groups, unrelated,
 identical and 1-token-suffix candidates, whatever the grouping; a candidate never changes another's score;
-`RewardModel.score` and evaluate's accuracy do not move with the switch; a group too long is named."""
+`RewardModel.score`, evaluate's accuracy and `score --no-shared-prefix` do not move with the switch; a group
+too long is named."""
+
+import json
 
 import jax
 import numpy as np
@@ -236,3 +239,28 @@ def test_evaluate_accuracy_does_not_move_with_the_switch(reward_model):
     np.testing.assert_allclose(got[True][1], got[False][1], rtol=1e-5, atol=1e-6)
     assert got[True][2]["accuracy"] == got[False][2]["accuracy"]
     assert np.abs(got[False][0] - got[False][1]).max() > 1e-3  # real margins, not a constant model
+
+
+def test_score_command_gives_the_same_rewards_with_no_shared_prefix(reward_model, tmp_path):
+    from polar_jax.__main__ import main as cli
+    from polar_jax.io import hf
+
+    model, tok = reward_model
+    model_dir = tmp_path / "rm"
+    hf.save_hf(model, model_dir)
+    tok.save_pretrained(str(model_dir))
+    rows = [{"prompt": f"say {i % 2}", "reference": f"i say {i % 2}.", "output": f"{i} {'x' * i}"} for i in range(6)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = {}
+    for flags in ([], ["--no-shared-prefix"]):
+        out = tmp_path / f"scored{len(flags)}.jsonl"
+        assert (
+            cli(
+                ["score", "--model", str(model_dir), "--input", str(tmp_path / "rows.jsonl"), "--output", str(out)]
+                + flags
+            )
+            == 0
+        )
+        got[bool(flags)] = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+    np.testing.assert_allclose(got[False], got[True], rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(got[True], 5))) == 6  # six different rewards: a real comparison
