@@ -47,7 +47,10 @@ def padded_slots(sequences: list[np.ndarray], batch_size: int, pad_multiple: int
 
 def rft_section(args: argparse.Namespace) -> None:
     """Scores/s of RFT groups, unshared against shared, with the token ratio and the scores' agreement."""
-    cfg = ModelConfig(**DEMO_MODEL, heads=("reward",), dtype="float32")
+    from polar_jax.bench.train_step import MODELS
+
+    shape = DEMO_MODEL if args.rft_model == "demo" else MODELS[args.rft_model]
+    cfg = ModelConfig(**shape, heads=("reward",), dtype="float32")
     params = T.init_params(cfg, jax.random.key(0))
     groups = pair_lengths.rft_groups(args.groups, args.rollouts, cfg.vocab_size, args.rft_prompt, args.rft_response)
     sequences = group_sequences(groups)
@@ -84,7 +87,7 @@ def rft_section(args: argparse.Namespace) -> None:
         rows,
         f"(c) RFT scoring: {args.groups} groups x {args.rollouts} rollouts against one reference (prompts "
         f"log-uniform 1..{args.rft_prompt}, reference and rollouts {max(args.rft_response // 4, 1)}.."
-        f"{args.rft_response} tokens), demo reward model, batch {args.rft_batch} rows, forward only, median of "
+        f"{args.rft_response} tokens), {args.rft_model} reward model ({cfg.num_params() / 1e6:.2f}M params), batch {args.rft_batch} rows, forward only, median of "
         f"{args.repeats} epochs; tokens: real tokens computed / unshared real tokens ({real}); the unshared path's "
         f"padded slots: {padded_slots(sequences, args.rft_batch)}",
     )

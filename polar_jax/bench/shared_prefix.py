@@ -140,11 +140,9 @@ class TrainCase:
             jax.block_until_ready(metrics["loss"])
 
 
-def train_case(cfg: ModelConfig, pairs: list[dict], layout: Layout) -> TrainCase:
-    """`pairs` packed as `layout` says (each batch checked against the contract) and a jitted train step."""
-    from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
-    from polar_jax.train.state import create_state
-
+def packed_batches(pairs: list[dict], layout: Layout) -> list[dict]:
+    """`pairs` packed as `layout` says (first-fit, as the trainer packs), each batch checked against the
+    contract; the step's fields only."""
     host = packing.pack_pairs(
         pairs,
         batch_size=layout.rows,
@@ -154,8 +152,14 @@ def train_case(cfg: ModelConfig, pairs: list[dict], layout: Layout) -> TrainCase
     )
     for batch in host:
         check_batch(batch)
-    host = [{k: b[k] for k in S.BATCH_KEYS} for b in host]
-    window = window_for(longest_segment(pairs, layout.shared), layout.row_len, layout.windowed)
+    return [{k: b[k] for k in S.BATCH_KEYS} for b in host]
+
+
+def train_case(cfg: ModelConfig, host: list[dict], layout: Layout, window: int) -> TrainCase:
+    """A fresh state and the train step jitted for `window` (single device), over the batches `host`."""
+    from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
+    from polar_jax.train.state import create_state
+
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     optim_cfg = OptimConfig(lr=1e-5)
     optimizer = make_optimizer(optim_cfg, 1000)
@@ -177,6 +181,12 @@ def train_case(cfg: ModelConfig, pairs: list[dict], layout: Layout) -> TrainCase
     return TrainCase(layout, window, host, mesh, step, state, batches)
 
 
+def layout_case(cfg: ModelConfig, pairs: list[dict], layout: Layout) -> TrainCase:
+    """`pairs` packed as `layout` says, with its window (the longest segment, if windowed), ready to train."""
+    window = window_for(longest_segment(pairs, layout.shared), layout.row_len, layout.windowed)
+    return train_case(cfg, packed_batches(pairs, layout), layout, window)
+
+
 def case_counts(case: TrainCase) -> dict:
     """Real tokens, token slots and attention scores computed by one epoch of `case`."""
     rows, row_len = case.layout.rows, case.layout.row_len
@@ -190,7 +200,7 @@ def case_counts(case: TrainCase) -> dict:
 def train_section(title: str, cfg: ModelConfig, pairs: list[dict], layouts: list[Layout], repeats: int) -> list:
     """Time every layout of `pairs` side by side, print the table; returns [(layout name, speedup, exact)]."""
     params = T.init_params(cfg, jax.random.key(0))
-    cases = [train_case(cfg, pairs, layout) for layout in layouts]
+    cases = [layout_case(cfg, pairs, layout) for layout in layouts]
     totals = [total_loss_and_grads(cfg, params, c.host_batches, c.window) for c in cases]
     seconds = time_rounds([c.epoch for c in cases], repeats)
     counts = [case_counts(c) for c in cases]
@@ -287,6 +297,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rollouts", type=int, default=8, help="(c): rollouts per group")
     p.add_argument("--rft-prompt", type=int, default=24, help="(c): the longest prompt (log-uniform from 1)")
     p.add_argument("--rft-response", type=int, default=24, help="(c): the longest reference / rollout")
+    p.add_argument("--rft-model", default="demo", help="(c): 'demo' or a model of bench.train_step")
     p.add_argument("--rft-batch", type=int, default=8, help="(c): rows per scoring call (reward_scores' batch_size)")
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per case (after one warm-up)")
     return p.parse_args(argv)

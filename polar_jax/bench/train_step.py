@@ -3,6 +3,12 @@
 
     python -m polar_jax.bench.train_step                                   # tiny model, CPU, 1 and 8 devices
     python -m polar_jax.bench.train_step --model 800m --batch 8 --seq 2048 --torch eager,compile   # GPU
+    python -m polar_jax.bench.train_step --packed-rows 512,2048,8192 --dtype float32   # whole rows vs windowed
+
+`--packed-rows` packs the demo's short pairs (`bench.pair_lengths.demo_like_pairs`) into rows of
+each length (--packed-tokens tokens per step) and times, side by side on one device, the
+whole-row attention, the windowed one (window: the longest sequence) and the shared-prefix
+layout of the same pairs (fewer rows, window: the longest pair); same pairs, so the same loss.
 
 Each row of a batch holds one pair: chosen and rejected of `seq / 2` tokens each (two
 segments). The PyTorch side sees the same tokens as `2 x batch` rows of `seq / 2` tokens, one
@@ -20,6 +26,8 @@ import sys
 
 MODELS = {
     "tiny": dict(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128),
+    # Between the two for CPU runs where the matmuls, not attention, dominate.
+    "small": dict(vocab_size=2048, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=1024),
     "smollm2": dict(
         vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64, mlp_dim=1536
     ),
@@ -47,6 +55,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=8, help="simulated CPU devices (CPU only)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--torch", default="", help="GPU only: 'eager', 'compile' or 'eager,compile'")
+    p.add_argument("--packed-rows", default="", help="row lengths, e.g. 512,2048,8192: whole rows vs windowed")
+    p.add_argument("--packed-tokens", type=int, default=16384, help="--packed-rows: tokens per step (rows x length)")
     return p.parse_args(argv)
 
 
@@ -74,6 +84,9 @@ def main(argv=None) -> None:
         attention_impl=args.attention,
         scan_unroll=args.unroll,
     )
+    if args.packed_rows:
+        _packed_rows_mode(args, cfg)
+        return
     half = args.seq // 2
     rng = np.random.default_rng(0)
     pairs = [
@@ -204,6 +217,83 @@ def _torch_rows(args: argparse.Namespace, cfg, flops_per_token: float, peak) -> 
             }
         )
     return rows
+
+
+def _packed_rows_mode(args: argparse.Namespace, cfg) -> None:
+    """`--packed-rows`: per row length, whole-row attention against windowed (and shared) step times."""
+    from polar_jax.bench.common import print_table
+
+    rows = []
+    for row_len in (int(x) for x in args.packed_rows.split(",")):
+        rows += _packed_rows_cases(args, cfg, row_len)
+    print_table(
+        rows,
+        f"train step on rows packed with demo-length pairs (sequences of median ~64 tokens), {args.model} reward "
+        f"model, {args.dtype}, {args.packed_tokens} token slots per step (shared: the same pairs in fewer rows), "
+        f"one device; median of {args.steps} steps, cases timed in turn",
+    )
+
+
+def _packed_rows_cases(args: argparse.Namespace, cfg, row_len: int) -> list[dict]:
+    """The table rows of one row length: one step of the same pairs laid out three ways, timed side by side."""
+    import numpy as np
+
+    from polar_jax.bench import pair_lengths
+    from polar_jax.bench import shared_prefix as B
+    from polar_jax.data import packing
+
+    rows = max(args.packed_tokens // row_len, 1)
+    slots = row_len // 32
+    candidates = pair_lengths.demo_like_pairs(2 * rows * row_len // 100, cfg.vocab_size)
+    unshared = packing.pack_pairs(candidates, batch_size=rows, seq_len=row_len, max_pairs_per_row=slots)[0]
+    pairs = [candidates[int(i)] for i in unshared["record_index_bp"][unshared["pair_mask_bp"]]]
+    packing.check_batch(unshared)
+    unshared = {k: unshared[k] for k in B.S.BATCH_KEYS}
+    shared = B.packed_batches(pairs, B.Layout("", True, rows, row_len, slots, True))
+    if len(shared) != 1:
+        raise RuntimeError(f"the shared layout of one unshared batch took {len(shared)} batches")
+    used = int(np.max(np.flatnonzero(shared[0]["pair_mask_bp"].any(axis=1)))) + 1
+    shared = {k: v[:used] for k, v in shared[0].items()}
+    cases = [
+        ("whole rows", unshared, rows, 0),
+        ("windowed", unshared, rows, B.window_for(B.longest_segment(pairs, False), row_len, True)),
+        ("shared, windowed", shared, used, B.window_for(B.longest_segment(pairs, True), row_len, True)),
+    ]
+    trains = [
+        B.train_case(cfg, [batch], B.Layout(name, name.startswith("shared"), n, row_len, slots, bool(w)), w)
+        for name, batch, n, w in cases
+    ]
+    losses = [float(_first_step_loss(t)) for t in trains]
+    seconds = B.time_rounds([t.epoch for t in trains], args.steps)
+    out = []
+    for (name, batch, n, window), s, loss in zip(cases, seconds, losses):
+        out.append(
+            {
+                "row len": row_len,
+                "layout": name,
+                "rows": n,
+                "window": window or "row",
+                "pairs": len(pairs),
+                "step ms": f"{s * 1e3:.1f}",
+                "pairs/s": f"{len(pairs) / s:,.1f}",
+                "speedup": f"{seconds[0] / s:.2f}x",
+                "tokens": int(np.count_nonzero(batch["segment_ids_bt"])),
+                "loss": f"{loss:.6f}",
+                "loss diff": f"{abs(loss - losses[0]) / abs(losses[0]):.1e}",
+            }
+        )
+    return out
+
+
+def _first_step_loss(case):
+    """The loss of `case`'s first step from its fresh state (that step also compiles it)."""
+    import jax
+
+    from polar_jax import parallel
+
+    with parallel.use_rules(case.mesh):
+        case.state, metrics = case.step(case.state, case.batches[0])
+    return jax.block_until_ready(metrics["loss"])
 
 
 if __name__ == "__main__":
