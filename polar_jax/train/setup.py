@@ -283,6 +283,7 @@ def jit_train_step(config, model_cfg: ModelConfig, optimizer, schedule, state_sh
             accum_steps=config.accum_steps,
             margin=config.margin,
             attention_window=attention_window(config),
+            shared_prefix=bool(config.data.shared_prefix),
         ),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, None),
@@ -294,7 +295,11 @@ def jit_eval_step(config, model_cfg: ModelConfig, params_sharding, batch_shardin
     """The jitted held-out step: loss and accuracy sums of one batch."""
     return jax.jit(
         functools.partial(
-            steps.eval_step, model_cfg=model_cfg, margin=config.margin, attention_window=attention_window(config)
+            steps.eval_step,
+            model_cfg=model_cfg,
+            margin=config.margin,
+            attention_window=attention_window(config),
+            shared_prefix=bool(config.data.shared_prefix),
         ),
         in_shardings=(params_sharding, batch_sharding),
     )

@@ -19,16 +19,20 @@ BATCH_NDIM = {k: batch_contract.ndim(k) for k in BATCH_KEYS}
 SUM_KEYS = (*objectives.SUM_KEYS, "tokens")
 
 
-def loss_sums(params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0):
+def loss_sums(
+    params, batch: dict, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0, shared_prefix=True
+):
     """Summed Bradley-Terry loss of one (micro-)batch, in either layout of `data.batch`, and its
-    summed metrics; `attention_window` > 0 is the packer's promise that no segment is longer."""
+    summed metrics; `attention_window` > 0 is the packer's promise that no segment is longer.
+    `shared_prefix=False` (static) says the rows are unshared: branch ids are all 0 and not passed,
+    so a fused kernel runs its plain segment mask (the Pallas tree path takes two kernel calls)."""
     out = T.forward(
         model_cfg,
         params,
         batch["tokens_bt"],
         batch["positions_bt"],
         batch["segment_ids_bt"],
-        branch_ids_bt=batch["branch_ids_bt"],
+        branch_ids_bt=batch["branch_ids_bt"] if shared_prefix else None,
         attention_window=attention_window,
     )
     chosen_bp, rejected_bp = objectives.pair_rewards(out.reward_bt, batch["reward_index_bp2"])
@@ -58,6 +62,7 @@ def train_step(
     accum_steps: int = 1,
     margin: float = 0.0,
     attention_window: int = 0,
+    shared_prefix: bool = True,
 ):
     """One update on the mean loss over every real pair of the batch; returns (state, metrics).
 
@@ -67,7 +72,7 @@ def train_step(
     grad_fn = jax.grad(loss_sums, has_aux=True)
 
     def accumulate(carry, micro):
-        grads, sums = grad_fn(state.params, micro, model_cfg, margin, attention_window)
+        grads, sums = grad_fn(state.params, micro, model_cfg, margin, attention_window, shared_prefix)
         acc_grads, acc_sums = carry
         return (jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_sums, sums)), None
 
@@ -90,7 +95,9 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch: dict, *, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0) -> dict:
+def eval_step(
+    params, batch: dict, *, model_cfg: ModelConfig, margin: float = 0.0, attention_window: int = 0, shared_prefix=True
+) -> dict:
     """Summed loss / accuracy metrics of one batch (add them up, then `objectives.finalize`)."""
-    _, sums = loss_sums(params, batch, model_cfg, margin, attention_window)
+    _, sums = loss_sums(params, batch, model_cfg, margin, attention_window, shared_prefix)
     return sums
