@@ -57,6 +57,8 @@ def rft_section(args: argparse.Namespace) -> None:
     results = {}
 
     def scorer(shared: bool):
+        """One epoch of scoring every sequence with `shared_prefix=shared` (the scores kept for the check)."""
+
         def epoch() -> None:
             results[shared] = scoring.reward_scores(
                 cfg, params, sequences, batch_size=args.rft_batch, progress=False, shared_prefix=shared
