@@ -36,7 +36,7 @@ def lower(config, mesh):
         num_params=model_cfg.num_params(),
         traced_flops=traced_matmul_flops(traced.jaxpr),
         state_bytes=shard_bytes(abstract),
-        model_flops=flops.train_flops_per_token(model_cfg, seq_len) * tokens,
+        model_flops=flops.train_flops_per_token(model_cfg, seq_len, window=setup.attention_window(config)) * tokens,
     )
     if config.accum_steps > 1:
         report.notes.append(f"accum_steps={config.accum_steps}: micro-batches of {batch // config.accum_steps} rows")

@@ -14,6 +14,7 @@ from polar_jax.models.config import ModelConfig
 from polar_jax.scaling import fit as fitting
 from polar_jax.scaling.planning import SIZE_FIELDS, RunPlan, counted_params
 from polar_jax.scaling.run_state import is_finished, read_metrics, read_status, stale_message
+from polar_jax.train.setup import attention_window
 
 PFS_DAY = 1e15 * 86400  # FLOPs in one PF/s-day
 CSV_FIELDS = (
@@ -65,7 +66,9 @@ def collect(plans: list[RunPlan], fit_params: str = "non_embedding") -> tuple[li
             if train_rows
             else c.data.batch_size * c.data.seq_len * 1.0
         )
-        fpt = train_flops_per_token(model_cfg, c.data.seq_len) if model_cfg is not None else float("nan")
+        # The attention the runs computed: windowed where their data promised a longest segment.
+        window = attention_window(c) if "shared_prefix" in c.data else 0
+        fpt = train_flops_per_token(model_cfg, c.data.seq_len, window=window) if model_cfg is not None else float("nan")
         row = dict.fromkeys(CSV_FIELDS, "")
         row.update(
             name=run.name,
