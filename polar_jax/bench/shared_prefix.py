@@ -237,7 +237,10 @@ def train_section(title: str, cfg: ModelConfig, pairs: list[dict], layouts: list
     print_table(rows, title)
     for name, speedup, exact in verdicts[1:]:
         verdict = "equal to" if exact else "NOT equal to"
-        print(f"  {name}: {speedup:.2f}x pairs/s; loss and gradients {verdict} the first row's (rtol {EXACT_RTOL:g})")
+        print(
+            f"  {name}: {speedup:.2f}x pairs/s; loss (rtol {EXACT_RTOL:g}) and gradients (allclose, rtol "
+            f"{EXACT_RTOL:g}, atol {EXACT_ATOL:g}) {verdict} the first row's"
+        )
     return verdicts
 
 
