@@ -114,16 +114,16 @@ def all_close(got, want) -> bool:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window"))
-def _loss_and_grads(params, batch: dict, cfg: ModelConfig, window: int):
-    return jax.grad(S.loss_sums, has_aux=True)(params, batch, cfg, 0.0, window)
+@functools.partial(jax.jit, static_argnames=("cfg", "window", "shared"))
+def _loss_and_grads(params, batch: dict, cfg: ModelConfig, window: int, shared: bool):
+    return jax.grad(S.loss_sums, has_aux=True)(params, batch, cfg, 0.0, window, shared)
 
 
-def total_loss_and_grads(cfg: ModelConfig, params, batches: list[dict], window: int):
+def total_loss_and_grads(cfg: ModelConfig, params, batches: list[dict], window: int, shared: bool = True):
     """(summed loss, summed gradients) of `params` over `batches`: equal in every exact layout."""
     loss, grads = 0.0, None
     for batch in batches:
-        g, sums = _loss_and_grads(params, batch, cfg, window)
+        g, sums = _loss_and_grads(params, batch, cfg, window, shared)
         grads = g if grads is None else jax.tree.map(np.add, grads, g)
         loss += float(sums["loss_sum"])
     return loss, grads
@@ -180,6 +180,7 @@ def train_case(cfg: ModelConfig, host: list[dict], layout: Layout, window: int) 
             optimizer=optimizer,
             schedule=lr_schedule(optim_cfg, 1000),
             attention_window=window,
+            shared_prefix=layout.shared,
         ),
         donate_argnums=0,
     )
@@ -210,7 +211,7 @@ def train_section(title: str, cfg: ModelConfig, pairs: list[dict], layouts: list
     """Time every layout of `pairs` side by side, print the table; returns [(layout name, speedup, exact)]."""
     params = T.init_params(cfg, jax.random.key(0))
     cases = [layout_case(cfg, pairs, layout) for layout in layouts]
-    totals = [total_loss_and_grads(cfg, params, c.host_batches, c.window) for c in cases]
+    totals = [total_loss_and_grads(cfg, params, c.host_batches, c.window, c.layout.shared) for c in cases]
     seconds = time_rounds([c.epoch for c in cases], repeats)
     counts = [case_counts(c) for c in cases]
     rows, verdicts = [], []
