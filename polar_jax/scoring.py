@@ -54,7 +54,7 @@ def _last_token_rewards(cfg: ModelConfig, params, tokens_bt, lengths_b):
 # Candidates per group (the rollouts of a prompt, a triplet's two candidates) and slots per row.
 MAX_GROUP = 16
 MAX_CANDIDATES_PER_ROW = 32
-# Fewer shared ids than this are not worth a longer segment (attention grows with it).
+# Fewer shared ids than this are not worth grouping (the group's prefix is computed once).
 MIN_SHARED_TOKENS = 16
 
 
@@ -84,7 +84,7 @@ def reward_scores(
             f"{cfg.vocab_size}: the tokenizer has tokens the model lacks (grow the embedding, polar_jax.models.vocab)"
         )
     if shared_prefix:
-        return _shared_prefix_scores(cfg, params, sequences, batch_size, pad_multiple, progress)
+        return _shared_prefix_scores(cfg, params, sequences, batch_size, progress)
     order = np.argsort([len(s) for s in sequences], kind="stable")
     scores = np.zeros(len(sequences), np.float32)
     bar = tqdm(total=len(sequences), desc="score", unit="row", disable=not progress)
@@ -106,26 +106,54 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window"))
-def _group_rewards(cfg: ModelConfig, params, tokens_bt, positions_bt, segment_ids_bt, branch_ids_bt, index_bn, window):
-    """Rewards [B, N] at `index_bn` of rows in the shared-prefix layout, attention within `window`."""
-    reward_bt = T.forward(
-        cfg, params, tokens_bt, positions_bt, segment_ids_bt, branch_ids_bt=branch_ids_bt, attention_window=window
-    ).reward_bt
-    return T.gather_rows(reward_bt, index_bn)
+@functools.partial(jax.jit, static_argnames="cfg")
+def _prefix_cached_rewards(
+    cfg: ModelConfig, params, prefix_tokens_gp, prefix_len_g, suffix_tokens_rs, suffix_len_r, group_r
+):
+    """Rewards [R] of candidates scored against their group's prefix, computed once into a KV cache.
+
+    The G prefixes (right-padded to P) run first, filling a cache of P + S slots per group; each of
+    the R suffixes (right-padded to S) then runs against a copy of its group's cache (`group_r`), its
+    positions continuing from its prefix's end: it sees its prefix and itself, as a whole sequence
+    would, and attention costs R x S x (P + S) instead of R x (P + S)^2.
+    """
+    g, p = prefix_tokens_gp.shape
+    r, s = suffix_tokens_rs.shape
+    prefix_mask_gp = jnp.arange(p)[None] < prefix_len_g[:, None]
+    positions_gp, segment_ids_gp = T.padded_inputs(prefix_mask_gp)
+    cache = T.forward(
+        cfg, params, prefix_tokens_gp, positions_gp, segment_ids_gp, cache=T.KVCache.empty(cfg, g, p + s)
+    ).cache
+    cache_r = T.KVCache(
+        cache.k_lbske[:, group_r],
+        cache.v_lbske[:, group_r],
+        cache.segment_ids_bs[group_r],
+        cache.positions_bs[group_r],
+        cache.index,
+    )
+    suffix_mask_rs = (jnp.arange(s)[None] < suffix_len_r[:, None]).astype(jnp.int32)
+    positions_rs = (prefix_len_g[group_r][:, None] + jnp.arange(s)[None]) * suffix_mask_rs
+    reward_rs = T.forward(cfg, params, suffix_tokens_rs, positions_rs, suffix_mask_rs, cache=cache_r).reward_bt
+    return T.gather_rows(reward_rs, (suffix_len_r - 1)[:, None])[:, 0]
 
 
-def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, pad_multiple: int, progress: bool):
-    """`reward_scores` with shared-prefix groups: group (`groups.group_by_prefix`, at most `MAX_GROUP`
-    candidates and twice the widest unshared row each), pack whole groups first-fit into rows of one
-    width (a multiple of `pad_multiple`), longest groups first, and score `batch_size` rows a call (a
-    last, short batch: the next power of two of its rows) with
-    `MAX_CANDIDATES_PER_ROW` slots and the attention window of the batch's longest group (rounded up
-    to a multiple of 128; 0, the whole row, when it covers the row): few compiled shapes."""
+def _pow2_at_least(n: int, smallest: int = 16) -> int:
+    return max(smallest, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _width(n: int) -> int:
+    """A padded width for `n` tokens: a power of two up to 128 (>= 16), then a multiple of 128."""
+    return _pow2_at_least(n) if n <= 128 else _round_up(n, 128)
+
+
+def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, progress: bool):
+    """`reward_scores` with shared-prefix groups (`groups.group_by_prefix`, at most `MAX_GROUP`
+    candidates each; identical sequences scored once, so a tie stays a tie bit for bit): `batch_size`
+    groups a call, similar prefix lengths together, through `_prefix_cached_rewards`. Shapes: prefixes
+    and suffixes padded by `_width`, suffix rows to a power of two: few compiled programs."""
     empty = [i for i, s in enumerate(sequences) if len(s) == 0]
     if empty:
         raise ValueError(f"sequence {empty[0]} is empty; every scored sequence ends with the reward token")
-    # Identical sequences are scored once: the same score, bit for bit (an evaluated tie stays a tie).
     unique_index: dict[bytes, int] = {}
     arrays = [np.asarray(s, np.int32) for s in sequences]
     inverse_n = np.array([unique_index.setdefault(a.tobytes(), len(unique_index)) for a in arrays], np.int64)
@@ -133,34 +161,30 @@ def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, 
     scores = np.zeros(len(arrays), np.float32)
     if not arrays:
         return scores
-    max_span = 2 * _round_up(max(len(s) for s in arrays), pad_multiple)
-    members = groups.group_by_prefix(arrays, MAX_GROUP, MIN_SHARED_TOKENS, max_span)
-    seqs = [[arrays[i] for i in m] for m in members]
-    spans = [groups.group_span([len(s) for s in g], groups.common_prefix_length(g)) for g in seqs]
-    by_span = sorted(range(len(members)), key=lambda g: -spans[g])  # longest first: similar windows per batch
-    members, seqs, spans = [members[g] for g in by_span], [seqs[g] for g in by_span], [spans[g] for g in by_span]
-    row_len = _round_up(max(spans), pad_multiple)
-    rows = groups.plan_rows(spans, [len(m) for m in members], row_len, MAX_CANDIDATES_PER_ROW)
+    members = groups.group_by_prefix(arrays, MAX_GROUP, MIN_SHARED_TOKENS)
+    prefix_len = [groups.common_prefix_length([arrays[i] for i in m]) for m in members]
+    order = sorted(range(len(members)), key=lambda g: prefix_len[g])  # similar prefix widths per call
     bar = tqdm(total=len(sequences), desc="score", unit="row", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        batch_rows = rows[start : start + batch_size]
-        # A last, short batch gets the next power of two of its rows (few shapes, little padding).
-        rows_in_call = min(batch_size, 1 << (len(batch_rows) - 1).bit_length())
-        laid = groups.layout_rows(seqs, members, batch_rows, row_len, MAX_CANDIDATES_PER_ROW, rows_in_call)
-        window = _round_up(laid.longest_segment, 128)
-        rewards_bn = _group_rewards(
-            cfg,
-            params,
-            laid.tokens_bt,
-            laid.positions_bt,
-            laid.segment_ids_bt,
-            laid.branch_ids_bt,
-            laid.reward_index_bn,
-            window if window < row_len else 0,
-        )
-        mask_bn = laid.candidate_mask_bn
-        scores[laid.candidate_bn[mask_bn]] = np.asarray(rewards_bn)[mask_bn]
-        bar.update(int(np.isin(inverse_n, laid.candidate_bn[mask_bn]).sum()))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = _width(max(prefix_len[g] for g in chunk))
+        prefix_gp = np.zeros((batch_size, width), np.int32)
+        rows = [(slot, i) for slot, g in enumerate(chunk) for i in members[g]]
+        suffix_width = _width(max(len(arrays[i]) - prefix_len[chunk[slot]] for slot, i in rows))
+        suffix_rs = np.zeros((_pow2_at_least(len(rows), 1), suffix_width), np.int32)
+        suffix_len_r = np.ones(len(suffix_rs), np.int32)
+        group_r = np.zeros(len(suffix_rs), np.int32)
+        for slot, g in enumerate(chunk):
+            prefix_gp[slot, : prefix_len[g]] = arrays[members[g][0]][: prefix_len[g]]
+        for row, (slot, i) in enumerate(rows):
+            suffix = arrays[i][prefix_len[chunk[slot]] :]
+            suffix_rs[row, : len(suffix)], suffix_len_r[row], group_r[row] = suffix, len(suffix), slot
+        prefix_len_g = np.zeros(batch_size, np.int32)
+        prefix_len_g[: len(chunk)] = [prefix_len[g] for g in chunk]
+        rewards_r = _prefix_cached_rewards(cfg, params, prefix_gp, prefix_len_g, suffix_rs, suffix_len_r, group_r)
+        index_r = np.array([i for _, i in rows])
+        scores[index_r] = np.asarray(rewards_r)[: len(rows)]
+        bar.update(int(np.isin(inverse_n, index_r).sum()))
     bar.close()
     return scores[inverse_n]
 

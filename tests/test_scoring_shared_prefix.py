@@ -16,7 +16,6 @@ from polar_jax import evaluate as ev
 from polar_jax import scoring
 from polar_jax.data import encoding, groups
 from polar_jax.io.model import Model
-from polar_jax.models import attention
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.rft import rewards
@@ -112,16 +111,14 @@ def test_a_group_longer_than_a_row_is_refused_naming_it():
 
 @pytest.mark.parametrize("seed,batch_size,pad_multiple", [(0, 4, 128), (1, 2, 1024), (2, 8, 128)])
 def test_shared_scores_equal_the_unshared_in_input_order(params, seed, batch_size, pad_multiple, monkeypatch):
-    """pad_multiple 1024: rows far wider than any group, so attention runs over the window only."""
+    """pad_multiple 1024: prefixes padded far wider than any group (padding cache slots stay masked)."""
     seqs = _random_groups(seed)
     unshared = _scores(params, seqs, False, batch_size, pad_multiple)
-    windowed_calls = []
-    windowed = attention.windowed_attention
-    monkeypatch.setattr(
-        attention, "windowed_attention", lambda *a, **k: windowed_calls.append(a[-1]) or windowed(*a, **k)
-    )
+    cached_calls = []
+    cached = scoring._prefix_cached_rewards
+    monkeypatch.setattr(scoring, "_prefix_cached_rewards", lambda *a: cached_calls.append(a[4].shape) or cached(*a))
     shared = _scores(params, seqs, True, batch_size, pad_multiple)
-    assert windowed_calls or pad_multiple != 1024  # the wide rows ran the windowed path (their shapes: only here)
+    assert cached_calls and all(rows >= 1 for rows, _ in cached_calls)  # the prefix-cache path scored them
     assert len(set(np.round(unshared, 5))) > len(seqs) // 2  # real, varied scores were compared
     np.testing.assert_allclose(shared, unshared, rtol=1e-5, atol=1e-6)
     twins = [(i, j) for i in range(len(seqs)) for j in range(i) if np.array_equal(seqs[i], seqs[j])]
