@@ -14,8 +14,8 @@ A case goes through all of its section's pairs once per epoch, with the train st
 backward and AdamW update, jitted as bench.train_step does it). The cases of a section are timed in
 turn, round after round (one warm-up round first), and the medians compared: the ratios are measured
 side by side. Beside each case: the real tokens, the token slots (rows x row length) and the
-attention scores it computes, as ratios to the first case's, and how far its total loss and
-gradients over all the pairs are from the first case's (max |diff| / max |first|; float32, the same
+attention scores it computes, as ratios to the first case's, and how far its mean loss and
+gradient per pair over all the pairs are from the first case's (max |diff| / max |first|; float32, the same
 parameters); "equal" below a table means the tests' criterion (allclose, rtol 1e-5, atol 1e-6).
 """
 
@@ -120,13 +120,15 @@ def _loss_and_grads(params, batch: dict, cfg: ModelConfig, window: int, shared: 
 
 
 def total_loss_and_grads(cfg: ModelConfig, params, batches: list[dict], window: int, shared: bool = True):
-    """(summed loss, summed gradients) of `params` over `batches`: equal in every exact layout."""
-    loss, grads = 0.0, None
+    """(mean loss, mean gradient) per pair of `params` over all `batches` (what one train step over them
+    all would apply, and what the tests compare): equal in every exact layout."""
+    loss, grads, pairs = 0.0, None, 0.0
     for batch in batches:
         g, sums = _loss_and_grads(params, batch, cfg, window, shared)
         grads = g if grads is None else jax.tree.map(np.add, grads, g)
         loss += float(sums["loss_sum"])
-    return loss, grads
+        pairs += float(sums["pairs"])
+    return loss / pairs, jax.tree.map(lambda g: np.asarray(g) / pairs, grads)
 
 
 @dataclasses.dataclass
