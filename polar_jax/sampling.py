@@ -127,61 +127,137 @@ def filter_logits(logits_bv, temperature: float, top_k: int = 0, top_p: float = 
     return logits_bv
 
 
-def _choose(logits_bv, key, sampling: SamplingConfig):
-    """The next token [B] and its unfiltered log-probability [B]."""
+def row_keys(rng, batch: int):
+    """One key per row [B]: `rng` itself when it holds B keys, else fold_in(rng, b) for row b.
+    Raw uint32 keys (`jax.random.PRNGKey`) are accepted too."""
+    rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    if rng.ndim == 1:
+        if rng.shape[0] != batch:
+            raise ValueError(f"{rng.shape[0]} keys for {batch} rows")
+        return rng
+    return jax.vmap(lambda b: jax.random.fold_in(rng, b))(jnp.arange(batch))
+
+
+def _choose(logits_bv, key_b, step_b, sampling: SamplingConfig):
+    """The next token [B] and its unfiltered log-probability [B]; row b draws token i with
+    fold_in(key_b[b], i), so a row's sample never depends on the other rows."""
     logits_bv = logits_bv.astype(jnp.float32)
     if sampling.temperature == 0:
         token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     else:
         filtered_bv = filter_logits(logits_bv, sampling.temperature, sampling.top_k, sampling.top_p)
-        token_b = jax.random.categorical(key, filtered_bv, axis=-1).astype(jnp.int32)
+        draw = lambda key, step, row_v: jax.random.categorical(jax.random.fold_in(key, step), row_v)  # noqa: E731
+        token_b = jax.vmap(draw)(key_b, step_b, filtered_bv).astype(jnp.int32)
     logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
     return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], axis=-1)[:, 0]
 
 
-class _State(NamedTuple):
-    step: jax.Array  # int32 scalar: index of the token being chosen
-    logits_bv: jax.Array  # logits for that token
-    position_b: jax.Array  # its position id
+class Rows(NamedTuple):
+    """Per-row decoding progress, [B, ...] each: what `generate` and the continuous-batching
+    engine (`polar_jax.engine`) carry between decode steps, so both apply one set of rules."""
+
+    logits_bv: jax.Array  # float32: logits of the row's next token
+    position_b: jax.Array  # that token's position id
+    step_b: jax.Array  # tokens chosen so far (the next token's column in tokens_bn)
+    limit_b: jax.Array  # tokens the row may make (<= max_new_tokens)
+    key_b: jax.Array  # the row's own key
     done_b: jax.Array
     tokens_bn: jax.Array
     logprobs_bn: jax.Array
     lengths_b: jax.Array
     truncated_b: jax.Array
     runs_bm: jax.Array  # per period n = m + 1: consecutive steps with token[t] == token[t - n]
-    cache: T.KVCache
 
 
-def _loop_step(step, runs_bm, tokens_bn, token_b, periods_m, repeats: int):
-    """The repetition-loop rule after decode step `step`: (runs [B, M], whether the row now
-    ends in a loop [B], the length it is cut to [B]). A row loops when the last
+def start_rows(logits_bv, position_b, key_b, limit_b, sampling: SamplingConfig) -> Rows:
+    """Rows about to choose their first token (from the prompt's last logits)."""
+    batch, n_new = logits_bv.shape[0], sampling.max_new_tokens
+    return Rows(
+        logits_bv=logits_bv.astype(jnp.float32),
+        position_b=jnp.asarray(position_b, jnp.int32),
+        step_b=jnp.zeros(batch, jnp.int32),
+        limit_b=jnp.minimum(jnp.asarray(limit_b, jnp.int32), n_new),
+        key_b=key_b,
+        done_b=jnp.zeros(batch, bool),
+        tokens_bn=jnp.zeros((batch, n_new), jnp.int32),
+        logprobs_bn=jnp.zeros((batch, n_new), jnp.float32),
+        lengths_b=jnp.zeros(batch, jnp.int32),
+        truncated_b=jnp.zeros(batch, bool),
+        runs_bm=jnp.zeros((batch, max(sampling.loop_max_ngram, 1)), jnp.int32),
+    )
+
+
+def _loop_step(step_b, runs_bm, tokens_bn, token_b, periods_m, repeats: int):
+    """The repetition-loop rule after each row chose its token `step_b`: (runs [B, M], whether
+    the row now ends in a loop [B], the length it is cut to [B]). A row loops when the last
     (repeats - 1) x n tokens each equal the token n before, for a period n in `periods_m`
     (the smallest such n is cut). Only the length is cut here; the repeated tokens are zeroed
-    once, after the decode loop."""
-    back_bm = step - periods_m[None]
+    once, by `finish`."""
+    back_bm = step_b[:, None] - periods_m[None]
     earlier_bm = jnp.take_along_axis(tokens_bn, jnp.maximum(back_bm, 0), axis=1)
     same_bm = (back_bm >= 0) & (earlier_bm == token_b[:, None])
     runs_bm = jnp.where(same_bm, runs_bm + 1, 0)
     hit_bm = runs_bm >= (repeats - 1) * periods_m[None]
     period_b = periods_m[jnp.argmax(hit_bm, axis=1)]  # the smallest matching n
-    return runs_bm, hit_bm.any(1), step + 1 - (repeats - 1) * period_b
+    return runs_bm, hit_bm.any(1), step_b + 1 - (repeats - 1) * period_b
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
-def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: SamplingConfig, rng) -> Generation:
-    """Continue right-padded prompts (`prompt_lengths_b` real tokens each, >= 1).
+def advance(rows: Rows, sampling: SamplingConfig) -> tuple[Rows, jax.Array, jax.Array]:
+    """Each live row chooses its next token and records it (stop, loop and length rules).
 
-    Prefill once into a KV cache of prompt_len + max_new_tokens slots, then decode one token
-    per step in a `while_loop` that ends as soon as every row is done. Step i draws with
-    `fold_in(rng, i)`, so a key gives one output and different keys different samples.
+    Returns (rows, token_b, live_b): the caller runs the model on `token_b` at the old
+    `rows.position_b` and stores the new logits and position. Finished rows write nothing.
     """
-    batch, prompt_len = prompt_bt.shape
-    n_new = sampling.max_new_tokens
-    n_periods = max(sampling.loop_max_ngram, 1)
-    prompt_lengths_b = jnp.asarray(prompt_lengths_b, jnp.int32)
+    live_b = ~rows.done_b
+    token_b, logp_b = _choose(rows.logits_bv, rows.key_b, rows.step_b, sampling)
+    row_b = jnp.arange(live_b.shape[0])
+    col_b = jnp.where(live_b, rows.step_b, sampling.max_new_tokens)  # out of range: dropped
+    tokens_bn = rows.tokens_bn.at[row_b, col_b].set(token_b, mode="drop")
+    logprobs_bn = rows.logprobs_bn.at[row_b, col_b].set(logp_b, mode="drop")
+    lengths_b = rows.lengths_b + live_b
+    stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
+    done_b = rows.done_b | (live_b & jnp.isin(token_b, stop_ids))
+    runs_bm, truncated_b = rows.runs_bm, rows.truncated_b
+    if sampling.loop_max_ngram:
+        periods_m = jnp.arange(1, sampling.loop_max_ngram + 1, dtype=jnp.int32)
+        runs_bm, loop_b, cut_b = _loop_step(rows.step_b, runs_bm, tokens_bn, token_b, periods_m, sampling.loop_repeats)
+        loop_b &= live_b & ~done_b
+        lengths_b = jnp.where(loop_b, cut_b, lengths_b)
+        truncated_b = truncated_b | loop_b
+        done_b = done_b | loop_b
+    done_b = done_b | (live_b & (rows.step_b + 1 >= rows.limit_b))
+    rows = rows._replace(
+        step_b=rows.step_b + live_b,
+        done_b=done_b,
+        tokens_bn=tokens_bn,
+        logprobs_bn=logprobs_bn,
+        lengths_b=lengths_b,
+        truncated_b=truncated_b,
+        runs_bm=runs_bm,
+    )
+    return rows, token_b, live_b
+
+
+def finish(rows: Rows) -> Generation:
+    """The outputs of rows: tokens and log-probs past each row's length (a loop's repeats) zeroed."""
+    kept_bn = jnp.arange(rows.tokens_bn.shape[1])[None] < rows.lengths_b[:, None]
+    return Generation(
+        jnp.where(kept_bn, rows.tokens_bn, 0),
+        jnp.where(kept_bn, rows.logprobs_bn, 0.0),
+        rows.lengths_b,
+        rows.truncated_b,
+    )
+
+
+def prefill(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, cache_len: int):
+    """Run right-padded prompts into a fresh KV cache of `cache_len` slots (index = prompt width):
+    (the logits of each row's next token [B, V], the cache)."""
+    prompt_len = prompt_bt.shape[1]
     mask_bt = jnp.arange(prompt_len)[None] < prompt_lengths_b[:, None]
     positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
-    cache = T.KVCache.empty(cfg, batch, prompt_len + n_new)
+    cache = T.KVCache.empty(cfg, prompt_bt.shape[0], cache_len)
     out = T.forward(
         cfg,
         params,
@@ -191,61 +267,45 @@ def generate(cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: Sa
         cache,
         logits_at_bn=(prompt_lengths_b - 1)[:, None],
     )
-    last_logits_bv = out.logits_btv[:, 0]
-    stop_ids = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
-    periods_m = jnp.arange(1, n_periods + 1, dtype=jnp.int32)
+    return out.logits_btv[:, 0], out.cache
+
+
+class _State(NamedTuple):
+    step: jax.Array  # int32 scalar: decode steps run
+    rows: Rows
+    cache: T.KVCache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
+def generate(
+    cfg: ModelConfig, params, prompt_bt, prompt_lengths_b, sampling: SamplingConfig, rng, max_new_b=None
+) -> Generation:
+    """Continue right-padded prompts (`prompt_lengths_b` real tokens each, >= 1).
+
+    Prefill once into a KV cache of prompt_len + max_new_tokens slots, then decode one token
+    per step in a `while_loop` that ends as soon as every row is done. Row b draws its token i
+    with fold_in(key_b, i), key_b = `row_keys(rng, B)[b]` (pass B keys to choose them), so a
+    row's output depends on its prompt and key only. `max_new_b` [B] (optional) lowers each
+    row's token budget below max_new_tokens.
+    """
+    batch, prompt_len = prompt_bt.shape
+    n_new = sampling.max_new_tokens
+    prompt_lengths_b = jnp.asarray(prompt_lengths_b, jnp.int32)
+    last_logits_bv, cache = prefill(cfg, params, prompt_bt, prompt_lengths_b, prompt_len + n_new)
+    limit_b = jnp.full(batch, n_new, jnp.int32) if max_new_b is None else max_new_b
+    rows = start_rows(last_logits_bv, prompt_lengths_b, row_keys(rng, batch), limit_b, sampling)
 
     def body(s: _State) -> _State:
-        token_b, logp_b = _choose(s.logits_bv, jax.random.fold_in(rng, s.step), sampling)
-        live_b = ~s.done_b
-        tokens_bn = s.tokens_bn.at[:, s.step].set(jnp.where(live_b, token_b, 0))
-        logprobs_bn = s.logprobs_bn.at[:, s.step].set(jnp.where(live_b, logp_b, 0.0))
-        lengths_b = s.lengths_b + live_b
-        done_b = s.done_b | (live_b & jnp.isin(token_b, stop_ids))
-        runs_bm, truncated_b = s.runs_bm, s.truncated_b
-        if sampling.loop_max_ngram:
-            runs_bm, loop_b, cut_b = _loop_step(s.step, s.runs_bm, tokens_bn, token_b, periods_m, sampling.loop_repeats)
-            loop_b &= live_b & ~done_b
-            lengths_b = jnp.where(loop_b, cut_b, lengths_b)
-            truncated_b = truncated_b | loop_b
-            done_b = done_b | loop_b
-        out = T.forward(cfg, params, token_b[:, None], s.position_b[:, None], jnp.ones_like(token_b)[:, None], s.cache)
-        return _State(
-            s.step + 1,
-            out.logits_btv[:, 0],
-            s.position_b + 1,
-            done_b,
-            tokens_bn,
-            logprobs_bn,
-            lengths_b,
-            truncated_b,
-            runs_bm,
-            out.cache,
-        )
+        rows, token_b, _ = advance(s.rows, sampling)
+        position_b = s.rows.position_b
+        out = T.forward(cfg, params, token_b[:, None], position_b[:, None], jnp.ones_like(token_b)[:, None], s.cache)
+        return _State(s.step + 1, rows._replace(logits_bv=out.logits_btv[:, 0], position_b=position_b + 1), out.cache)
 
     def cond(s: _State):
-        return (s.step < n_new) & ~jnp.all(s.done_b)
+        return (s.step < n_new) & ~jnp.all(s.rows.done_b)
 
-    init = _State(
-        step=jnp.zeros((), jnp.int32),
-        logits_bv=last_logits_bv.astype(jnp.float32),
-        position_b=prompt_lengths_b,
-        done_b=jnp.zeros(batch, bool),
-        tokens_bn=jnp.zeros((batch, n_new), jnp.int32),
-        logprobs_bn=jnp.zeros((batch, n_new), jnp.float32),
-        lengths_b=jnp.zeros(batch, jnp.int32),
-        truncated_b=jnp.zeros(batch, bool),
-        runs_bm=jnp.zeros((batch, n_periods), jnp.int32),
-        cache=out.cache,
-    )
-    final = jax.lax.while_loop(cond, body, init)
-    kept_bn = jnp.arange(n_new)[None] < final.lengths_b[:, None]
-    return Generation(
-        jnp.where(kept_bn, final.tokens_bn, 0),
-        jnp.where(kept_bn, final.logprobs_bn, 0.0),
-        final.lengths_b,
-        final.truncated_b,
-    )
+    final = jax.lax.while_loop(cond, body, _State(jnp.zeros((), jnp.int32), rows, cache))
+    return finish(final.rows)
 
 
 def find_repetition_loop(tokens_bn, lengths_b, max_ngram: int, repeats: int):

@@ -108,15 +108,16 @@ class KVCache(NamedTuple):
     """Keys and values of every layer, plus what the mask needs to know about each slot.
 
     Slot s of row b holds a token when `segment_ids_bs[b, s] != 0`. New tokens are written
-    at `index` (shared by all rows), so rows of different prompt lengths simply carry
-    padding slots, which the mask ignores.
+    at `index`: a scalar shared by all rows (rows of different prompt lengths simply carry
+    padding slots, which the mask ignores), or one index per row [B] (the continuous-batching
+    engine, whose rows entered at different times).
     """
 
     k_lbske: jax.Array
     v_lbske: jax.Array
     segment_ids_bs: jax.Array
     positions_bs: jax.Array
-    index: jax.Array  # int32 scalar: the next slot to write
+    index: jax.Array  # int32 scalar or [B]: the next slot to write
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -130,6 +131,15 @@ class KVCache(NamedTuple):
             positions_bs=jnp.zeros((batch, max_len), jnp.int32),
             index=jnp.zeros((), jnp.int32),
         )
+
+
+def write_at(cache_bs, new_bt, index):
+    """`new_bt` [B, T, ...] written into `cache_bs` [B, S, ...] from slot `index` (a scalar, or [B]
+    one per row) on."""
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice(cache_bs, new_bt, (0, index) + (0,) * (cache_bs.ndim - 2))
+    tail = (0,) * (cache_bs.ndim - 2)
+    return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (i,) + tail))(cache_bs, new_bt, index)
 
 
 class Attention(nn.Module):
@@ -180,9 +190,8 @@ class Attention(nn.Module):
             new_cache = None
         else:
             k_bske, v_bske = layer_cache
-            at = (0, cache_meta.index, 0, 0)
-            k_bske = jax.lax.dynamic_update_slice(k_bske, k_btke.astype(k_bske.dtype), at)
-            v_bske = jax.lax.dynamic_update_slice(v_bske, v_btke.astype(v_bske.dtype), at)
+            k_bske = write_at(k_bske, k_btke.astype(k_bske.dtype), cache_meta.index)
+            v_bske = write_at(v_bske, v_btke.astype(v_bske.dtype), cache_meta.index)
             out_bthe = attend(
                 q_bthe,
                 k_bske.astype(dtype),
@@ -300,10 +309,9 @@ class Transformer(nn.Module):
 
         cache_meta, layer_caches = None, None
         if cache is not None:
-            at = (0, cache.index)
             cache_meta = _CacheMeta(
-                jax.lax.dynamic_update_slice(cache.segment_ids_bs, segment_ids_bt, at),
-                jax.lax.dynamic_update_slice(cache.positions_bs, positions_bt, at),
+                write_at(cache.segment_ids_bs, segment_ids_bt, cache.index),
+                write_at(cache.positions_bs, positions_bt, cache.index),
                 cache.index,
             )
             layer_caches = (cache.k_lbske, cache.v_lbske)
