@@ -6,12 +6,12 @@ import pathlib
 import re
 import time
 
-from polar_jax.aot import rft_stage, sample_stage, train_stage
+from polar_jax.aot import engine_stage, rft_stage, sample_stage, train_stage
 from polar_jax.aot.counting import cost_analysis_flops, count_collectives
 from polar_jax.aot.report import Report
 from polar_jax.aot.topology import Topology, get_topology
 
-STAGES = ("train", "sample", "rft")
+STAGES = ("train", "sample", "engine", "rft")
 
 
 class StageUnavailable(RuntimeError):
@@ -33,6 +33,8 @@ def compile_step(
     "train": the trainer's update step over the config's batch. "sample": the KV-cache
     sampler (`sampling.generate`) of the config's model as a causal LM, `sample_batch`
     prompts (default data.batch_size) of `prompt_len` tokens plus `max_new_tokens`.
+    "engine": one decode call of the continuous-batching engine, `sample_batch` slots with caches
+    of `prompt_len` + `max_new_tokens`.
     "rft": the PPO update of an RFT config (`rft.step.ppo_update`: actor and critic states,
     one rollout batch), model shapes from the configs of policy.init / reward.model (no weights
     read). `hlo_path`: write the compiled HLO text there.
@@ -49,6 +51,10 @@ def compile_step(
         lowered, report = train_stage.lower(config, mesh)
     elif stage == "rft":
         lowered, report = rft_stage.lower(config, mesh, *rft_models)
+    elif stage == "engine":
+        lowered, report = engine_stage.lower(
+            config, mesh, sample_batch or config.data.batch_size, prompt_len, max_new_tokens
+        )
     else:
         lowered, report = sample_stage.lower(
             config, mesh, sample_batch or config.data.batch_size, prompt_len, max_new_tokens

@@ -1,7 +1,7 @@
 """Compile a config's step ahead of time for a TPU slice, on a machine without TPUs, and say
 whether it fits: per-chip memory against HBM, FLOPs per step, collectives.
 
-    python -m polar_jax compile --config configs/polar_7b.py --topology v5p:4x4x4 [--stage train|sample|rft]
+    python -m polar_jax compile --config configs/polar_7b.py --topology v5p:4x4x4 [--stage train|sample|engine|rft]
         [--config.mesh.fsdp=-1 ...] [--json report.json]
 
 Needs libtpu (`launch/setup.sh --tpu`). No weights are loaded and no data read: model sizes,
@@ -15,7 +15,7 @@ Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu m
 config that is not the stage's, a missing model file).
 
 Where it lives: `aot/compile.py` drives one compile (topology -> mesh -> lowering -> report);
-`aot/train_stage.py`, `sample_stage.py` and `rft_stage.py` lower each stage over the abstract
+`aot/train_stage.py`, `sample_stage.py`, `engine_stage.py` and `rft_stage.py` lower each stage over the abstract
 inputs its set-up gives (`train/setup.py`, `rft/setup.py`); `aot/topology.py`, `aot/report.py`.
 """
 
@@ -43,14 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=aot.STAGES,
         default="train",
         help="train: the trainer's update step; sample: the KV-cache sampler of the "
-        "config's model as a causal LM; rft: the PPO update of an RFT config (configs/rft_*.py), "
+        "config's model as a causal LM; engine: one decode call of the continuous-batching engine "
+        "(--sample-batch slots); rft: the PPO update of an RFT config (configs/rft_*.py), "
         "actor and critic, shapes from the policy's config.json",
     )
     parser.add_argument(
         "--sample-batch",
         type=int,
         default=None,
-        help="sample: prompts per call (default: the config's data.batch_size)",
+        help="sample: prompts per call; engine: slots (default: the config's data.batch_size)",
     )
     parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")

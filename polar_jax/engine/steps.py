@@ -70,14 +70,15 @@ SLOT_AXES = Slots(
 )
 
 
-def _is_axes(x) -> bool:
+def is_axes(x) -> bool:
+    """A leaf of `SLOT_AXES`: a tuple of logical axis names (or None)."""
     return x is None or (isinstance(x, tuple) and all(isinstance(a, str | None) for a in x))
 
 
 def _constrain(slots: Slots) -> Slots:
     """Every array of the state on its logical axes (a no-op without a mesh and rules)."""
     leaves, treedef = jax.tree.flatten(slots)
-    axes = jax.tree.flatten(SLOT_AXES, is_leaf=_is_axes)[0]
+    axes = jax.tree.flatten(SLOT_AXES, is_leaf=is_axes)[0]
     out = [x if a is None else nn.with_logical_constraint(x, a) for x, a in zip(leaves, axes)]
     return jax.tree.unflatten(treedef, out)
 

@@ -106,6 +106,16 @@ def test_sample_stage_compiles_the_kv_cache_sampler(capsys):
     assert "stage sample" in capsys.readouterr().out
 
 
+@needs_libtpu
+def test_engine_stage_compiles_the_decode_loop_with_a_sharded_cache():
+    config = load_config("configs/pretrain_tiny.py", [])
+    report = aot.compile_step(
+        config, TOPOLOGY, "engine", sample_batch=8, prompt_len=16, max_new_tokens=8, config_name="tiny"
+    )
+    assert report.fits and report.stage == "engine" and report.tokens_per_step == 8
+    assert report.state_bytes > 0 and report.compile_seconds > 0
+
+
 def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(aot.topology, "libtpu_available", lambda: False)
     assert main(["compile", "--config", "configs/pretrain_tiny.py", "--topology", TOPOLOGY]) == 2
