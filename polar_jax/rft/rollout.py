@@ -5,9 +5,16 @@ P (so every response starts at column P), the response right-padded to N. `mask_
 real tokens; positions restart at 0 at each row's first real token (`padded_inputs`), so
 the update sees exactly the token positions the sampler used.
 
-    prompt_bt, lengths_b = pad_prompts([prompt_ids(tok, p, "{prompt}", 256) for p in prompts], 256)
-    batch = rollout(cfg, params, prompt_bt, lengths_b, sampling, key)
+    ids = [prompt_ids(tok, p, "{prompt}", 256) for p in prompts]
+    prompt_bt, lengths_b = pad_prompts(ids, 256)
+    batch = rollout(cfg, params, prompt_bt, lengths_b, sampling, key)   # one jitted batch
+    engine = Engine(cfg, sampling, slots=8, max_prompt_tokens=256)
+    batch = engine_rollout(engine, params, ids, row_keys(key, len(ids)), 256)   # continuous batching
     texts = response_texts(tok, batch.response_bn, batch.response_lengths_b, sampling.stop_ids)
+
+Both give the same rows for the same prompts and per-row keys (`sampling.row_keys`): the
+engine (`polar_jax.engine`) refills its slots as rollouts finish instead of waiting for the
+batch's longest.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from polar_jax import sampling as sampling_lib
 from polar_jax.data.encoding import Text, flatten
+from polar_jax.engine import Engine
 from polar_jax.models.config import ModelConfig
 
 
@@ -106,6 +114,27 @@ def rollout(
     return assemble(prompt_bt, prompt_lengths_b, gen.tokens_bn, gen.lengths_b)
 
 
+def engine_rollout(engine: Engine, params, ids: list[list[int]], keys_b, width: int, put=None) -> Rollout:
+    """Rollouts of prompts `ids` (token lists, `width` at most) through `engine`, request b
+    drawing with keys_b[b]: the rows `rollout` makes for the same prompts and keys, laid out
+    by `assemble` (each array through `put`, e.g. onto the mesh, when given)."""
+    gen = engine.generate(params, ids, keys_b)
+    prompt_bt, lengths_b = pad_prompts(ids, width)
+    batch = assemble(prompt_bt, lengths_b, gen.tokens_bn, gen.lengths_b)
+    return batch if put is None else Rollout(*map(put, batch))
+
+
+def params_mesh(params):
+    """The mesh parameters are laid out on (their first `NamedSharding`'s, when it has the
+    engine's data and fsdp axes), or None (host arrays, one device)."""
+    for leaf in jax.tree.leaves(params):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            mesh = sharding.mesh
+            return mesh if {"data", "fsdp"} <= set(mesh.axis_names) else None
+    return None
+
+
 def response_texts(tokenizer, response_bn, lengths_b, stop_ids=()) -> list[str]:
     """Decoded responses: stop tokens and special tokens removed."""
     response_bn, lengths_b = np.asarray(response_bn), np.asarray(lengths_b)
@@ -138,20 +167,19 @@ def sample_texts(
     put=None,
     system: str = "",
     chat_template: bool = False,
+    mesh=None,
 ) -> Samples:
-    """One sampled response per prompt, in batches of `batch_size` (the last one padded with
-    copies of its first prompt); batch j draws with fold_in(key, j). `put` places each
-    batch's arrays on devices (default: as they are); prompts as `prompt_ids` makes them."""
-    put = put or (lambda x: x)
-    texts, stopped, lengths = [], [], []
-    for j, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[start : start + batch_size]
-        ids = [prompt_ids(tokenizer, p, template, prompt_width, system, chat_template) for p in chunk]
-        prompt_bt, lengths_b = pad_prompts(ids + [ids[0]] * (batch_size - len(ids)), prompt_width)
-        batch = rollout(cfg, params, put(prompt_bt), put(lengths_b), sampling, jax.random.fold_in(key, j))
-        response_bn, n_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
-        texts += response_texts(tokenizer, response_bn, n_b, sampling.stop_ids)[: len(chunk)]
-        for row in range(len(chunk)):
-            lengths.append(int(n_b[row]))
-            stopped.append(bool(n_b[row]) and int(response_bn[row, n_b[row] - 1]) in sampling.stop_ids)
-    return Samples(texts, stopped, lengths)
+    """One sampled response per prompt, through a continuous-batching engine of `batch_size`
+    slots: prompt r draws with fold_in(key, r), so its sample depends on its prompt and the key
+    only (never on the batch it shares). Prompts as `prompt_ids` makes them (`prompt_width`
+    tokens at most). mesh: the engine's (default: the mesh the parameters are laid out on, if
+    any). put: accepted for older callers and unused (the engine places its own batches)."""
+    del put
+    if not prompts:
+        return Samples([], [], [])
+    ids = [prompt_ids(tokenizer, p, template, prompt_width, system, chat_template) for p in prompts]
+    engine = Engine(cfg, sampling, batch_size, prompt_width, mesh=mesh if mesh is not None else params_mesh(params))
+    gen = engine.generate(params, ids, key)
+    response_bn, n_b = gen.tokens_bn, gen.lengths_b
+    stopped = [bool(n) and int(row[n - 1]) in sampling.stop_ids for row, n in zip(response_bn, n_b)]
+    return Samples(response_texts(tokenizer, response_bn, n_b, sampling.stop_ids), stopped, [int(n) for n in n_b])

@@ -8,6 +8,8 @@ its prompt's reference with the POLAR reward model (`rewards`), then make the ex
 critic, the frozen reference policy and the reward model all live on one mesh. Where things are:
     setup.py   config -> models, PPO settings, the run's plan (`aot` reads it too)
     step.py    the pure jitted steps (experience, PPO update)
+    rollout.py prompts -> rollouts (through the continuous-batching engine, `polar_jax.engine`)
+    outputs.py the finished run's policy/ and rft_results.json
     ../train/loop.py   the run loop every trainer uses (checkpoints, metrics, signals, divergence)
 This file wires them: `Runner.iteration` (one iteration), the held-out measure, the outputs.
 
@@ -33,10 +35,9 @@ import numpy as np
 
 from polar_jax import parallel
 from polar_jax import sampling as sampling_lib
-from polar_jax.io import atomic, hf, tokenizers
-from polar_jax.io.model import Model
+from polar_jax.engine import Engine, EngineStats
 from polar_jax.rft import data as data_lib
-from polar_jax.rft import references, rewards, rollout, setup, step
+from polar_jax.rft import outputs, references, rewards, rollout, setup, step
 from polar_jax.rft.setup import Models
 from polar_jax.scoring import reward_token_id_for
 from polar_jax.synth.pool import stop_ids_for
@@ -44,8 +45,6 @@ from polar_jax.train import loop
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "rft_results.json"
-EVAL_BEFORE_FILE = "eval_before.json"
 SINGLE_PROCESS = "rft runs in one process (any number of local devices); multi-host is not supported yet"
 
 
@@ -78,6 +77,9 @@ class Runner:
         self.eval_sampling = dataclasses.replace(
             self.sampling, temperature=config.eval.temperature, top_k=config.eval.top_k, top_p=config.eval.top_p
         )
+        slots = ro.slots or self.plan.rollouts  # 0: all rollouts of an iteration at once
+        setup.check_batch_shards("rollout.slots", slots, mesh)
+        self.engine = Engine(self.actor_cfg, self.sampling, slots, config.policy.max_prompt_tokens, mesh=mesh)
         self.batch_sharding = parallel.batch_sharding(mesh, ndim=2)
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
@@ -128,27 +130,8 @@ class Runner:
         config, k = self.config, self.config.rollout.samples_per_prompt
         sample_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
         rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
-        ids = [
-            rollout.prompt_ids(
-                self.models.policy_tokenizer,
-                ex.prompt,
-                config.policy.template,
-                config.policy.max_prompt_tokens,
-                chat_template=config.policy.chat_template,
-            )
-            for ex in rows
-        ]
-        prompt_bt, prompt_lengths_b = rollout.pad_prompts(ids, config.policy.max_prompt_tokens)
-
         start = time.perf_counter()
-        batch = rollout.rollout(
-            self.actor_cfg,
-            state["actor"].params,
-            self.put(prompt_bt),
-            self.put(prompt_lengths_b),
-            self.sampling,
-            sample_key,
-        )
+        batch, engine_stats = self.rollouts(state["actor"].params, rows, sample_key)
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
         rolled = time.perf_counter()
 
@@ -197,9 +180,26 @@ class Runner:
             time_score_s=scored - rolled,
             time_experience_s=experienced - scored,
             time_update_s=updated - experienced,
-            tokens_per_s=float(np.sum(lengths_b) + np.sum(prompt_lengths_b)) / (updated - start),
+            tokens_per_s=float(engine_stats.useful_tokens + engine_stats.prompt_tokens) / (updated - start),
+            **engine_stats.metrics("rollout_"),  # utilisation, tokens/s, prefill and decode seconds
         )
         return new_state, metrics
+
+    def rollouts(self, params, rows: list[data_lib.Example], sample_key) -> tuple[rollout.Rollout, EngineStats]:
+        """Every rollout of an iteration's rows through the engine, row b drawing with
+        row_keys(sample_key, B)[b] (the rows `rollout.rollout` gives the padded prompts with
+        those keys), on the mesh; and what the engine did for them."""
+        p = self.config.policy
+        ids = [
+            rollout.prompt_ids(
+                self.models.policy_tokenizer, ex.prompt, p.template, p.max_prompt_tokens, chat_template=p.chat_template
+            )
+            for ex in rows
+        ]
+        self.engine.stats = EngineStats()  # this iteration's figures
+        keys_b = sampling_lib.row_keys(sample_key, len(ids))
+        batch = rollout.engine_rollout(self.engine, params, ids, keys_b, p.max_prompt_tokens, put=self.put)
+        return batch, self.engine.stats
 
     # ------------------------------------------------------------------------------ evaluation
 
@@ -219,7 +219,7 @@ class Runner:
             prompt_width=config.policy.max_prompt_tokens,
             chat_template=config.policy.chat_template,
             batch_size=config.eval.batch_size,
-            put=self.put,
+            mesh=self.mesh,
         )
         scores = self.reward.score([ex.prompt for ex in examples], [ex.reference for ex in examples], samples.texts)
         out = {"reward": float(np.mean(scores)), "response_length": float(np.mean(samples.lengths))}
@@ -268,23 +268,6 @@ def read_data(
     train = load(train_spec, "data.train")
     heldout = load(eval_spec, "data.eval")[: d.eval_rows] if eval_spec else []
     return train, heldout
-
-
-def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
-    """The trained policy as an HF causal-LM directory with its tokenizer (and the base's remote code)."""
-    policy = m.policy
-    with atomic.directory(out_dir) as tmp:
-        hf.save_hf(
-            Model(policy.cfg, jax.tree.map(np.asarray, params), policy.family, policy.hf_config),
-            tmp,
-            head="lm",
-            code_from=m.policy_source or None,
-        )
-        if m.policy_source:
-            tokenizers.copy_tokenizer(m.policy_source, tmp)
-        else:
-            m.policy_tokenizer.save_pretrained(str(tmp))
-    return out_dir
 
 
 def run_inputs(config) -> dict:
@@ -340,7 +323,7 @@ def train(
             run.write(0, data_counts, "data_")  # prompts kept and dropped as over-long (train / eval)
         if run.start == 0 and heldout:
             before = runner.evaluate(state["actor"].params, heldout)  # the initial policy
-            (run.workdir / EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
+            (run.workdir / outputs.EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
             run.write(0, before, "eval_")
 
         hooks = [
@@ -357,7 +340,11 @@ def train(
             state,
             prompts,
             log_spec=loop.Log(
-                postfix={"reward": ("reward", ".3f"), "len": ("response_length", ".1f")},
+                postfix={
+                    "reward": ("reward", ".3f"),
+                    "len": ("response_length", ".1f"),
+                    "util": ("rollout_utilisation", ".2f"),
+                },
                 hint="lower the learning rates",
                 host_metrics=True,
             ),
@@ -366,34 +353,10 @@ def train(
 
         results = {}
         if run.finished:
-            save_policy(m, state["actor"].params, run.workdir / "policy")
+            outputs.save_policy(m, state["actor"].params, run.workdir / "policy")
             if heldout:
                 after = runner.evaluate(state["actor"].params, heldout)
                 run.write(run.step, after, "eval_")
-                results = _results(run.workdir, runner, heldout, after, config, data_counts)
+                evaluate_before = lambda: runner.evaluate(runner.initial_params(), heldout)  # noqa: E731
+                results = outputs.write_results(run.workdir, evaluate_before, len(heldout), after, config, data_counts)
     return dataclasses.replace(run.result, results=results, data=data_counts)
-
-
-def _results(workdir: pathlib.Path, runner: Runner, heldout, after: dict, config, data_counts: dict) -> dict:
-    """rft_results.json: the held-out measures before and after, and the training reward curve's ends."""
-    before_file = workdir / EVAL_BEFORE_FILE
-    before = (
-        json.loads(before_file.read_text())
-        if before_file.exists()
-        else runner.evaluate(runner.initial_params(), heldout)
-    )
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    curve = [r["reward"] for r in rows if "reward" in r]
-    window = max(1, min(10, len(curve) // 4))
-    results = {f"{k}_{when}": v[k] for k in before for when, v in (("before", before), ("after", after))}
-    results.update(
-        heldout_prompts=len(heldout),
-        iterations=config.iterations,
-        train_reward_first=float(np.mean(curve[:window])) if curve else None,
-        train_reward_last=float(np.mean(curve[-window:])) if curve else None,
-        train_reward_window=window,
-        policy=str(workdir / "policy"),
-        **{f"data_{k}": v for k, v in data_counts.items()},
-    )
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
-    return results
