@@ -17,7 +17,16 @@ from polar_jax.rft import setup, trainer
 
 ITERATIONS = 4
 # Wall-clock measurements differ between runs; everything else must not.
-TIMED = ("time_rollout_s", "time_score_s", "time_experience_s", "time_update_s", "tokens_per_s")
+TIMED = (
+    "time_rollout_s",
+    "time_score_s",
+    "time_experience_s",
+    "time_update_s",
+    "tokens_per_s",
+    "rollout_tokens_per_s",
+    "rollout_prefill_s",
+    "rollout_decode_s",
+)
 
 CONFIG = """
 from polar_jax.rft.defaults import base_config
@@ -86,6 +95,7 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
         "ppo_kl",
         "vf_clip_frac",
         "clip_frac_lower",
+        "rollout_utilisation",
         *TIMED,
     ):
         assert all(np.isfinite(r[key]) for r in train_rows), key
