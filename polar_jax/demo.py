@@ -90,11 +90,19 @@ def paths(workdir: pathlib.Path) -> dict[str, pathlib.Path]:
 def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> PolicyPool:
     """Train (or find) the demo LMs and put them in a pool with the SmolLM2 policies."""
     p = paths(workdir)
+    # Each engine slot's KV cache holds max_prompt_tokens + max_new_tokens: sized to the demo's prompts (a corpus
+    # prefix of up to prompt_tokens[1] tokens; SmolLM2's chat template with a system turn adds about 25), not 1024.
+    max_prompt = 32 * -(-(cfg.prompt_tokens[1] + 40) // 32)
     specs = []
     for lm_spec in cfg.lms:
         dirs = demo_lms.train_demo_lm(lm_spec, p["tokenizer"], p["policies"] / f"lm{lm_spec.seed}", progress=progress)
         specs += [
-            PolicySpec(f"lm{lm_spec.seed}-step{step}", str(path), max_new_tokens=cfg.max_new_tokens)
+            PolicySpec(
+                f"lm{lm_spec.seed}-step{step}",
+                str(path),
+                max_new_tokens=cfg.max_new_tokens,
+                max_prompt_tokens=max_prompt,
+            )
             for step, path in dirs.items()
         ]
     template = CHATML.replace("<|im_start|>system\n{system}<|im_end|>\n", "")
@@ -108,6 +116,7 @@ def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> Policy
                 system=system,
                 template=CHATML if system else template,
                 stop=("<|im_end|>",),
+                max_prompt_tokens=max_prompt,
                 weight=cfg.smollm2_weight,
             )
         )

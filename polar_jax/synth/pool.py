@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from polar_jax import sampling
+from polar_jax.engine import Engine, EngineStats, width_buckets
 from polar_jax.io import gguf, models, tokenizers
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,18 @@ class Sample(NamedTuple):
     truncated_loop: bool  # cut by the repetition-loop rule
 
 
+def sum_stats(stats: list[EngineStats]) -> EngineStats:
+    """Engine counters added field by field (several engines, or several calls)."""
+    fields = [f.name for f in dataclasses.fields(EngineStats)]
+    return EngineStats(**{f: sum(getattr(s, f) for s in stats) for f in fields})
+
+
+def stats_since(before: EngineStats, after: EngineStats) -> EngineStats:
+    """What an engine (or a pool's engines) did between two snapshots of its counters."""
+    fields = [f.name for f in dataclasses.fields(EngineStats)]
+    return EngineStats(**{f: getattr(after, f) - getattr(before, f) for f in fields})
+
+
 class _Loaded(NamedTuple):
     cfg: object
     params: dict
@@ -113,7 +125,10 @@ class _Loaded(NamedTuple):
 
 
 class PolicyPool:
-    """Named policies over shared, lazily loaded checkpoints."""
+    """Named policies over shared, lazily loaded checkpoints, each sampled by its own engine
+    (`polar_jax.engine.Engine`): `batch_size` decode slots, prompt widths from `prompt_bucket`
+    doubling up to the policy's `max_prompt_tokens` (which also sizes each slot's KV cache:
+    keep it near the longest templated prompt)."""
 
     def __init__(
         self, specs: list[PolicySpec], batch_size: int = 16, prompt_bucket: int = 32, trust_remote_code: bool = False
@@ -128,6 +143,7 @@ class PolicyPool:
         self.batch_size = batch_size
         self.prompt_bucket = prompt_bucket
         self._loaded: dict[str, _Loaded] = {}
+        self._engines: dict[str, Engine] = {}  # by policy name
         self.trust_remote_code = trust_remote_code  # checkpoints' own tokenizer code (InternLM2) may run
 
     @property
@@ -172,38 +188,46 @@ class PolicyPool:
             top_p=spec.top_p,
         )
 
-    def sample(self, name: str, prompts: list[str], key: jax.Array) -> list[Sample]:
-        """One response per prompt from policy `name`; deterministic for a key and prompt list.
+    def engine(self, name: str) -> Engine:
+        """The continuous-batching engine of policy `name` (made once, kept: its stats accumulate).
 
-        Prompts go in batches of `batch_size` (the last padded), each padded to a multiple of
-        `prompt_bucket` tokens, so a pool compiles few programs; batch j draws with fold_in(key, j).
+        `batch_size` decode slots; prompts of up to the policy's `max_prompt_tokens`, padded to
+        widths of `prompt_bucket` x powers of two. The weights are passed per call, so policies of
+        one checkpoint share its loaded copy."""
+        if name not in self._engines:
+            spec = self.specs[name]
+            self._engines[name] = Engine(
+                self._load(name).cfg,
+                self.sampling_config(name),
+                slots=self.batch_size,
+                max_prompt_tokens=spec.max_prompt_tokens,
+                prompt_buckets=width_buckets(spec.max_prompt_tokens, smallest=self.prompt_bucket),
+            )
+        return self._engines[name]
+
+    def engine_stats(self, name: str | None = None) -> EngineStats:
+        """What policy `name`'s engine did so far; with no name, summed over every policy's engine."""
+        if name is not None:
+            return dataclasses.replace(self._engines[name].stats) if name in self._engines else EngineStats()
+        return sum_stats([e.stats for e in self._engines.values()])
+
+    def sample(self, name: str, prompts: list[str], keys: jax.Array) -> list[Sample]:
+        """One response per prompt from policy `name`: prompt r draws with keys[r].
+
+        keys: one key per prompt ([R] typed keys), or a single key (prompt r then draws with
+        fold_in(key, r), as `Engine.generate`). A response depends on its prompt, its key and the
+        policy only: never on the other prompts of the call, their order or `batch_size`. All
+        prompts go through the policy's engine in one call (`engine`).
         """
         spec, loaded = self.specs[name], self._load(name)
-        config = self.sampling_config(name)
         ids = [self._prompt_ids(spec, loaded.tokenizer, p) for p in prompts]
+        gen = self.engine(name).generate(loaded.params, ids, keys)
+        stop_ids = self.engine(name).sampling.stop_ids
         out: list[Sample] = []
-        for j, start in enumerate(range(0, len(ids), self.batch_size)):
-            chunk = ids[start : start + self.batch_size]
-            lengths_b = np.ones(self.batch_size, np.int32)
-            lengths_b[: len(chunk)] = [len(x) for x in chunk]
-            width = -(-int(lengths_b.max()) // self.prompt_bucket) * self.prompt_bucket
-            prompt_bt = np.zeros((self.batch_size, width), np.int32)
-            for row, row_ids in enumerate(chunk):
-                prompt_bt[row, : len(row_ids)] = row_ids
-            gen = sampling.generate(
-                loaded.cfg,
-                loaded.params,
-                jnp.asarray(prompt_bt),
-                jnp.asarray(lengths_b),
-                config,
-                jax.random.fold_in(key, j),
-            )
-            tokens_bn, new_lengths_b = np.asarray(gen.tokens_bn), np.asarray(gen.lengths_b)
-            looped_b = np.asarray(gen.truncated_loop_b)
-            for row in range(len(chunk)):
-                kept = tokens_bn[row, : new_lengths_b[row]].tolist()
-                text = loaded.tokenizer.decode([t for t in kept if t not in config.stop_ids], skip_special_tokens=True)
-                out.append(Sample(text, int(new_lengths_b[row]), bool(looped_b[row])))
+        for row in range(len(ids)):
+            kept = gen.tokens_bn[row, : gen.lengths_b[row]].tolist()
+            text = loaded.tokenizer.decode([t for t in kept if t not in stop_ids], skip_special_tokens=True)
+            out.append(Sample(text, int(gen.lengths_b[row]), bool(gen.truncated_loop_b[row])))
         return out
 
     @staticmethod

@@ -27,7 +27,7 @@ from polar_jax.io import atomic, content_id
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3  # 3: samples drawn by the continuous-batching engine, each with a key from its id
 PROVENANCE = ("as_given",)  # fingerprint keys that are recorded but never compared
 _UNVERSIONED_KEYS = ("plan", "policies", "batch_size", "prompt_bucket", "prompts")  # what the old format held
 _START_OVER = "use another output directory, or delete this one to start over"

@@ -11,10 +11,19 @@ Shard s holds prompts [s * shard_size, (s + 1) * shard_size); everything in it (
 policy pairs, samples) is a pure function of (plan, s), and a shard file appears only
 complete (written to a temporary name, then renamed). So a killed run, rerun, skips the
 finished shards and writes the rest: no duplicates, no gaps, and the same triplets as a run
-that was never stopped.
+that was never stopped. Each sample draws with its own key, `sample_keys`: a function of
+(plan.seed, prompt index, role, attempt) only, never of the shard, the batch or the pool's
+batch size (the number of engine slots).
 
-A response that decodes to nothing (e.g. EOS first) is drawn again with a new key, up to
-`max_redraws` times; if still empty its triplet is dropped and counted (`empty_response`).
+All requests of one policy in a shard go through its engine in one call (`PolicyPool.sample`).
+A response that decodes to nothing (e.g. EOS first) is drawn again with the next attempt's
+key, up to `max_redraws` times (one more call with the requests left); if still empty its
+triplet is dropped and counted (`empty_response`). A shard's `new_tokens` counts every token
+its policies generated, redraws included (what the engines' `useful_tokens` count).
+
+The progress bar shows the engines' figures (tokens/s, slot utilisation, prefill and decode
+seconds); summary.json's "engine" holds this run's (per-shard .stats.json files hold counts only,
+so reruns write identical files).
 """
 
 from __future__ import annotations
@@ -28,15 +37,17 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from polar_jax import run_manifest
+from polar_jax.engine import EngineStats
 from polar_jax.errors import UserError
 from polar_jax.io import atomic, content_id
 from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.synth import resume
-from polar_jax.synth.pool import PolicyPool, Sample
+from polar_jax.synth.pool import PolicyPool, Sample, stats_since
 from polar_jax.synth.prompts import PromptSource
 
 log = logging.getLogger(__name__)
@@ -86,6 +97,33 @@ def shard_path(out_dir: pathlib.Path, shard: int) -> pathlib.Path:
     return out_dir / f"triplets-{shard:05d}.jsonl"
 
 
+def sample_keys(seed, indices_r, roles_r, attempt):
+    """The key of each request [R]: fold_in(fold_in(fold_in(key(seed), prompt index), role), attempt),
+    role = its position in ROLES. A sample's key is a function of its id alone."""
+    base = jax.random.key(seed)
+    fold = lambda index, role: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, index), role), attempt)  # noqa: E731
+    return jax.vmap(fold)(indices_r, roles_r)
+
+
+def _draw_all(pool: PolicyPool, plan: SynthPlan, items: list, requests: dict) -> tuple[dict, int]:
+    """Every request's final sample ({(item, role): Sample}) and the tokens generated, redraws included."""
+    answers: dict[tuple[int, str], Sample] = {}
+    generated = 0
+    for name in sorted(requests, key=pool.names.index):
+        todo = requests[name]
+        for attempt in range(plan.max_redraws + 1):
+            indices_r = jnp.asarray([items[k][0] for k, _ in todo], jnp.int32)
+            roles_r = jnp.asarray([ROLES.index(role) for _, role in todo], jnp.int32)
+            keys_r = sample_keys(plan.seed, indices_r, roles_r, attempt)
+            samples = pool.sample(name, [items[k][1].text for k, _ in todo], keys_r)
+            generated += sum(s.num_tokens for s in samples)
+            answers.update(zip(todo, samples))
+            todo = [req for req, s in zip(todo, samples) if not s.text.strip()]
+            if not todo:
+                break
+    return answers, generated
+
+
 def make_shard(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, shard: int) -> tuple[list[dict], dict]:
     """The rows of one shard and its counts (pure in (pool settings, prompts, plan, shard))."""
     names = plan.policies or tuple(pool.names)
@@ -102,21 +140,10 @@ def make_shard(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, shard: 
     for k, (_, _, a, b) in enumerate(items):
         requests.setdefault(a, []).extend([(k, "reference"), (k, "chosen")])
         requests.setdefault(b, []).append((k, "rejected"))
-    answers: dict[tuple[int, str], Sample] = {}
-    key = jax.random.fold_in(jax.random.key(plan.seed), shard)
-    for name in sorted(requests, key=pool.names.index):
-        todo = requests[name]
-        for attempt in range(plan.max_redraws + 1):
-            policy_key = jax.random.fold_in(jax.random.fold_in(key, pool.names.index(name)), attempt)
-            samples = pool.sample(name, [items[k][1].text for k, _ in todo], policy_key)
-            answers.update(zip(todo, samples))
-            todo = [req for req, s in zip(todo, samples) if not s.text.strip()]
-            if not todo:
-                break
-    rows, counts = [], {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
+    answers, generated = _draw_all(pool, plan, items, requests)
+    rows, counts = [], {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": generated}
     for k, (index, prompt, a, b) in enumerate(items):
         got = {role: answers[(k, role)] for role in ROLES}
-        counts["new_tokens"] += sum(s.num_tokens for s in got.values())
         if any(not s.text.strip() for s in got.values()):
             counts["empty_response"] += 1
             continue
@@ -191,6 +218,23 @@ def fingerprint(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan) -> dic
     }
 
 
+def _engine_stats(pool) -> EngineStats:
+    """The pool's summed engine counters (zeros for a pool without engines, e.g. a scripted one)."""
+    return pool.engine_stats() if hasattr(pool, "engine_stats") else EngineStats()
+
+
+def engine_figures(stats: EngineStats) -> dict:
+    """summary.json's "engine" entry: what the engines did in this run."""
+    return {
+        "utilisation": round(stats.utilisation, 4),
+        "tokens_per_s": round(stats.tokens_per_s, 1),
+        "prefill_s": round(stats.prefill_s, 2),
+        "decode_s": round(stats.decode_s, 2),
+        "useful_tokens": stats.useful_tokens,
+        "slot_steps": stats.slot_steps,
+    }
+
+
 def synthesize(
     pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike, progress: bool = True
 ) -> dict:
@@ -219,7 +263,7 @@ def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_di
     if done:
         log.info("%s: %d of %d shards already written; continuing", out_dir, len(done), plan.num_shards)
     totals = {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
-    start, new_tokens = time.perf_counter(), 0
+    start, engines_before = time.perf_counter(), _engine_stats(pool)
     bar = tqdm(
         total=plan.num_shards, initial=len(done), desc=f"synth {out_dir.name}", unit="shard", disable=not progress
     )
@@ -233,8 +277,7 @@ def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_di
             atomic.write_text(
                 shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             )
-            new_tokens += counts["new_tokens"]
-            bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(stats_since(engines_before, _engine_stats(pool)).postfix())
             bar.update(1)
         for k in totals:
             totals[k] += counts[k]
@@ -244,6 +287,7 @@ def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_di
         "shards": plan.num_shards,
         "resumed_shards": len(done),
         "seconds_this_run": round(time.perf_counter() - start, 2),
+        "engine": engine_figures(stats_since(engines_before, _engine_stats(pool))),
         "out_dir": str(out_dir),
     }
     atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))

@@ -162,6 +162,8 @@ def test_stopped_and_resumed_synthesis_equals_an_uninterrupted_run(lms, tmp_path
     fresh_pool = _pool(lms)  # a new process: nothing cached
     summary = S.synthesize(fresh_pool, _prompts(fresh_pool), plan, resumed, progress=False)
     assert summary["resumed_shards"] == 2
+    resampled = [json.loads((resumed / f"triplets-0000{s}.stats.json").read_text())["new_tokens"] for s in (2, 3)]
+    assert summary["engine"]["useful_tokens"] == sum(resampled) > 0  # this run's figures: the shards it wrote
     names = sorted(p.name for p in whole.glob("triplets-*.jsonl"))
     assert names == sorted(p.name for p in resumed.glob("triplets-*.jsonl")) and len(names) == 4
     for name in names:
