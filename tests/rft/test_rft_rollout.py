@@ -111,8 +111,11 @@ def test_policy_samples_write_held_out_references_once(tiny, tmp_path):
     before = files["train"].read_text()
     references.ensure_reference_data(config, tmp_path / "run", None, tok)  # found on disk: nothing sampled
     assert files["train"].read_text() == before
-    # The target judges other policies' responses: its own samples are likelier to it than shuffled text.
+    # The target judges other policies' responses: its own samples are likelier to it than uniformly random
+    # tokens (whose expected -log p is log V + KL(uniform || p) >= log V >= the entropy of its samples).
+    # Word-reversed samples were the contrast before; with a random one-layer target they are as likely.
     samples = rollout.Samples([e.reference for e in train], [False] * 8, [6] * 8)
-    shuffled = rollout.Samples([" ".join(reversed(e.reference.split())) + " zq" for e in train], [False] * 8, [6] * 8)
+    random_ids = np.random.default_rng(0).integers(3, len(tok), (8, 6))  # after the 3 special tokens
+    noise = rollout.Samples([tok.decode(ids.tolist()) for ids in random_ids], [False] * 8, [6] * 8)
     prompts = [e.prompt for e in train]
-    assert target.loglik(prompts, samples, 8) > target.loglik(prompts, shuffled, 8)
+    assert target.loglik(prompts, samples, 8) > target.loglik(prompts, noise, 8)
