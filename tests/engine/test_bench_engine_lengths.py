@@ -23,6 +23,12 @@ def test_workload_budgets_are_clipped_log_normal_and_prompts_in_range():
     assert work.keys_r.shape == (200,)
 
 
+def test_fifo_slot_steps_is_list_scheduling_in_arrival_order():
+    # 2 slots: 5 -> slot 0 (ends 5), 1 -> slot 1 (ends 1), 1 -> slot 1 (2), 6 -> slot 1 (8), 2 -> slot 0 (7)
+    assert engine_lengths.fifo_slot_steps(np.array([5, 1, 1, 6, 2]), 2) == 2 * 8
+    assert engine_lengths.fifo_slot_steps(np.array([4, 4, 4]), 4) == 4 * 4
+
+
 def test_static_and_engine_agree_and_count_slot_steps():
     params = T.init_params(CFG, jax.random.key(0))
     config = sampling.SamplingConfig.polar(max_new_tokens=CAP, loop_max_ngram=0)
@@ -33,7 +39,7 @@ def test_static_and_engine_agree_and_count_slot_steps():
     assert static.useful_tokens == engine.useful_tokens == int(work.budgets_r.sum())
     batches = [work.budgets_r[i : i + 3] for i in range(0, 7, 3)]
     assert static.slot_steps == sum(len(b) * int(b.max()) for b in batches)
-    assert engine.useful_tokens <= engine.slot_steps
+    assert engine.slot_steps == engine_lengths.fifo_slot_steps(work.budgets_r, 3)  # the engine hits the floor
     assert engine_lengths.same_outputs(static.gen, engine.gen)
     rows, ratio, equal = engine_lengths.compare(CFG, params, work, config, 3, MAX_PROMPT)
     assert equal and ratio > 0 and [r["mode"] for r in rows] == ["static", "engine"]
