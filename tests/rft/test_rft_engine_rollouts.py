@@ -105,13 +105,18 @@ def test_sample_texts_do_not_depend_on_the_batch_size(tiny):
     prompts = PROMPTS + ["Modules group", "x"]
     key = jax.random.key(7)
 
-    def texts(batch_size):
+    def texts(batch_size, params=model.params):
         return rollout.sample_texts(
-            model.cfg, model.params, tok, prompts, cfg, key, template="{prompt}", prompt_width=12, batch_size=batch_size
+            model.cfg, params, tok, prompts, cfg, key, template="{prompt}", prompt_width=12, batch_size=batch_size
         )
 
     small, large = texts(2), texts(8)
     assert small == large
+    # Parameters on a mesh: the engine runs on that mesh (the target policy's references are sampled so).
+    mesh = parallel.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    placed = setup.place(model.cfg, model.params, mesh)
+    assert rollout.params_mesh(placed) == mesh and rollout.params_mesh(model.params) is None
+    assert texts(8, placed) == small
     # Prompt r draws with fold_in(key, r): the texts `generate` gives with those keys.
     ids = [rollout.prompt_ids(tok, p, "{prompt}", 12) for p in prompts]
     prompt_bt, lengths_b = rollout.pad_prompts(ids, 12)
