@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +142,22 @@ def row_keys(rng, batch: int):
     return jax.vmap(lambda b: jax.random.fold_in(rng, b))(jnp.arange(batch))
 
 
+def _filter_per_shard(logits_bv, sampling: SamplingConfig):
+    """`filter_logits` on each device's own rows (`shard_map` over the batch axes of the mesh
+    `parallel.use_rules` set), whole rows each. XLA:TPU aborts compiling a `top_k` whose batch
+    dimension is partitioned ("Stable sort expects more than 1 operand"; libtpu of jax 0.11);
+    rows are independent, so splitting them by hand is exact. Without a mesh: as is."""
+    fn = functools.partial(filter_logits, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes = None if mesh.empty else nn.logical_to_mesh_axes(("batch",))[0]
+    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    shards = math.prod(mesh.shape[a] for a in names) if names else 1
+    if shards == 1 or logits_bv.shape[0] % shards:
+        return fn(logits_bv)
+    spec = jax.sharding.PartitionSpec(batch_axes, None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(logits_bv)
+
+
 def _choose(logits_bv, key_b, step_b, sampling: SamplingConfig):
     """The next token [B] and its unfiltered log-probability [B]; row b draws token i with
     fold_in(key_b[b], i), so a row's sample never depends on the other rows."""
@@ -147,7 +165,7 @@ def _choose(logits_bv, key_b, step_b, sampling: SamplingConfig):
     if sampling.temperature == 0:
         token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
     else:
-        filtered_bv = filter_logits(logits_bv, sampling.temperature, sampling.top_k, sampling.top_p)
+        filtered_bv = _filter_per_shard(logits_bv, sampling)
         draw = lambda key, step, row_v: jax.random.categorical(jax.random.fold_in(key, step), row_v)  # noqa: E731
         token_b = jax.vmap(draw)(key_b, step_b, filtered_bv).astype(jnp.int32)
     logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)

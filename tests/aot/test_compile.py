@@ -107,6 +107,16 @@ def test_sample_stage_compiles_the_kv_cache_sampler(capsys):
 
 
 @needs_libtpu
+@pytest.mark.parametrize("stage", ["sample", "engine"])
+def test_samplers_compile_with_rows_split_over_chips_and_a_real_vocabulary(stage):
+    """XLA:TPU aborts on a top-k whose rows are partitioned (vocabularies past a few hundred):
+    the samplers filter logits per device (`sampling._filter_per_shard`)."""
+    config = load_config("configs/pretrain_tiny.py", ["--config.model.vocab_size=4096"])
+    report = aot.compile_step(config, TOPOLOGY, stage, sample_batch=8, prompt_len=16, max_new_tokens=8)
+    assert report.fits and report.mesh["data"] == 4
+
+
+@needs_libtpu
 def test_engine_stage_compiles_the_decode_loop_with_a_sharded_cache():
     config = load_config("configs/pretrain_tiny.py", [])
     report = aot.compile_step(
