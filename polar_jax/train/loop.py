@@ -118,6 +118,7 @@ RESUME_FREE_KEYS = (
     "policy.remat",
     "policy.scan_unroll",
     "policy.attention_impl",
+    "rollout.slots",  # the engine's outputs do not depend on its slot count
 )
 
 
