@@ -126,7 +126,7 @@ class _Loaded(NamedTuple):
 
 class PolicyPool:
     """Named policies over shared, lazily loaded checkpoints, each sampled by its own engine
-    (`polar_jax.engine.Engine`): `batch_size` decode slots, prompt widths from `prompt_bucket`
+    (`polar_jax.engine.Engine`): up to `batch_size` decode slots, prompt widths from `prompt_bucket`
     doubling up to the policy's `max_prompt_tokens` (which also sizes each slot's KV cache:
     keep it near the longest templated prompt)."""
 
@@ -143,7 +143,7 @@ class PolicyPool:
         self.batch_size = batch_size
         self.prompt_bucket = prompt_bucket
         self._loaded: dict[str, _Loaded] = {}
-        self._engines: dict[str, Engine] = {}  # by policy name
+        self._engines: dict[tuple[str, int], Engine] = {}  # by (policy name, slots)
         self.trust_remote_code = trust_remote_code  # checkpoints' own tokenizer code (InternLM2) may run
 
     @property
@@ -188,28 +188,33 @@ class PolicyPool:
             top_p=spec.top_p,
         )
 
-    def engine(self, name: str) -> Engine:
-        """The continuous-batching engine of policy `name` (made once, kept: its stats accumulate).
+    def slots_for(self, num_prompts: int) -> int:
+        """Decode slots for a call of `num_prompts`: `batch_size`, or the power of two that holds
+        them when fewer (a few redraws, a rarely drawn policy), since every slot computes each step."""
+        return min(self.batch_size, 1 << max(num_prompts - 1, 0).bit_length())
 
-        `batch_size` decode slots; prompts of up to the policy's `max_prompt_tokens`, padded to
-        widths of `prompt_bucket` x powers of two. The weights are passed per call, so policies of
-        one checkpoint share its loaded copy."""
-        if name not in self._engines:
+    def engine(self, name: str, slots: int | None = None) -> Engine:
+        """The continuous-batching engine of policy `name` with `slots` decode slots (default
+        `batch_size`), made once and kept, so its stats accumulate.
+
+        Prompts of up to the policy's `max_prompt_tokens`, padded to widths of `prompt_bucket` x
+        powers of two. The weights are passed per call, so policies of one checkpoint share its
+        loaded copy. Outputs do not depend on the slot count (`sample`)."""
+        slots = slots or self.batch_size
+        if (name, slots) not in self._engines:
             spec = self.specs[name]
-            self._engines[name] = Engine(
+            self._engines[name, slots] = Engine(
                 self._load(name).cfg,
                 self.sampling_config(name),
-                slots=self.batch_size,
+                slots=slots,
                 max_prompt_tokens=spec.max_prompt_tokens,
                 prompt_buckets=width_buckets(spec.max_prompt_tokens, smallest=self.prompt_bucket),
             )
-        return self._engines[name]
+        return self._engines[name, slots]
 
     def engine_stats(self, name: str | None = None) -> EngineStats:
-        """What policy `name`'s engine did so far; with no name, summed over every policy's engine."""
-        if name is not None:
-            return dataclasses.replace(self._engines[name].stats) if name in self._engines else EngineStats()
-        return sum_stats([e.stats for e in self._engines.values()])
+        """What policy `name`'s engines did so far; with no name, summed over every policy's engines."""
+        return sum_stats([e.stats for (policy, _), e in self._engines.items() if name in (None, policy)])
 
     def sample(self, name: str, prompts: list[str], keys: jax.Array) -> list[Sample]:
         """One response per prompt from policy `name`: prompt r draws with keys[r].
@@ -217,12 +222,13 @@ class PolicyPool:
         keys: one key per prompt ([R] typed keys), or a single key (prompt r then draws with
         fold_in(key, r), as `Engine.generate`). A response depends on its prompt, its key and the
         policy only: never on the other prompts of the call, their order or `batch_size`. All
-        prompts go through the policy's engine in one call (`engine`).
+        prompts go through the policy's engine in one call (`engine`, `slots_for` the call).
         """
         spec, loaded = self.specs[name], self._load(name)
         ids = [self._prompt_ids(spec, loaded.tokenizer, p) for p in prompts]
-        gen = self.engine(name).generate(loaded.params, ids, keys)
-        stop_ids = self.engine(name).sampling.stop_ids
+        engine = self.engine(name, self.slots_for(len(ids)))
+        gen = engine.generate(loaded.params, ids, keys)
+        stop_ids = engine.sampling.stop_ids
         out: list[Sample] = []
         for row in range(len(ids)):
             kept = gen.tokens_bn[row, : gen.lengths_b[row]].tolist()
