@@ -44,10 +44,10 @@ def lower(config, mesh, slots: int, prompt_len: int, max_new_tokens: int):
     params = abstract_params(model_cfg, mesh)
     policy = sampling.SamplingConfig.polar(stop_ids=(2,), max_new_tokens=max_new_tokens)
     state = abstract_slots(model_cfg, policy, mesh, slots, prompt_len + max_new_tokens)
-    flag = jax.ShapeDtypeStruct((), jnp.bool_, sharding=parallel.replicated(mesh))
+    min_live = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh))
     count = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh))
     with tracing_context(mesh):
-        lowered = steps.decode.lower(model_cfg, policy, params, state, flag, count)
+        lowered = steps.decode.lower(model_cfg, policy, params, state, min_live, count)
     report = empty_report(
         attention="xla (every slot attends over its own KV cache)",
         tokens_per_step=slots,

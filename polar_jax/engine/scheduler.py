@@ -40,6 +40,7 @@ class EngineStats:
     requests: int = 0
     useful_tokens: int = 0  # tokens kept in the outputs (a loop's cut repeats excluded)
     slot_steps: int = 0  # slots x decode steps: the token positions the decode steps computed
+    decode_steps: int = 0
     prompt_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -155,34 +156,61 @@ class Engine:
         )
         bar = tqdm(total=num, desc=desc or "generate", unit="sample", disable=not progress, leave=False)
         with self._rules():
-            slots = steps.empty_slots(self.cfg, self.sampling, self.num_slots, self.cache_len)
-            pending, owner = collections.deque(range(num)), [-1] * self.num_slots
-            while pending or max(owner) >= 0:
-                free = [s for s, r in enumerate(owner) if r < 0]
-                take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
-                for r, s in zip(take, free):
-                    owner[s] = r
-                if take:
-                    slots = self._insert(params, slots, prompts, take, free[: len(take)], keys_r, limits_r)
-                start = time.perf_counter()
-                slots = steps.decode(self.cfg, self.sampling, params, slots, bool(pending), self.max_chunk_steps)
-                slots, gen, ready_s = steps.harvest(slots)
-                ready_s = np.asarray(ready_s)
-                self.stats.decode_s += time.perf_counter() - start
-                self.stats.decode_calls += 1
-                if ready_s.any():
-                    gen = jax.device_get(gen)
-                    for s in np.flatnonzero(ready_s):
-                        for mine, theirs in zip(out, gen):
-                            mine[owner[s]] = theirs[s]
-                        owner[s] = -1
-                        bar.update(1)
-                    bar.set_postfix(self.stats.postfix(), refresh=False)
-            self.stats.slot_steps += self.num_slots * int(slots.steps)
+            self._serve(params, prompts, keys_r, limits_r, out, bar)
         bar.close()
         self.stats.requests += num
         self.stats.useful_tokens += int(out.lengths_b.sum())
         return out
+
+    def _serve(self, params, prompts, keys_r, limits_r, out: Generation, bar) -> None:
+        """The loop: fill free slots from the queue, decode, harvest finished rows into `out`;
+        once the queue is empty, shrink the state as rows finish (`_drain_size`)."""
+        slots = steps.empty_slots(self.cfg, self.sampling, self.num_slots, self.cache_len)
+        pending, owner = collections.deque(range(len(prompts))), [-1] * self.num_slots
+        steps_done = 0
+        while pending or max(owner) >= 0:
+            free = [s for s, r in enumerate(owner) if r < 0]
+            take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
+            for r, s in zip(take, free):
+                owner[s] = r
+            if take:
+                slots = self._insert(params, slots, prompts, take, free[: len(take)], keys_r, limits_r)
+            # Requests wait: stop at the first finished row. The drain: stop when few enough rows
+            # decode to shrink the state.
+            min_live = sum(r >= 0 for r in owner) - 1 if pending else self._drain_threshold(len(owner))
+            start = time.perf_counter()
+            slots = steps.decode(self.cfg, self.sampling, params, slots, min_live, self.max_chunk_steps)
+            slots, gen, ready_s = steps.harvest(slots)
+            ready_s, now = np.asarray(ready_s), int(slots.steps)
+            self.stats.decode_s += time.perf_counter() - start
+            self.stats.decode_calls += 1
+            self.stats.slot_steps += len(owner) * (now - steps_done)
+            self.stats.decode_steps += now - steps_done
+            steps_done = now
+            if ready_s.any():
+                gen = jax.device_get(gen)
+                for s in np.flatnonzero(ready_s):
+                    for mine, theirs in zip(out, gen):
+                        mine[owner[s]] = theirs[s]
+                    owner[s] = -1
+                    bar.update(1)
+                bar.set_postfix(self.stats.postfix(), refresh=False)
+            held = sum(r >= 0 for r in owner)
+            size = self._drain_size(held, len(owner))
+            if not pending and held and size < len(owner):
+                keep = [s for s, r in enumerate(owner) if r >= 0] + [s for s, r in enumerate(owner) if r < 0]
+                slots = steps.compact(slots, np.array(keep[:size], np.int32))
+                owner = [owner[s] for s in keep[:size]]
+
+    def _drain_threshold(self, size: int) -> int:
+        """The largest state size at most half of `size` (0: none): once no request waits and at
+        most that many rows still decode, the state shrinks."""
+        return max((b for b in self.batches if b <= size // 2), default=0)
+
+    def _drain_size(self, held: int, size: int) -> int:
+        """The state size for `held` rows once no request waits: the smallest batch size that
+        holds them when they fit `_drain_threshold(size)`, else `size` (no shrinking)."""
+        return next(b for b in self.batches if b >= held) if held <= self._drain_threshold(size) else size
 
     def _insert(self, params, slots, prompts, take, free, keys_r, limits_r):
         """Prefill requests `take` into slots `free`, a batch per prompt-width bucket."""
@@ -193,7 +221,7 @@ class Engine:
         for width, group in sorted(by_width.items()):
             batch = next(b for b in self.batches if b >= len(group))
             self.stats.prompt_tokens += sum(len(prompts[r]) for r, _ in group)
-            group = group + [(group[0][0], self.num_slots)] * (batch - len(group))  # slot S: dropped
+            group = group + [(group[0][0], self.num_slots)] * (batch - len(group))  # slot S or more: dropped
             prompt_bt = np.zeros((batch, width), np.int32)
             for row, (r, _) in enumerate(group):
                 prompt_bt[row, : len(prompts[r])] = prompts[r]

@@ -2,16 +2,18 @@
 
     slots = empty_slots(cfg, sampling, num_slots=8, cache_len=1024 + 4096)
     slots = prefill_insert(cfg, sampling, params, slots, prompt_bt, lengths_b, slot_b, key_b, limit_b)
-    slots = decode(cfg, sampling, params, slots, stop_when_ready, max_steps)
+    slots = decode(cfg, sampling, params, slots, min_live, max_steps)
     slots, gen, ready_s = harvest(slots)
+    slots = compact(slots, keep_s)            # the drain: fewer slots
 
-`Slots` has the same shapes from the first step to the last (S slots x C cache positions,
-S x N outputs), so nothing recompiles while the engine runs: `decode` compiles once per
-(model, sampling settings), `prefill_insert` once per (prompt width, batch) bucket. A slot is
-free, decoding, or finished-but-unread ("ready"); each slot's rows are `sampling.Rows`, the
-same per-row state and rules (`sampling.advance`) as `sampling.generate`, and each row draws
-token i with fold_in(its own key, i): what a slot outputs never depends on the slot, on the
-other slots or on the step at which its request entered.
+`Slots` has fixed shapes (S slots x C cache positions, S x N outputs), so nothing recompiles
+while the engine runs: `decode` compiles once per (model, sampling settings, S),
+`prefill_insert` once per (prompt width, batch) bucket; only the drain, when no request waits,
+shrinks S (`compact`) to a few smaller sizes. A slot is free, decoding, or finished-but-unread
+("ready"); each slot's rows are `sampling.Rows`, the same per-row state and rules
+(`sampling.advance`) as `sampling.generate`, and each row draws token i with fold_in(its own
+key, i): what a slot outputs never depends on the slot, on the other slots or on the step at
+which its request entered.
 
 The KV cache writes each slot at its own index (`KVCache.index` [S]): a request's prompt fills
 positions 0..P-1 of its slot and its tokens follow. Under `parallel.use_rules(mesh)` every
@@ -141,18 +143,21 @@ def prefill_insert(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"), donate_argnames=("slots",))
-def decode(cfg: ModelConfig, sampling: SamplingConfig, params, slots: Slots, stop_when_ready, max_steps) -> Slots:
-    """Decode all slots one token per step until none is decoding, `max_steps` steps ran, or
-    (when `stop_when_ready`, a traced bool: requests are waiting) some slot has finished.
+def decode(cfg: ModelConfig, sampling: SamplingConfig, params, slots: Slots, min_live, max_steps) -> Slots:
+    """Decode all slots one token per step until at most `min_live` (traced) slots are still
+    decoding or `max_steps` steps ran. The host passes held - 1 while requests wait (stop at the
+    first finished row, to refill its slot), and in the drain the count below which it shrinks
+    the state (`compact`), or 0.
 
     Every step runs the model on all S slots: finished and free slots compute too (the waste
-    that refilling keeps small); their cache index does not move, and their writes are masked.
+    that refilling and `compact` keep small); their cache index does not move, their writes
+    are masked.
     """
 
     def cond(carry):
         s, i = carry
-        ready = jnp.any(s.held_s & s.rows.done_b)
-        return jnp.any(~s.rows.done_b) & (i < max_steps) & ~(stop_when_ready & ready)
+        live = jnp.sum(~s.rows.done_b)
+        return (live > jnp.maximum(min_live, 0)) & (i < max_steps)
 
     def body(carry):
         s, i = carry
@@ -169,6 +174,18 @@ def decode(cfg: ModelConfig, sampling: SamplingConfig, params, slots: Slots, sto
 
     slots, _ = jax.lax.while_loop(cond, body, (_constrain(slots), jnp.zeros((), jnp.int32)))
     return slots
+
+
+@jax.jit
+def compact(slots: Slots, keep_s) -> Slots:
+    """Slots `keep_s` [S'] of the state, in that order: a smaller state for the drain (no request
+    waits and few slots still decode), so the last rows stop paying for S slots per step."""
+    c = slots.cache
+    cache = T.KVCache(
+        c.k_lbske[:, keep_s], c.v_lbske[:, keep_s], c.segment_ids_bs[keep_s], c.positions_bs[keep_s], c.index[keep_s]
+    )
+    rows = jax.tree.map(lambda x: x[keep_s], slots.rows)
+    return _constrain(Slots(rows, cache, slots.held_s[keep_s], slots.steps))
 
 
 @functools.partial(jax.jit, donate_argnames=("slots",))

@@ -39,7 +39,7 @@ def test_static_and_engine_agree_and_count_slot_steps():
     assert static.useful_tokens == engine.useful_tokens == int(work.budgets_r.sum())
     batches = [work.budgets_r[i : i + 3] for i in range(0, 7, 3)]
     assert static.slot_steps == sum(len(b) * int(b.max()) for b in batches)
-    assert engine.slot_steps == engine_lengths.fifo_slot_steps(work.budgets_r, 3)  # the engine hits the floor
+    assert engine.slot_steps <= engine_lengths.fifo_slot_steps(work.budgets_r, 3)  # the drain shrinks below it
     assert engine_lengths.same_outputs(static.gen, engine.gen)
     rows, ratio, equal = engine_lengths.compare(CFG, params, work, config, 3, MAX_PROMPT)
     assert equal and ratio > 0 and [r["mode"] for r in rows] == ["static", "engine"]
