@@ -211,8 +211,9 @@ def main(argv=None) -> None:
         rows += pair
         floor = fifo_slot_steps(budgets, slots)
         print(
-            f"slots {slots}: outputs equal: {equal}; list scheduling in arrival order: {floor:,} slot-steps "
-            f"(utilisation {budgets.sum() / floor:.3f}; the rest is the drain, when no request waits)"
+            f"slots {slots}: outputs equal: {equal}; list scheduling in arrival order at a fixed {slots} slots: "
+            f"{floor:,} slot-steps (utilisation {budgets.sum() / floor:.3f}; the engine goes below it by "
+            "shrinking its state in the drain, when no request waits)"
         )
     device = jax.devices()[0]
     print_table(
