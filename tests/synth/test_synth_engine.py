@@ -16,6 +16,7 @@ from tests.synth.test_synthesize import DOCS, _tiny_lm
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    """Two random tiny LMs (HF directories with the byte tokenizer)."""
     root = tmp_path_factory.mktemp("engine_lms")
     return [_tiny_lm(root / f"lm{i}", seed=i) for i in range(2)]
 
@@ -107,3 +108,10 @@ def test_a_directory_of_the_previous_fingerprint_version_is_refused_clearly(tmp_
         match=rf"fingerprint version {resume.VERSION - 1}, this polar_jax writes {resume.VERSION}",
     ):
         resume.check_or_write(tmp_path, {"version": resume.VERSION, "plan": {}})
+
+
+def test_a_call_of_few_prompts_runs_on_fewer_slots():
+    pool = PolicyPool([PolicySpec("a", "none"), PolicySpec("b", "none")], batch_size=64)
+    assert [pool.slots_for(n) for n in (1, 2, 3, 12, 64, 65, 700)] == [1, 2, 4, 16, 64, 64, 64]
+    pool.batch_size = 3
+    assert [pool.slots_for(n) for n in (1, 2, 3, 5)] == [1, 2, 3, 3]
