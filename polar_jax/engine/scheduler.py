@@ -94,7 +94,10 @@ class Engine:
     mesh: with a mesh, the state's slots split over data x fsdp and kv heads over tensor
     (`steps.SLOT_AXES`); `slots` must divide over data x fsdp. Parameters must already be
     placed on that mesh. max_chunk_steps: decode steps between looks at the queue when no
-    slot finishes (bounds how stale the progress bar gets).
+    slot finishes (bounds how stale the progress bar gets). refill_at: while requests wait, the
+    decode loop returns to the host once this many slots (or all the waiting requests' worth)
+    have finished; default slots / 16, at least 1: fewer host round trips and larger prefill
+    batches for a few idle slot-steps.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class Engine:
         prompt_buckets: Sequence[int] | None = None,
         mesh=None,
         max_chunk_steps: int = 256,
+        refill_at: int = 0,
     ):
         if slots < 1 or max_prompt_tokens < 1:
             raise ValueError(f"slots={slots} and max_prompt_tokens={max_prompt_tokens} must be >= 1")
@@ -118,8 +122,12 @@ class Engine:
         shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         if slots % shards:
             raise ValueError(f"slots={slots} do not divide over data x fsdp = {shards} devices")
-        # Prefill batches: multiples of the batch shards, doubling, capped at the slot count.
-        self.batches = tuple(sorted({min(shards * 2**i, slots) for i in range(int(math.log2(slots)) + 2)}))
+        # Prefill batches: the batch shards x powers of 4, and the slot count (few programs to compile);
+        # the drain's state sizes: the batch shards x powers of 2, capped at the slot count.
+        powers = range(int(math.log2(slots)) + 2)
+        self.batches = tuple(sorted({min(shards * 4**i, slots) for i in powers}))
+        self.sizes = tuple(sorted({min(shards * 2**i, slots) for i in powers}))
+        self.refill_at = refill_at or max(1, slots // 16)
         self.cache_len = max_prompt_tokens + sampling.max_new_tokens
         self.max_chunk_steps = max_chunk_steps
         self.stats = EngineStats()
@@ -175,9 +183,10 @@ class Engine:
                 owner[s] = r
             if take:
                 slots = self._insert(params, slots, prompts, take, free[: len(take)], keys_r, limits_r)
-            # Requests wait: stop at the first finished row. The drain: stop when few enough rows
+            # Requests wait: stop once `refill_at` rows finished. The drain: stop when few enough rows
             # decode to shrink the state.
-            min_live = sum(r >= 0 for r in owner) - 1 if pending else self._drain_threshold(len(owner))
+            held = sum(r >= 0 for r in owner)
+            min_live = held - min(self.refill_at, len(pending)) if pending else self._drain_threshold(len(owner))
             start = time.perf_counter()
             slots = steps.decode(self.cfg, self.sampling, params, slots, min_live, self.max_chunk_steps)
             slots, gen, ready_s = steps.harvest(slots)
@@ -205,12 +214,12 @@ class Engine:
     def _drain_threshold(self, size: int) -> int:
         """The largest state size at most half of `size` (0: none): once no request waits and at
         most that many rows still decode, the state shrinks."""
-        return max((b for b in self.batches if b <= size // 2), default=0)
+        return max((b for b in self.sizes if b <= size // 2), default=0)
 
     def _drain_size(self, held: int, size: int) -> int:
         """The state size for `held` rows once no request waits: the smallest batch size that
         holds them when they fit `_drain_threshold(size)`, else `size` (no shrinking)."""
-        return next(b for b in self.batches if b >= held) if held <= self._drain_threshold(size) else size
+        return next(b for b in self.sizes if b >= held) if held <= self._drain_threshold(size) else size
 
     def _insert(self, params, slots, prompts, take, free, keys_r, limits_r):
         """Prefill requests `take` into slots `free`, a batch per prompt-width bucket."""

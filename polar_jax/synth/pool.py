@@ -143,7 +143,7 @@ class PolicyPool:
         self.batch_size = batch_size
         self.prompt_bucket = prompt_bucket
         self._loaded: dict[str, _Loaded] = {}
-        self._engines: dict[tuple[str, int], Engine] = {}  # by (policy name, slots)
+        self._engines: dict[str, Engine] = {}  # by policy name
         self.trust_remote_code = trust_remote_code  # checkpoints' own tokenizer code (InternLM2) may run
 
     @property
@@ -188,33 +188,28 @@ class PolicyPool:
             top_p=spec.top_p,
         )
 
-    def slots_for(self, num_prompts: int) -> int:
-        """Decode slots for a call of `num_prompts`: `batch_size`, or the power of two that holds
-        them when fewer (a few redraws, a rarely drawn policy), since every slot computes each step."""
-        return min(self.batch_size, 1 << max(num_prompts - 1, 0).bit_length())
-
-    def engine(self, name: str, slots: int | None = None) -> Engine:
-        """The continuous-batching engine of policy `name` with `slots` decode slots (default
-        `batch_size`), made once and kept, so its stats accumulate.
+    def engine(self, name: str) -> Engine:
+        """The continuous-batching engine of policy `name` (`batch_size` decode slots), made once
+        and kept, so its stats accumulate. A call of few prompts costs few slots all the same: the
+        engine shrinks its state once no request waits.
 
         Prompts of up to the policy's `max_prompt_tokens`, padded to widths of `prompt_bucket` x
         powers of two. The weights are passed per call, so policies of one checkpoint share its
         loaded copy. Outputs do not depend on the slot count (`sample`)."""
-        slots = slots or self.batch_size
-        if (name, slots) not in self._engines:
+        if name not in self._engines:
             spec = self.specs[name]
-            self._engines[name, slots] = Engine(
+            self._engines[name] = Engine(
                 self._load(name).cfg,
                 self.sampling_config(name),
-                slots=slots,
+                slots=self.batch_size,
                 max_prompt_tokens=spec.max_prompt_tokens,
                 prompt_buckets=width_buckets(spec.max_prompt_tokens, smallest=self.prompt_bucket),
             )
-        return self._engines[name, slots]
+        return self._engines[name]
 
     def engine_stats(self, name: str | None = None) -> EngineStats:
         """What policy `name`'s engines did so far; with no name, summed over every policy's engines."""
-        return sum_stats([e.stats for (policy, _), e in self._engines.items() if name in (None, policy)])
+        return sum_stats([e.stats for policy, e in self._engines.items() if name in (None, policy)])
 
     def sample(self, name: str, prompts: list[str], keys: jax.Array) -> list[Sample]:
         """One response per prompt from policy `name`: prompt r draws with keys[r].
@@ -222,11 +217,11 @@ class PolicyPool:
         keys: one key per prompt ([R] typed keys), or a single key (prompt r then draws with
         fold_in(key, r), as `Engine.generate`). A response depends on its prompt, its key and the
         policy only: never on the other prompts of the call, their order or `batch_size`. All
-        prompts go through the policy's engine in one call (`engine`, `slots_for` the call).
+        prompts go through the policy's engine in one call (`engine`).
         """
         spec, loaded = self.specs[name], self._load(name)
         ids = [self._prompt_ids(spec, loaded.tokenizer, p) for p in prompts]
-        engine = self.engine(name, self.slots_for(len(ids)))
+        engine = self.engine(name)
         gen = engine.generate(loaded.params, ids, keys)
         stop_ids = engine.sampling.stop_ids
         out: list[Sample] = []

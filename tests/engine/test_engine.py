@@ -109,9 +109,9 @@ def test_per_request_budgets_equal_generates_max_new(params, prompts):
     np.testing.assert_array_equal(got.lengths_b, budgets)  # no stop ids: each row makes its budget
 
 
-def test_short_decode_chunks_and_a_second_call_change_nothing(params, prompts):
+def test_short_decode_chunks_batched_refills_and_a_second_call_change_nothing(params, prompts):
     want = reference(params, prompts, "greedy-stop")
-    engine = Engine(CFG, CONFIGS["greedy-stop"], slots=3, max_prompt_tokens=MAX_PROMPT, max_chunk_steps=2)
+    engine = Engine(CFG, CONFIGS["greedy-stop"], slots=4, max_prompt_tokens=MAX_PROMPT, max_chunk_steps=2, refill_at=3)
     assert_same(engine.generate(params, prompts, KEYS), want)
     assert_same(engine.generate(params, prompts, KEYS), want)
     assert engine.stats.requests == 2 * NUM
@@ -149,7 +149,7 @@ def test_finished_slots_are_refilled_at_once_and_the_drain_shrinks(params, promp
     stats = engine.stats
     assert stats.useful_tokens == budgets.sum() == got.lengths_b.sum()
     assert stats.decode_steps == list_scheduling_steps(budgets, slots)  # no step lost to refilling
-    assert stats.slot_steps == drained_slot_steps(budgets.tolist(), slots, engine.batches)
+    assert stats.slot_steps == drained_slot_steps(budgets.tolist(), slots, engine.sizes)
     static_steps = sum(budgets[i : i + slots].max() for i in range(0, NUM, slots))
     if slots > 1:
         assert stats.slot_steps < slots * stats.decode_steps < slots * static_steps

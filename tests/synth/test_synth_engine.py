@@ -108,10 +108,3 @@ def test_a_directory_of_the_previous_fingerprint_version_is_refused_clearly(tmp_
         match=rf"fingerprint version {resume.VERSION - 1}, this polar_jax writes {resume.VERSION}",
     ):
         resume.check_or_write(tmp_path, {"version": resume.VERSION, "plan": {}})
-
-
-def test_a_call_of_few_prompts_runs_on_fewer_slots():
-    pool = PolicyPool([PolicySpec("a", "none"), PolicySpec("b", "none")], batch_size=64)
-    assert [pool.slots_for(n) for n in (1, 2, 3, 12, 64, 65, 700)] == [1, 2, 4, 16, 64, 64, 64]
-    pool.batch_size = 3
-    assert [pool.slots_for(n) for n in (1, 2, 3, 5)] == [1, 2, 3, 3]
