@@ -7,7 +7,11 @@ stop tokens and repetition-loop truncation.
     out = generate(cfg, params, prompt_bt, prompt_lengths_b, sampling, jax.random.key(0))
     out.tokens_bn, out.logprobs_bn, out.lengths_b, out.truncated_loop_b
 
-Rules, per row:
+Rules, per row (`advance`; the continuous-batching engine, `polar_jax.engine`, applies the same):
+- Randomness: row b draws its token i with fold_in(key_b, i), key_b = `row_keys(rng, B)[b]`
+  (fold_in(rng, b) for one key, or the B keys given): a row's output depends on its prompt
+  and its key only, never on the rest of its batch.
+- A row makes at most its budget of tokens (`max_new_b`, default `max_new_tokens`).
 - A stop token (any of `stop_ids`) ends the row; it is KEPT in `tokens_bn` and counted in
   `lengths_b` (strip it when decoding if unwanted). Everything after is 0.
 - Repetition loop (when `loop_max_ngram > 0`): after each new token, if the row's generated
