@@ -79,6 +79,19 @@ class EngineStats:
         }
 
 
+def host_key_data(keys, num: int) -> np.ndarray:
+    """R keys as host key data [R, ...] (uint32, the default PRNG implementation): the engine
+    slices them on the host and wraps them inside its compiled steps, so requests of any count
+    compile nothing."""
+    if isinstance(keys, np.ndarray) and keys.dtype == np.uint32 and keys.ndim == 2:
+        data = keys
+    else:
+        data = np.asarray(jax.random.key_data(sampling_lib.row_keys(keys, num)))
+    if len(data) != num:
+        raise ValueError(f"{len(data)} keys for {num} requests")
+    return data
+
+
 def width_buckets(max_prompt_tokens: int, smallest: int = 16) -> tuple[int, ...]:
     """Prompt widths: powers of two from `smallest`, the last one `max_prompt_tokens` itself."""
     widths, w = [], smallest
@@ -140,7 +153,8 @@ class Engine:
     ) -> Generation:
         """Outputs [R, N] (numpy, request order) of R prompts (token ids, 1..max_prompt_tokens each).
 
-        keys: R keys (request r draws with keys[r]), or one key (request r: fold_in(key, r)).
+        keys: R keys (request r draws with keys[r]; typed keys, or their `jax.random.key_data` as a
+            numpy array, which costs no device work), or one key (request r: fold_in(key, r)).
         max_new: optional per-request token budgets (<= sampling.max_new_tokens).
         """
         num, n_new = len(prompts), self.sampling.max_new_tokens
@@ -158,7 +172,7 @@ class Engine:
         )
         if not num:
             return out
-        keys_r = sampling_lib.row_keys(keys, num)
+        keys_r = host_key_data(keys, num)
         limits_r = (
             np.full(num, n_new, np.int32) if max_new is None else np.minimum(np.asarray(max_new, np.int32), n_new)
         )

@@ -111,7 +111,8 @@ def _scatter(state_s, new_b, slot_b):
 def prefill_insert(
     cfg: ModelConfig, sampling: SamplingConfig, params, slots: Slots, prompt_bt, lengths_b, slot_b, key_b, limit_b
 ) -> Slots:
-    """Prefill B right-padded prompts and put them into slots `slot_b` [B] (>= S: padding rows).
+    """Prefill B right-padded prompts and put them into slots `slot_b` [B] (>= S: padding rows),
+    drawing with keys `key_b` [B] (typed, or their key data).
 
     Each prompt's keys / values fill positions 0..P-1 of its slot's cache (the rest of the
     slot cleared); its tokens are written from its own length on.
@@ -120,6 +121,7 @@ def prefill_insert(
     cache_len = slots.cache.segment_ids_bs.shape[1]
     width = prompt_bt.shape[1]
     logits_bv, cache = sampling_lib.prefill(cfg, params, prompt_bt, lengths_b, width)
+    key_b = jax.random.wrap_key_data(key_b) if not jnp.issubdtype(key_b.dtype, jax.dtypes.prng_key) else key_b
     new = sampling_lib.start_rows(logits_bv, lengths_b, key_b, limit_b, sampling)
     rows = jax.tree.map(lambda s, n: _scatter(s, n, slot_b), slots.rows, new)
     pad = cache_len - width

@@ -37,7 +37,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -97,12 +96,21 @@ def shard_path(out_dir: pathlib.Path, shard: int) -> pathlib.Path:
     return out_dir / f"triplets-{shard:05d}.jsonl"
 
 
-def sample_keys(seed, indices_r, roles_r, attempt):
-    """The key of each request [R]: fold_in(fold_in(fold_in(key(seed), prompt index), role), attempt),
-    role = its position in ROLES. A sample's key is a function of its id alone."""
+def sample_keys(seed, indices_r, roles_r, attempt) -> np.ndarray:
+    """The key of each request, as host key data [R, 2] (what `Engine.generate` takes without
+    device work): fold_in(fold_in(fold_in(key(seed), prompt index), role), attempt), role = its
+    position in ROLES. A sample's key is a function of its id alone."""
+    num = len(indices_r)
+    size = 1 << max(num - 1, 0).bit_length()  # a few compiled sizes, whatever the request count
+    pad = lambda x: np.pad(np.asarray(x, np.int32), (0, size - num))  # noqa: E731
+    return np.asarray(_folded_key_data(seed, pad(indices_r), pad(roles_r), attempt))[:num]
+
+
+@jax.jit
+def _folded_key_data(seed, indices_r, roles_r, attempt):
     base = jax.random.key(seed)
     fold = lambda index, role: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, index), role), attempt)  # noqa: E731
-    return jax.vmap(fold)(indices_r, roles_r)
+    return jax.random.key_data(jax.vmap(fold)(indices_r, roles_r))
 
 
 def _draw_all(pool: PolicyPool, plan: SynthPlan, items: list, requests: dict) -> tuple[dict, int]:
@@ -112,8 +120,8 @@ def _draw_all(pool: PolicyPool, plan: SynthPlan, items: list, requests: dict) ->
     for name in sorted(requests, key=pool.names.index):
         todo = requests[name]
         for attempt in range(plan.max_redraws + 1):
-            indices_r = jnp.asarray([items[k][0] for k, _ in todo], jnp.int32)
-            roles_r = jnp.asarray([ROLES.index(role) for _, role in todo], jnp.int32)
+            indices_r = [items[k][0] for k, _ in todo]
+            roles_r = [ROLES.index(role) for _, role in todo]
             keys_r = sample_keys(plan.seed, indices_r, roles_r, attempt)
             samples = pool.sample(name, [items[k][1].text for k, _ in todo], keys_r)
             generated += sum(s.num_tokens for s in samples)
