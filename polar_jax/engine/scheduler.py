@@ -135,11 +135,10 @@ class Engine:
         shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         if slots % shards:
             raise ValueError(f"slots={slots} do not divide over data x fsdp = {shards} devices")
-        # Prefill batches: the batch shards x powers of 4, and the slot count (few programs to compile);
-        # the drain's state sizes: the batch shards x powers of 2, capped at the slot count.
+        # Prefill batches and the drain's state sizes: the batch shards x powers of 4, and the slot
+        # count (few programs to compile: each size is one decode program, each batch a prefill one).
         powers = range(int(math.log2(slots)) + 2)
-        self.batches = tuple(sorted({min(shards * 4**i, slots) for i in powers}))
-        self.sizes = tuple(sorted({min(shards * 2**i, slots) for i in powers}))
+        self.batches = self.sizes = tuple(sorted({min(shards * 4**i, slots) for i in powers}))
         self.refill_at = refill_at or max(1, slots // 16)
         self.cache_len = max_prompt_tokens + sampling.max_new_tokens
         self.max_chunk_steps = max_chunk_steps
