@@ -23,6 +23,10 @@ COMMANDS = {
     ),
     "prepare": ("prepare", "tokenise JSONL triplets into ArrayRecord shards in the official POLAR encoding"),
     "score": ("score", "score {prompt, reference, output} rows with a POLAR reward model (official encoding)"),
+    "serve": (
+        "serve",
+        "serve a reward model over HTTP to the official POLAR client, verl, OpenRLHF (sglang/vLLM APIs)",
+    ),
     "train": ("train", "pre-train or fine-tune a POLAR reward model from a config file (resumable)"),
     "synth": ("synth", "sample policy-discrimination triplets from a policy pool (resumable, with provenance)"),
     "evaluate": ("evaluate", "pair accuracy of a reward model on triplets, split by seen / unseen policies"),

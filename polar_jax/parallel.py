@@ -85,6 +85,17 @@ def batch_sharding(mesh: Mesh, rules=RULES, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
+def place(params, logical_axes, mesh: Mesh, rules=RULES):
+    """Host parameters -> arrays on `mesh`, each sharded by its logical axes (`logical_axes`: the
+    same tree of PartitionSpecs, e.g. `models.transformer.logical_axes(cfg)`)."""
+
+    def put(host, sharding):
+        host = np.asarray(host)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, params, logical_to_sharding(logical_axes, mesh, rules))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding (scalars, RNG keys, step counters)."""
     return NamedSharding(mesh, PartitionSpec())

@@ -44,7 +44,8 @@ def reward_token_id_for(model: Model, tokenizer, enc_cfg: encoding.EncodingConfi
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _last_token_rewards(cfg: ModelConfig, params, tokens_bt, lengths_b):
+def last_token_rewards(cfg: ModelConfig, params, tokens_bt, lengths_b):
+    """Rewards [B] read at each row's last real token (`lengths_b`) of right-padded `tokens_bt`."""
     mask_bt = jnp.arange(tokens_bt.shape[1])[None] < lengths_b[:, None]
     positions_bt, segment_ids_bt = T.padded_inputs(mask_bt)
     reward_bt = T.forward(cfg, params, tokens_bt, positions_bt, segment_ids_bt).reward_bt
@@ -96,7 +97,7 @@ def reward_scores(
         for row, i in enumerate(index):
             tokens[row, : lengths[row]] = sequences[i]
         lengths = np.pad(lengths, (0, batch_size - len(index)), constant_values=1)
-        scores[index] = np.asarray(_last_token_rewards(cfg, params, tokens, lengths))[: len(index)]
+        scores[index] = np.asarray(last_token_rewards(cfg, params, tokens, lengths))[: len(index)]
         bar.update(len(index))
     bar.close()
     return scores

@@ -251,10 +251,4 @@ def reward_encoding(config) -> encoding.EncodingConfig:
 
 def place(cfg, params, mesh):
     """Host parameters -> arrays on `mesh`, sharded by their logical axes."""
-    shardings = parallel.logical_to_sharding(T.logical_axes(cfg), mesh)
-
-    def put(host, sharding):
-        host = np.asarray(host)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, params, shardings)
+    return parallel.place(params, T.logical_axes(cfg), mesh)
