@@ -117,3 +117,33 @@ def shared_server(rm_dir, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+SERVE_ENCODING = encoding.EncodingConfig(max_length=MAX_LENGTH, max_response_length=MAX_LENGTH // 4)  # the flags above
+
+
+@pytest.fixture(scope="session")
+def serve_encoding() -> encoding.EncodingConfig:
+    """The encoding every `Server` here scores with (its --max-length and --max-response-length)."""
+    return SERVE_ENCODING
+
+
+@pytest.fixture(scope="session")
+def rm_tokenizer(rm_dir):
+    """The served model's tokenizer, loaded as the server loads it."""
+    return tokenizers.load_tokenizer(str(rm_dir[0]))
+
+
+@pytest.fixture(scope="session")
+def offline_rewards(rm_dir, rm_tokenizer):
+    """`offline_rewards(rows, **kw)`: float32 [len(rows)] rewards of rows as `score` computes them (`scoring.score_rows`)
+    with the servers' encoding (`SERVE_ENCODING`); `kw` goes to `score_rows` (batch_size, shared_prefix)."""
+    from polar_jax import scoring
+    from polar_jax.io import models
+
+    model = models.load_model(rm_dir[0])
+
+    def rewards(rows: list[dict], **kw):
+        return scoring.score_rows(model, rm_tokenizer, rows, SERVE_ENCODING, progress=False, **kw)
+
+    return rewards
