@@ -71,13 +71,16 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise ServeError(413, self._message(seen))
+                # an HTTPException: FastAPI turns any other error while reading the body into a 400
+                raise HTTPException(413, self._message(seen))
             return message
 
         try:
             await self.app(scope, counted, send)
-        except ServeError as e:
-            await self._refuse(scope, receive, send, seen, e.message)
+        except HTTPException:  # raised outside a route's body parsing (no handler answered it)
+            if seen <= self.max_bytes:
+                raise
+            await self._refuse(scope, receive, send, seen)
 
     def _message(self, size: int) -> str:
         return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes (--max-body-bytes)"
