@@ -62,6 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.reward = ml_collections.ConfigDict()
     c.reward.model = ""  # a POLAR reward model: ours (polar_jax directory) or an imported official one
+    # Or score through a reward server instead of holding the model on the policy's mesh (as verl's remote RM):
+    # "http://HOST:PORT" of `python -m polar_jax serve` (rows go to its POST /score and are encoded there with
+    # the server's encoding; reward.model must then be ""). rft waits for its /health at start.
+    c.reward.server = ""
+    c.reward.api_key = ""  # the server's --api-key ("" = $POLAR_JAX_API_KEY if set); saved in config.json
+    c.reward.server_wait = 300.0  # seconds to wait at start for the server's /health to answer 200
+    c.reward.server_timeout = 120.0  # seconds per request attempt (retried with backoff on 5xx / no answer)
     c.reward.tokenizer = ""  # default: the reward model's own
     c.reward.batch_size = 16
     # Thinking removed from responses before scoring: "official" (the released reward function: the text

@@ -3,6 +3,10 @@ the official encoding (`data.encoding`), read at the reward token (`scoring.rewa
 
 The released RFT recipes strip `<think>...</think>` reasoning from a response before scoring,
 so the reward model compares answers, not thoughts (`strip_think`, the official rule by default).
+
+`RewardModel` holds the weights on the policy's mesh; `ServerReward` scores through a reward
+server (`polar_jax serve`, POST /score) instead, as verl does with a remote reward model: same
+`score` interface, thinking stripped here, rows encoded by the server with its own encoding.
 """
 
 from __future__ import annotations
@@ -84,6 +88,32 @@ class RewardModel:
             progress=False,
             shared_prefix=self.shared_prefix,
         )
+
+
+@dataclasses.dataclass
+class ServerReward:
+    """POLAR scores from a reward server (`polar_jax.serve.client.RewardClient`): rows
+    {prompt, reference, output[, wrapper]} sent to POST /score and encoded there exactly as
+    `RewardModel.sequences` encodes them with the server's encoding. `wrapper` None: the server's."""
+
+    client: object  # a RewardClient
+    strip_think: str = "official"  # THINK_RULES
+    wrapper: str | None = None
+
+    def __post_init__(self):
+        strip_think("", self.strip_think)
+
+    def rows(self, prompts: list[Text], references: list[Text], responses: list[str]) -> list[dict]:
+        """The /score rows of (prompt, reference, response) triples, thinking stripped."""
+        extra = {"wrapper": self.wrapper} if self.wrapper else {}
+        return [
+            {"prompt": p, "reference": ref, "output": strip_think(r, self.strip_think), **extra}
+            for p, ref, r in zip(prompts, references, responses)
+        ]
+
+    def score(self, prompts: list[Text], references: list[Text], responses: list[str]) -> np.ndarray:
+        """float32 [B]: the server's POLAR score of each response against its reference."""
+        return self.client.score(self.rows(prompts, references, responses))
 
 
 def normalize_scores(scores_b: np.ndarray, how: str) -> np.ndarray:

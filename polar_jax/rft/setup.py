@@ -5,6 +5,11 @@ what `compile --stage rft` lowers is what `rft` runs.
     plan = setup.plan(config, mesh)    # PPO settings, rollouts per iteration, widths, optimisers
     m = setup.load_models(config)      # policy, reward model, target (host arrays)
     critic = setup.critic_model(config, m)
+    reward = setup.server_reward(config)  # with reward.server: score through a reward server
+
+The reward model is either loaded (reward.model, placed on the policy's mesh) or served
+(reward.server, `polar_jax serve`): `check_reward_source` refuses both, neither, and a server
+with the settings that need the reward model's weights or encoding here.
 
 Config sections read: policy, reward, critic, algorithm, rollout, eval, actor_optim,
 critic_optim, iterations, seed.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 
 import jax
@@ -22,11 +28,13 @@ import numpy as np
 
 from polar_jax import parallel
 from polar_jax.data import encoding
+from polar_jax.errors import UserError
 from polar_jax.io import models, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
 from polar_jax.models.config import runtime_settings
-from polar_jax.rft import references, step
+from polar_jax.rft import references, rewards, step
+from polar_jax.serve.client import RewardClient, ServerError
 from polar_jax.train.optim import OptimConfig, make_optimizer
 from polar_jax.train.state import abstract_state, create_state
 
@@ -137,7 +145,7 @@ class Models:
 
     policy: Model
     policy_tokenizer: object
-    reward: Model
+    reward: Model | None  # None: scored through reward.server
     reward_tokenizer: object
     target: Model | None = None  # the target policy (config.target): references and the log-likelihood measure
     target_tokenizer: object = None
@@ -151,20 +159,106 @@ def _existing(path: str, what: str, hint: str) -> str:
 
 
 def load_models(config) -> Models:
-    """Load the policy, the reward model and (optionally) the target policy of `config`."""
+    """Load the policy, the reward model (none with reward.server) and (optionally) the target
+    policy of `config`."""
+    check_reward_source(config)
     hint = config.setup_hint
     p, r = config.policy, config.reward
     policy = models.load_model(_existing(p.init, "policy.init", hint), **policy_runtime(config))
-    reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
-    require_heads(config, policy.cfg, reward.cfg)
+    reward, reward_tok = None, None
+    if not r.get("server"):
+        reward = models.load_model(_existing(r.model, "reward.model", hint), dtype=r.dtype)
+    require_heads(config, policy.cfg, reward.cfg if reward else None)
     target, target_tokenizer = references.load_target(config) or (None, None)
     policy_tok = tokenizers.load_tokenizer(
         p.init, p.get("trust_remote_code", False), "--config.policy.trust_remote_code=true"
     )
-    reward_tok = tokenizers.load_tokenizer(
-        r.tokenizer or r.model, r.get("trust_remote_code", False), "--config.reward.trust_remote_code=true"
-    )
+    if reward is not None:
+        reward_tok = tokenizers.load_tokenizer(
+            r.tokenizer or r.model, r.get("trust_remote_code", False), "--config.reward.trust_remote_code=true"
+        )
     return Models(policy, policy_tok, reward, reward_tok, target, target_tokenizer, policy_source=p.init)
+
+
+# ------------------------------------------------------------------------------ a reward server
+
+SERVER_ENCODED = ("max_response_length", "response_cut_side", "split_text", "reward_token")
+API_KEY_ENV = "POLAR_JAX_API_KEY"
+
+
+class RewardServerUnavailable(UserError):
+    """reward.server did not become ready (unreachable, still warming up, or its warm-up failed)."""
+
+
+def check_reward_source(config) -> None:
+    """Exactly one of reward.model and reward.server; with a server, nothing that needs the reward
+    model's weights (critic.init=reward_model), tokenizer (reward.tokenizer) or encoding settings
+    other than wrapper and max_length (the server encodes rows with its own; `serve`'s flags)."""
+    r = config.reward
+    server = r.get("server", "")
+    if r.model and server:
+        raise ValueError(
+            f"reward.model={r.model!r} and reward.server={server!r} are both set: score with the model "
+            "on this mesh (reward.model) or through the server (reward.server), not both"
+        )
+    if not r.model and not server:
+        raise ValueError(
+            "neither reward.model nor reward.server is set: name a reward model directory "
+            "(--config.reward.model=DIR) or a running reward server (--config.reward.server=http://HOST:PORT)"
+        )
+    if not server:
+        return
+    if not server.startswith(("http://", "https://")):
+        raise ValueError(f"reward.server={server!r}: give the server's URL, e.g. http://127.0.0.1:30000")
+    if config.critic.init == "reward_model" and config.algorithm.estimator == "gae":  # the one with a critic
+        raise ValueError(
+            f"critic.init=reward_model needs the reward model's weights, which reward.server={server!r} keeps "
+            "on the server: set critic.init=policy, or load the model with reward.model=DIR instead of reward.server"
+        )
+    if r.tokenizer:
+        raise ValueError(
+            f"reward.tokenizer={r.tokenizer!r} with reward.server: the server tokenises with its own "
+            "(serve --tokenizer); unset reward.tokenizer"
+        )
+    set_here = [f"reward.encoding.{k}" for k in SERVER_ENCODED if r.encoding.get(k) is not None]
+    if set_here:
+        raise ValueError(
+            f"{', '.join(set_here)} set with reward.server: the server encodes rows with its own encoding "
+            f"(its model directory's encoding.json and serve's --{SERVER_ENCODED[0].replace('_', '-')} ... "
+            "flags); unset them here and pass them to `serve`"
+        )
+
+
+def server_reward(config, client=None):
+    """A `rewards.ServerReward` over reward.server (None without one), once the server's /health
+    answers 200 (waiting up to reward.server_wait seconds); its max length checked against
+    reward.encoding.max_length when that is set. Key: reward.api_key, else $POLAR_JAX_API_KEY."""
+    r = config.reward
+    if not r.get("server"):
+        return None
+    check_reward_source(config)
+    key = r.get("api_key") or os.environ.get(API_KEY_ENV) or None
+    client = client or RewardClient(r.server, api_key=key, timeout=r.server_timeout)
+    log.info("waiting up to %.0f s for the reward server %s", r.server_wait, r.server)
+    try:
+        client.wait_ready(r.server_wait)
+        served = client.request("GET", "/v1/models").json()["data"][0]
+    except (TimeoutError, ServerError) as e:
+        client.close()
+        raise RewardServerUnavailable(
+            f"reward.server={r.server} is not ready: {e}. Start it (python -m polar_jax serve --model RM_DIR "
+            "--port PORT, with the encoding flags the reward model needs), check the address and "
+            "reward.api_key / $POLAR_JAX_API_KEY, or raise reward.server_wait"
+        ) from None
+    wanted = r.encoding.get("max_length")
+    if wanted is not None and served.get("max_model_len") != wanted:
+        client.close()
+        raise ValueError(
+            f"reward.encoding.max_length={wanted} but the server {r.server} encodes up to "
+            f"{served.get('max_model_len')} tokens: start it with --max-length {wanted}, or unset the key"
+        )
+    log.info("scoring through %s (model %s)", r.server, served.get("id"))
+    return rewards.ServerReward(client, r.strip_think, r.encoding.get("wrapper"))
 
 
 def policy_runtime(config) -> dict:
@@ -206,7 +300,7 @@ def critic_config(config, policy_cfg, reward_cfg=None):
 def critic_model(config, m: Models) -> Model:
     """The critic's initial weights: the policy's or the reward model's trunk with a value head
     (and, with critic.value_head_bias, a bias starting at 0)."""
-    cfg = critic_config(config, m.policy.cfg, m.reward.cfg)
+    cfg = critic_config(config, m.policy.cfg, m.reward.cfg if m.reward else None)
     base = m.policy if config.critic.init == "policy" else m.reward
     head = np.zeros(base.cfg.d_model, np.float32)
     if config.critic.init == "reward_model" and config.critic.value_head_init == "reward_head":

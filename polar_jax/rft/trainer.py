@@ -3,7 +3,8 @@
     python -m polar_jax rft --config configs/rft_demo.py --workdir DIR [--config.KEY=VALUE ...]
 
 One iteration: sample a response to each prompt of a batch (`rollout`), score each against
-its prompt's reference with the POLAR reward model (`rewards`), then make the experience
+its prompt's reference with the POLAR reward model (`rewards`; or through a reward server,
+reward.server, as verl's remote reward model), then make the experience
 (log-probs, values, GAE) and run the PPO epochs (`step`). The actor (the policy LM), the
 critic, the frozen reference policy and the reward model all live on one mesh. Where things are:
     setup.py   config -> models, PPO settings, the run's plan (`aot` reads it too)
@@ -55,7 +56,7 @@ class Runner:
     benchmark both call it); `evaluate(params, examples)` is the held-out measure (greedy by default).
     """
 
-    def __init__(self, config, m: Models, mesh):
+    def __init__(self, config, m: Models, mesh, reward: rewards.ServerReward | None = None):
         self.config, self.models, self.mesh = config, m, mesh
         self.plan = setup.plan(config, mesh)
         setup.check_batch_shards("eval.batch_size", config.eval.batch_size, mesh)  # the held-out measure's batch
@@ -83,17 +84,7 @@ class Runner:
         self.batch_sharding = parallel.batch_sharding(mesh, ndim=2)
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
-        rm = m.reward
-        enc_cfg = setup.reward_encoding(config)
-        self.reward = rewards.RewardModel(
-            rm.cfg,
-            setup.place(rm.cfg, rm.params, mesh),
-            m.reward_tokenizer,
-            reward_token_id_for(rm, m.reward_tokenizer, enc_cfg),
-            enc_cfg,
-            config.reward.batch_size,
-            config.reward.strip_think,
-        )
+        self.reward = reward or setup.server_reward(config) or self._reward_model(config, m, mesh)
         keep_reference = config.reference.keep or self.ppo.needs_reference
         self.ref_params = setup.place(self.actor_cfg, m.policy.params, mesh) if keep_reference else None
         self.target = None
@@ -102,6 +93,21 @@ class Runner:
             self.target = references.TargetPolicy(
                 config.target, m.target.cfg, target_params, m.target_tokenizer, put=self.put
             )
+
+    @staticmethod
+    def _reward_model(config, m: Models, mesh) -> rewards.RewardModel:
+        """reward.model's weights placed on the mesh, with its tokenizer and encoding."""
+        rm = m.reward
+        enc_cfg = setup.reward_encoding(config)
+        return rewards.RewardModel(
+            rm.cfg,
+            setup.place(rm.cfg, rm.params, mesh),
+            m.reward_tokenizer,
+            reward_token_id_for(rm, m.reward_tokenizer, enc_cfg),
+            enc_cfg,
+            config.reward.batch_size,
+            config.reward.strip_think,
+        )
 
     def initial_params(self):
         """The initial policy's parameters on the mesh (the reference policy's, when kept)."""
@@ -294,7 +300,9 @@ def train(
     on_iteration: Callable[[int, dict], None] | None = None,
 ) -> loop.RunResult:
     """Run (or resume) the RFT described by `config` in `workdir`. `models_` replaces loading
-    them from the config's paths; `on_iteration(i, metrics)` is called after each iteration."""
+    them from the config's paths; `on_iteration(i, metrics)` is called after each iteration.
+    With reward.server, the server must answer /health within reward.server_wait seconds."""
+    setup.check_reward_source(config)  # before the workdir is touched
     with loop.Run(
         config,
         workdir,
@@ -305,13 +313,14 @@ def train(
         progress=progress,
         single_process=SINGLE_PROCESS,
     ) as run:
+        server = setup.server_reward(config)  # before loading anything: an unreachable server fails first
         m = models_ or setup.load_models(config)
         log.info(
-            "policy %.2fM parameters, reward model %.2fM",
+            "policy %.2fM parameters, reward model %s",
             m.policy.cfg.num_params() / 1e6,
-            m.reward.cfg.num_params() / 1e6,
+            f"{m.reward.cfg.num_params() / 1e6:.2f}M" if m.reward else f"at {config.reward.server}",
         )
-        runner = Runner(config, m, run.mesh)
+        runner = Runner(config, m, run.mesh, reward=server)
         data_counts = {}
         train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
         prompts = data_lib.PromptIterator(
