@@ -175,12 +175,23 @@ def _input_path(fp) -> str:
     return str(fp)
 
 
+def _redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with API keys (`--config.reward.api_key=K`, `--api-key K`) written as <redacted>."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if "api_key=" in arg or "api-key=" in arg:
+            out[i] = arg.split("=", 1)[0] + "=<redacted>"
+        elif arg in ("--api-key", "--config.reward.api_key") and i + 1 < len(out):
+            out[i + 1] = "<redacted>"
+    return out
+
+
 def build(config, inputs: dict, argv: list[str] | None = None, mesh=None, hash_inputs: bool = True) -> dict:
     """The manifest of this start, without writing it (inputs as given when not `hash_inputs`)."""
     devices = jax.devices()
     return {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": list(sys.argv if argv is None else argv),
+        "argv": _redacted_argv(sys.argv if argv is None else argv),
         "code": code_version(),
         "versions": versions(),
         "platform": jax.default_backend(),

@@ -266,3 +266,10 @@ def test_train_writes_run_json_and_a_resume_after_a_changed_shard_warns(tmp_path
     warnings = [r.getMessage() for r in caplog.records if r.name == "polar_jax.run_manifest"]
     assert any(w.startswith("input data.train changed since the run started") for w in warnings), warnings
     assert len(json.loads((tmp_path / "run" / "run.json").read_text())["previous"]) == 1
+
+
+def test_api_keys_on_the_command_line_are_redacted():
+    argv = ["rft", "--config.reward.api_key=K1", "--config.reward.api_key", "K2", "serve", "--api-key", "K3", "--x=1"]
+    got = M._redacted_argv(argv)
+    assert not {"K1", "K2", "K3"} & set("".join(got).replace("=", " ").split())
+    assert got[:2] == ["rft", "--config.reward.api_key=<redacted>"] and got[-1] == "--x=1"

@@ -119,7 +119,26 @@ RESUME_FREE_KEYS = (
     "policy.scan_unroll",
     "policy.attention_impl",
     "rollout.slots",  # the engine's outputs do not depend on its slot count
+    "reward.server",  # a reward server may move between runs (the same model behind it)
+    "reward.api_key",
+    "reward.server_wait",
+    "reward.server_timeout",
 )
+# Config keys whose values never reach config.json, checkpoints or run.json (written as REDACTED).
+SECRET_KEYS = ("reward.api_key",)
+REDACTED = "<redacted>"
+
+
+def redact_secrets(resolved: dict) -> dict:
+    """`resolved` with every non-empty `SECRET_KEYS` value replaced by `REDACTED`."""
+    for dotted in SECRET_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf):
+            node[leaf] = REDACTED
+    return resolved
 
 
 class ConfigChanged(UserError):
@@ -192,7 +211,7 @@ class Run:
         if single_process and jax.process_count() > 1:
             raise NotImplementedError(single_process)
         self.workdir = pathlib.Path(workdir).absolute()
-        self.resolved = json.loads(config.to_json())
+        self.resolved = redact_secrets(json.loads(config.to_json()))
         self.lock = WorkdirLock(self.workdir, desc, enabled=jax.process_index() == 0).acquire()
         try:
             check_resume_config(self.workdir, self.resolved)
