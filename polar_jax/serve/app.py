@@ -98,6 +98,7 @@ def create_app(served: ServeModel, settings: Settings, metrics: Metrics | None =
         settings.max_queue_rows,
         warm_up=lambda: (served.warm_up(), metrics.mark_ready()),
         on_batch=metrics.observe_batch,
+        shape_for=served.shape_for,
     )
     metrics.queue_rows.set_function(lambda: batcher.pending_rows)
 

@@ -1,9 +1,9 @@
 """Dynamic batching for `serve`: one queue across every connection, one worker thread on the model.
 
 A request's rows wait in the queue of their `Bucket` (the narrowest that holds them). The worker
-takes the bucket of the oldest waiting row, fills a batch with that bucket's rows in arrival order,
-fills the rest with rows of narrower buckets (those slots would compute padding otherwise), sorts
-the batch by length and scores it; a request's future resolves once all its rows are scored, in
+takes the oldest waiting row's request and the widest bucket that request still has rows in, fills
+a batch with that bucket's rows in arrival order, fills the rest with rows of narrower buckets (so a
+request is scored in one pass when it fits), sorts the batch by length and scores it; a request's future resolves once all its rows are scored, in
 its own order. Every batch has a bucket's shape, so nothing compiles after `warm_up`.
 """
 
@@ -39,6 +39,7 @@ class _Request:
     future: concurrent.futures.Future
     scores: np.ndarray
     left: int
+    widest: int  # the widest bucket any of its rows needs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class BatchReport:
 
     bucket: Bucket
     rows: int
-    tokens: int  # real tokens (the rest of rows x width is padding)
+    tokens: int  # real tokens (the rest of the shape's rows x width is padding)
     seconds: float
 
 
@@ -61,9 +62,12 @@ class Batcher:
         max_queue_rows: int,
         warm_up: Callable[[], None] | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
+        shape_for: Callable[[Bucket, int], Bucket] = lambda bucket, n: bucket,
     ):
+        """`score_batch(bucket, ids)` runs one batch; `shape_for(bucket, n)` names the shape it ran in
+        (for the reports); `warm_up` runs on the worker before anything is served."""
         self._score_batch, self._buckets, self.max_queue_rows = score_batch, buckets, max_queue_rows
-        self._warm_up, self._on_batch = warm_up, on_batch or (lambda report: None)
+        self._warm_up, self._on_batch, self._shape_for = warm_up, on_batch or (lambda report: None), shape_for
         self._waiting = [collections.deque() for _ in buckets]  # per bucket: (arrival, request, row)
         self._arrival = itertools.count()
         self._pending = 0
@@ -92,7 +96,8 @@ class Batcher:
             raise TooLarge(
                 f"{len(ids)} rows in one request; the queue holds at most {self.max_queue_rows} (--max-queue)"
             )
-        request = _Request(ids, future, np.zeros(len(ids), np.float32), len(ids))
+        where = [bucket_index(self._buckets, len(x)) for x in ids]
+        request = _Request(ids, future, np.zeros(len(ids), np.float32), len(ids), max(where))
         with self._cond:
             if self.error is not None:
                 raise RuntimeError(f"the server could not warm up: {self.error}")
@@ -100,8 +105,8 @@ class Batcher:
                 raise QueueFull("the server is shutting down")
             if self._pending + len(ids) > self.max_queue_rows:
                 raise QueueFull(f"{self._pending} rows queued; the queue holds {self.max_queue_rows} (--max-queue)")
-            for row, x in enumerate(ids):
-                self._waiting[bucket_index(self._buckets, len(x))].append((next(self._arrival), request, row))
+            for row, i in enumerate(where):
+                self._waiting[i].append((next(self._arrival), request, row))
             self._pending += len(ids)
             self._cond.notify()
         return future
@@ -140,7 +145,8 @@ class Batcher:
                 self._score(bucket, batch)
 
     def _take(self) -> tuple[Bucket, list[tuple[_Request, int]]]:
-        """The next batch (under the lock): the oldest row's bucket, then narrower rows in free slots."""
+        """The next batch (under the lock): the widest bucket the oldest row's request has rows in,
+        then narrower rows in free slots."""
         for queue in self._waiting:  # cancelled requests (timed out) leave the queue
             while queue and queue[0][1].future.cancelled():
                 queue.popleft()
@@ -148,7 +154,10 @@ class Batcher:
         heads = [(q[0][0], i) for i, q in enumerate(self._waiting) if q]
         if not heads:
             return self._buckets[0], []
-        first = min(heads)[1]
+        oldest = self._waiting[min(heads)[1]][0][1]
+        first = oldest.widest
+        while not any(request is oldest for _, request, _ in self._waiting[first]):
+            first -= 1  # its widest rows were scored already
         bucket, batch = self._buckets[first], []
         for i in range(first, -1, -1):
             queue = self._waiting[i]
@@ -170,7 +179,8 @@ class Batcher:
             for request in {request for request, _ in batch}:
                 _resolve(request.future, exception=e)
             return
-        self._on_batch(BatchReport(bucket, len(batch), sum(map(len, ids)), time.perf_counter() - start))
+        shape = self._shape_for(bucket, len(batch))
+        self._on_batch(BatchReport(shape, len(batch), sum(map(len, ids)), time.perf_counter() - start))
         for (request, row), score in zip(batch, scores):
             request.scores[row] = score
             request.left -= 1

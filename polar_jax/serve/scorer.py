@@ -6,8 +6,10 @@ the reward token's text; they are tokenised exactly as `score` tokenises its own
 without that suffix with the tokenizer's special tokens (BOS), then the reward token's id
 (`encoding.encode`). Rows (the native protocol) are encoded by `encoding.encode` itself.
 
-Every forward pass has one of the `Bucket` shapes [rows, width] (`make_buckets`), all compiled by
-`warm_up`, so nothing compiles while serving.
+Rows queue by width (`make_buckets`: one `Bucket` per width, its rows the most a batch of that width
+holds); a batch runs in the smallest compiled row count that holds it (`row_counts`: the batch
+shards x powers of 4 up to the bucket's rows, so a lone request does not pay for a full batch).
+`warm_up` compiles every (rows, width) shape, so nothing compiles while serving.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ def make_buckets(max_tokens: int, max_batch_tokens: int, row_multiple: int = 1) 
         width *= 2
 
 
+def row_counts(bucket: Bucket, row_multiple: int = 1) -> tuple[int, ...]:
+    """The row counts compiled for `bucket`'s width: `row_multiple` x 4^i below `bucket.rows`, then it."""
+    counts, n = [], row_multiple
+    while n < bucket.rows:
+        counts.append(n)
+        n *= 4
+    return (*counts, bucket.rows)
+
+
 def bucket_index(buckets: tuple[Bucket, ...], length: int) -> int:
     """The narrowest bucket that holds `length` tokens."""
     for i, bucket in enumerate(buckets):
@@ -79,6 +90,7 @@ class ServeModel:
     buckets: tuple[Bucket, ...]
     max_tokens: int  # longer items are refused (400)
     name: str  # what /v1/models lists and sglang's "model" names: the model directory's last part
+    row_multiple: int = 1  # the devices a batch is split over
 
     def __post_init__(self):
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads
@@ -128,10 +140,16 @@ class ServeModel:
                 )
         return ids
 
+    def shape_for(self, bucket: Bucket, n: int) -> Bucket:
+        """The compiled shape a batch of `n` rows of `bucket`'s width runs in."""
+        return Bucket(next(r for r in row_counts(bucket, self.row_multiple) if r >= n), bucket.width)
+
     def score_batch(self, bucket: Bucket, ids: list[np.ndarray]) -> np.ndarray:
-        """float32 rewards of up to `bucket.rows` sequences, each at most `bucket.width` tokens."""
-        tokens_bt = np.zeros((bucket.rows, bucket.width), np.int32)
-        lengths_b = np.ones(bucket.rows, np.int32)  # padding rows: one token, their reward dropped
+        """float32 rewards of up to `bucket.rows` sequences, each at most `bucket.width` tokens, in
+        the smallest compiled shape that holds them (`shape_for`)."""
+        shape = self.shape_for(bucket, len(ids))
+        tokens_bt = np.zeros((shape.rows, shape.width), np.int32)
+        lengths_b = np.ones(shape.rows, np.int32)  # padding rows: one token, their reward dropped
         for row, x in enumerate(ids):
             tokens_bt[row, : len(x)], lengths_b[row] = x, len(x)
         with parallel.use_rules(self.mesh):
@@ -144,10 +162,12 @@ class ServeModel:
         return np.asarray(rewards_b, np.float32)[: len(ids)]
 
     def warm_up(self) -> None:
-        """Compile every bucket's shape (one pass each on a one-token row)."""
+        """Compile every shape: each bucket's width at each of its row counts (a pass on one-token rows)."""
+        one = np.asarray([self.reward_token_id], np.int32)
         for bucket in self.buckets:
-            self.score_batch(bucket, [np.asarray([self.reward_token_id], np.int32)])
-            log.info("compiled bucket %d rows x %d tokens", bucket.rows, bucket.width)
+            for rows in row_counts(bucket, self.row_multiple):
+                self.score_batch(bucket, [one] * rows)
+            log.info("compiled width %d at rows %s", bucket.width, row_counts(bucket, self.row_multiple))
 
 
 def load(
@@ -180,4 +200,5 @@ def load(
         buckets=make_buckets(max_tokens, max_batch_tokens, batch_shards),
         max_tokens=max_tokens,
         name=pathlib.Path(model_dir).resolve().name,
+        row_multiple=batch_shards,
     )
