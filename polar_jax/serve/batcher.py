@@ -2,8 +2,9 @@
 
 A request's rows wait in the queue of their `Bucket` (the narrowest that holds them). The worker
 takes the oldest waiting row's request and the widest bucket that request still has rows in, fills
-a batch with that bucket's rows in arrival order, fills the rest with rows of narrower buckets (so a
-request is scored in one pass when it fits), sorts the batch by length and scores it; a request's future resolves once all its rows are scored, in
+a batch with that bucket's rows in arrival order, then fills the slots its compiled shape leaves free
+(`shape_for`: they would compute padding) with rows of narrower buckets, sorts the batch by length
+and scores it; a request's future resolves once all its rows are scored, in
 its own order. Every batch has a bucket's shape, so nothing compiles after `warm_up`.
 """
 
@@ -145,8 +146,8 @@ class Batcher:
                 self._score(bucket, batch)
 
     def _take(self) -> tuple[Bucket, list[tuple[_Request, int]]]:
-        """The next batch (under the lock): the widest bucket the oldest row's request has rows in,
-        then narrower rows in free slots."""
+        """The next batch (under the lock): the rows of the widest bucket the oldest row's request has
+        rows in, then narrower rows in the slots the batch's compiled shape leaves free."""
         for queue in self._waiting:  # cancelled requests (timed out) leave the queue
             while queue and queue[0][1].future.cancelled():
                 queue.popleft()
@@ -159,14 +160,19 @@ class Batcher:
         while not any(request is oldest for _, request, _ in self._waiting[first]):
             first -= 1  # its widest rows were scored already
         bucket, batch = self._buckets[first], []
-        for i in range(first, -1, -1):
-            queue = self._waiting[i]
-            while queue and len(batch) < bucket.rows:
-                _, request, row = queue.popleft()
-                self._pending -= 1
-                if not request.future.cancelled():
-                    batch.append((request, row))
+        self._pop_into(batch, self._waiting[first], bucket.rows)
+        free_up_to = self._shape_for(bucket, max(len(batch), 1)).rows  # slots that would be padding
+        for i in range(first - 1, -1, -1):
+            self._pop_into(batch, self._waiting[i], free_up_to)
         return bucket, batch
+
+    def _pop_into(self, batch: list, queue: collections.deque, limit: int) -> None:
+        """Move rows from the front of `queue` into `batch` until it holds `limit` (cancelled: dropped)."""
+        while queue and len(batch) < limit:
+            _, request, row = queue.popleft()
+            self._pending -= 1
+            if not request.future.cancelled():
+                batch.append((request, row))
 
     def _score(self, bucket: Bucket, batch: list[tuple[_Request, int]]) -> None:
         batch.sort(key=lambda item: len(item[0].ids[item[1]]))

@@ -1,6 +1,6 @@
 """The batcher and the bucket shapes in-process: each request gets its own rows' results in its own
-order, a request that fits is scored in one batch in the smallest compiled shape, the queue limits
-hold, and a cancelled (timed-out) request's rows are not scored."""
+order, a batch runs in the smallest compiled shape and narrower rows fill only the slots it leaves
+free, the queue limits hold, and a cancelled (timed-out) request's rows are not scored."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_every_request_gets_its_own_results_in_order():
         assert len(lengths) <= buckets[scorer.bucket_index(buckets, width)].rows
 
 
-def test_a_request_that_fits_is_one_batch_in_the_smallest_shape():
+def test_batches_take_the_smallest_shape_and_narrower_rows_only_fill_its_free_slots():
     buckets = scorer.make_buckets(512, 4096)  # 64 rows x 64 ... 8 rows x 512
     served = scorer.ServeModel(None, None, None, 0, None, None, buckets, 512, "m", row_multiple=1)
     record = Recorder()
@@ -69,11 +69,16 @@ def test_a_request_that_fits_is_one_batch_in_the_smallest_shape():
     )
     batcher.start()
     rng = np.random.default_rng(1)
-    for lengths in ([10, 500, 70, 3], [200], [64] * 5):
+    for lengths in ([500, 10, 500], [200], [64] * 5, [300, 70, 3]):
         batcher.submit(seqs(rng, lengths)).result(10)
     batcher.close(10)
-    assert [w for w, _ in record.batches] == [512, 256, 64]  # each request: its widest row's width, once
-    assert shapes == [(Bucket(4, 512), 4), (Bucket(1, 256), 1), (Bucket(16, 64), 5)]
+    # [500, 10, 500]: two 512-rows compile as 4 rows, the 10 fills a free slot: one pass
+    # [300, 70, 3]: one 512-row is shape 1 x 512, no free slot: the 70 (128) and the 3 (64) follow
+    assert record.batches == [(512, [10, 500, 500]), (256, [200]), (64, [64] * 5), (512, [300]), (128, [70]), (64, [3])]
+    assert shapes == [
+        (Bucket(4, 512), 3), (Bucket(1, 256), 1), (Bucket(16, 64), 5), (Bucket(1, 512), 1), (Bucket(1, 128), 1),
+        (Bucket(1, 64), 1),
+    ]  # fmt: skip
 
 
 def test_queue_limits_and_cancelled_requests():
