@@ -99,7 +99,13 @@ def models_response(model: str, max_tokens: int) -> dict:
 
 def error_body(status: int, message: str) -> dict:
     """The error shape of vLLM's OpenAI-compatible server."""
-    kinds = {400: "BadRequestError", 401: "AuthenticationError", 413: "RequestTooLarge", 503: "ServiceUnavailable"}
+    kinds = {
+        400: "BadRequestError",
+        401: "AuthenticationError",
+        413: "RequestTooLarge",
+        503: "ServiceUnavailable",
+        504: "GatewayTimeout",
+    }
     return {"object": "error", "message": message, "type": kinds.get(status, "ServerError"), "code": status}
 
 
