@@ -8,7 +8,7 @@ warm-up has compiled every bucket shape), /metrics (Prometheus), /v1/models. Tex
 the client (the official `RewardModelClient`), ending in the reward token's text.
 
 Requests from every connection share one queue; batches take one of a few fixed shapes (widths
-64, 128, ... up to --max-length; rows from --max-batch-tokens), all compiled at start-up. A full
+64, 96, 128, 192, ... up to --max-length; rows from --max-batch-tokens), all compiled at start-up. A full
 queue answers 503 with Retry-After; SIGTERM stops accepting, finishes what is in flight, exits 0.
 """
 

@@ -46,7 +46,8 @@ class Bucket:
 
 
 def make_buckets(max_tokens: int, max_batch_tokens: int, row_multiple: int = 1) -> tuple[Bucket, ...]:
-    """Widths: powers of two from `SMALLEST_WIDTH` up to the first >= `max_tokens`; rows: as many as
+    """Widths: `SMALLEST_WIDTH` x 1, 1.5, 2, 3, 4, 6, ... (powers of two and the midpoints between them:
+    at most a third of a row is padding) up to the first >= `max_tokens`; rows: as many as
     `max_batch_tokens` allows at that width (at most `MAX_BUCKET_ROWS`), a multiple of `row_multiple`
     (the devices the batch is split over) and at least one such multiple."""
     if max_tokens < 1 or max_batch_tokens < 1:
@@ -57,7 +58,7 @@ def make_buckets(max_tokens: int, max_batch_tokens: int, row_multiple: int = 1) 
         buckets.append(Bucket(max(row_multiple, rows), width))
         if width >= max_tokens:
             return tuple(buckets)
-        width *= 2
+        width = width * 3 // 2 if width & (width - 1) == 0 else width * 4 // 3  # 64, 96, 128, 192, 256, ...
 
 
 def row_counts(bucket: Bucket, row_multiple: int = 1) -> tuple[int, ...]:

@@ -16,11 +16,18 @@ from polar_jax.serve.scorer import Bucket
 
 def test_buckets_and_row_counts():
     buckets = scorer.make_buckets(max_tokens=300, max_batch_tokens=4096, row_multiple=2)
-    assert buckets == (Bucket(64, 64), Bucket(32, 128), Bucket(16, 256), Bucket(8, 512))
+    assert buckets == (
+        Bucket(64, 64),
+        Bucket(42, 96),
+        Bucket(32, 128),
+        Bucket(20, 192),
+        Bucket(16, 256),
+        Bucket(10, 384),
+    )
     assert scorer.row_counts(Bucket(64, 64), 2) == (2, 8, 32, 64)
     assert scorer.row_counts(Bucket(8, 512), 2) == (2, 8)
     assert scorer.make_buckets(64, 16, row_multiple=4) == (Bucket(4, 64),)  # at least one multiple
-    assert [scorer.bucket_index(buckets, n) for n in (1, 64, 65, 300)] == [0, 0, 1, 3]
+    assert [scorer.bucket_index(buckets, n) for n in (1, 64, 65, 97, 300)] == [0, 0, 1, 2, 5]
 
 
 class Recorder:
@@ -73,10 +80,10 @@ def test_batches_take_the_smallest_shape_and_narrower_rows_only_fill_its_free_sl
         batcher.submit(seqs(rng, lengths)).result(10)
     batcher.close(10)
     # [500, 10, 500]: two 512-rows compile as 4 rows, the 10 fills a free slot: one pass
-    # [300, 70, 3]: one 512-row is shape 1 x 512, no free slot: the 70 (128) and the 3 (64) follow
-    assert record.batches == [(512, [10, 500, 500]), (256, [200]), (64, [64] * 5), (512, [300]), (128, [70]), (64, [3])]
+    # [300, 70, 3]: one 384-row is shape 1 x 384, no free slot: the 70 (width 96) and the 3 (64) follow
+    assert record.batches == [(512, [10, 500, 500]), (256, [200]), (64, [64] * 5), (384, [300]), (96, [70]), (64, [3])]
     assert shapes == [
-        (Bucket(4, 512), 3), (Bucket(1, 256), 1), (Bucket(16, 64), 5), (Bucket(1, 512), 1), (Bucket(1, 128), 1),
+        (Bucket(4, 512), 3), (Bucket(1, 256), 1), (Bucket(16, 64), 5), (Bucket(1, 384), 1), (Bucket(1, 96), 1),
         (Bucket(1, 64), 1),
     ]  # fmt: skip
 

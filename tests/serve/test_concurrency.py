@@ -23,10 +23,10 @@ WORDS = (
     "sea tide moon wave salt wind gull shore foam deep blue green grey storm calm boat sail net fish reef "
     "sand rock cliff light house harbour anchor rope deck mast keel current drift swell spray mist dawn dusk"
 ).split()
-# words of (prompt, reference, output) by size: about 20, 80, 230 and 500 tokens in all (all four widths),
-# the wide ones rarer (a forward pass at width 512 costs on CPU what 8 at width 64 do)
-SIZES = ((3, 3, 3), (15, 20, 20), (50, 60, 60), (200, 150, 150))
-SIZE_WEIGHTS = (50, 30, 15, 5)
+# words of (prompt, reference, output) by size: about 20, 80, 120, 230, 330 and 500 tokens in all (with their
+# spread, all seven widths), the wide ones rarer (a pass at width 512 costs on CPU what 8 at width 64 do)
+SIZES = ((3, 3, 3), (15, 20, 20), (25, 30, 30), (50, 60, 60), (90, 100, 100), (200, 150, 150))
+SIZE_WEIGHTS = (45, 25, 10, 10, 5, 5)
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -100,15 +100,16 @@ def with_rewards(requests: list, offline_rewards) -> list[tuple[str, list[dict],
 
 
 def test_the_load_is_mixed(plan, rm_tokenizer, serve_encoding):
-    """The plan hits every protocol, every request size and every bucket width (64 .. 512)."""
+    """The plan hits every protocol, every request size and every bucket width (64, 96, ... 512)."""
     requests = [request for client in plan for request in client]
     assert {protocol for protocol, *_ in requests} == set(PROTOCOLS)
     assert {len(rows) for _, rows, _ in requests} == set(range(1, MAX_ROWS + 1))
     texts = [text[: -len(serve_encoding.reward_token)] for _, _, request_texts in requests for text in request_texts]
     lengths = np.asarray([len(ids) + 1 for ids in rm_tokenizer(texts, add_special_tokens=True)["input_ids"]])
     buckets = scorer.make_buckets(serve_encoding.max_length, 16384, 2)  # the servers' (--max-batch-tokens 16384)
-    assert [b.width for b in buckets] == [64, 128, 256, 512]
+    assert [b.width for b in buckets] == [64, 96, 128, 192, 256, 384, 512]
     counts = np.bincount([scorer.bucket_index(buckets, n) for n in lengths], minlength=len(buckets))
+    print("rows per width", dict(zip([b.width for b in buckets], counts.tolist())))
     assert (counts >= 200).all(), counts
 
 

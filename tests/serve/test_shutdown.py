@@ -33,8 +33,9 @@ def classify(url: str, texts: list[str], timeout: float = 120.0, **kwargs) -> li
 
 
 def test_health_is_503_until_warm_up_has_compiled(start_server, rm_dir):
-    # widths 64 .. 2048: six buckets to compile, the widest 8 rows x 2048 tokens
-    server = start_server(rm_dir[0], "--max-length", "2048", "--max-response-length", "512", ready=False)
+    # widths 64, 96, ... 2048: eleven widths at their row counts to compile (a request's wait counts warm-up)
+    flags = ("--max-length", "2048", "--max-response-length", "512", "--request-timeout", "600")
+    server = start_server(rm_dir[0], *flags, ready=False)
     texts, want = reference(rm_dir)
     statuses, early = [], None
     end = time.monotonic() + 180
