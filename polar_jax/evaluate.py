@@ -7,7 +7,8 @@ with the official encoding (`data.encoding`):
 
 A pair is correct when r_c > r_r; a tie counts one half, so a constant model scores exactly
 chance (0.5). Each group reports n, accuracy, the mean margin (r_c - r_r), the mean r_c and
-the mean r_r, and how many pairs tied.
+the mean r_r, how many pairs tied, and a 95% Wilson score interval for the accuracy
+(`wilson_interval`: the interval that stays inside [0, 1] and is honest at small n).
 
 Groups:
 - "all": every triplet.
@@ -117,20 +118,44 @@ def pair_rewards(
     return rewards_2n[: len(rows)], rewards_2n[len(rows) :]
 
 
-def pair_stats(r_chosen_n: np.ndarray, r_rejected_n: np.ndarray) -> dict:
-    """n, accuracy (ties count 0.5), mean margin r_c - r_r, mean r_c, mean r_r and the tie count.
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (default 95%) for a proportion `accuracy` observed over `n`
+    trials (Wilson 1927): centre (p + z^2/2n) / (1 + z^2/n), half-width
+    z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n). (0, 1) when n is 0."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (accuracy + z2 / (2 * n)) / denom
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n)) / denom
+    return (float(max(centre - half, 0.0)), float(min(centre + half, 1.0)))
 
-    An empty group has n 0 and None for the means.
+
+def pair_stats(r_chosen_n: np.ndarray, r_rejected_n: np.ndarray) -> dict:
+    """n, accuracy (ties count 0.5), its 95% Wilson interval `ci95` [low, high], mean margin
+    r_c - r_r, mean r_c, mean r_r and the tie count.
+
+    An empty group has n 0 and None for the means and the interval.
     """
     r_chosen_n = np.asarray(r_chosen_n, np.float64)
     r_rejected_n = np.asarray(r_rejected_n, np.float64)
     n = len(r_chosen_n)
     if n == 0:
-        return {"n": 0, "accuracy": None, "margin": None, "mean_chosen": None, "mean_rejected": None, "ties": 0}
+        return {
+            "n": 0,
+            "accuracy": None,
+            "ci95": None,
+            "margin": None,
+            "mean_chosen": None,
+            "mean_rejected": None,
+            "ties": 0,
+        }
     wins, ties = int(np.sum(r_chosen_n > r_rejected_n)), int(np.sum(r_chosen_n == r_rejected_n))
+    accuracy = (wins + 0.5 * ties) / n
     return {
         "n": n,
-        "accuracy": (wins + 0.5 * ties) / n,
+        "accuracy": accuracy,
+        "ci95": list(wilson_interval(accuracy, n)),
         "margin": float(np.mean(r_chosen_n - r_rejected_n)),
         "mean_chosen": float(np.mean(r_chosen_n)),
         "mean_rejected": float(np.mean(r_rejected_n)),
@@ -191,16 +216,20 @@ def evaluate_triplets(
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A plain-text table: one line per group with n, accuracy, margin, mean r_c, mean r_r."""
+    """A plain-text table: one line per group with n, accuracy, its 95% interval, margin, mean r_c, mean r_r."""
 
     def num(value, spec: str, width: int = 9) -> str:
         return ("-" if value is None else format(value, spec)).rjust(width)
 
     width = max(len("group"), *(len(name) for name in results))
-    lines = [f"{'group':<{width}}  {'n':>7}  {'accuracy':>8}  {'margin':>9}  {'mean r_c':>9}  {'mean r_r':>9}"]
+    lines = [
+        f"{'group':<{width}}  {'n':>7}  {'accuracy':>8}  {'95% interval':>15}  {'margin':>9}  {'mean r_c':>9}  "
+        f"{'mean r_r':>9}"
+    ]
     for name, s in results.items():
+        ci = "-" if s.get("ci95") is None else f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
         lines.append(
-            f"{name:<{width}}  {s['n']:>7d}  {num(s['accuracy'], '.4f', 8)}  {num(s['margin'], '+.4f')}  "
+            f"{name:<{width}}  {s['n']:>7d}  {num(s['accuracy'], '.4f', 8)}  {ci:>15}  {num(s['margin'], '+.4f')}  "
             f"{num(s['mean_chosen'], '+.4f')}  {num(s['mean_rejected'], '+.4f')}"
         )
     lines.append(f"(accuracy: chosen scored above rejected, ties count 0.5; chance {CHANCE})")

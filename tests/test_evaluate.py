@@ -105,8 +105,24 @@ def _own_scores(model, tok, rows):
 
 def test_pair_stats_counts_ties_as_half():
     s = ev.pair_stats(np.array([1.0, 0.0, 2.0, 3.0]), np.array([0.0, 0.0, 3.0, 1.0]))
+    ci = s.pop("ci95")
     assert s == {"n": 4, "accuracy": 0.625, "margin": 0.5, "mean_chosen": 1.5, "mean_rejected": 1.0, "ties": 1}
-    assert ev.pair_stats(np.zeros(0), np.zeros(0))["accuracy"] is None
+    assert ci == list(ev.wilson_interval(0.625, 4))
+    empty = ev.pair_stats(np.zeros(0), np.zeros(0))
+    assert empty["accuracy"] is None and empty["ci95"] is None
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    # 8 of 10: the 95% Wilson interval is [0.4902, 0.9433] (Newcombe 1998, Table I); it stays inside [0, 1].
+    low, high = ev.wilson_interval(0.8, 10)
+    assert abs(low - 0.4902) < 1e-4 and abs(high - 0.9433) < 1e-4
+    assert ev.wilson_interval(1.0, 256)[1] == 1.0 and ev.wilson_interval(1.0, 256)[0] > 0.98
+    assert ev.wilson_interval(0.0, 5)[0] == 0.0
+    assert ev.wilson_interval(0.5, 0) == (0.0, 1.0)
+    # Narrower with more trials, centred near p.
+    lo1, hi1 = ev.wilson_interval(0.75, 64)
+    lo2, hi2 = ev.wilson_interval(0.75, 1024)
+    assert lo1 < lo2 < 0.75 < hi2 < hi1
 
 
 def test_groups_by_seen_policies_and_category():
@@ -165,7 +181,15 @@ def test_zero_reward_head_scores_exactly_chance(setup):
     out = ev.evaluate_triplets(
         Model(model.cfg, params, model.family, model.hf_config), tok, ROWS, batch_size=4, progress=False
     )
-    assert out["all"] == {"n": 7, "accuracy": 0.5, "margin": 0.0, "mean_chosen": 0.0, "mean_rejected": 0.0, "ties": 7}
+    assert out["all"] == {
+        "n": 7,
+        "accuracy": 0.5,
+        "ci95": list(ev.wilson_interval(0.5, 7)),
+        "margin": 0.0,
+        "mean_chosen": 0.0,
+        "mean_rejected": 0.0,
+        "ties": 7,
+    }
 
 
 def test_policies_from_files_and_directories(tmp_path):
@@ -236,6 +260,6 @@ def test_cli_bad_row_stops_with_file_line_or_is_skipped(setup, tmp_path, capsys)
 def test_format_table_lists_groups():
     table = ev.format_table({"all": ev.pair_stats([1.0, 0.0], [0.0, 0.0]), "unseen_policies": ev.pair_stats([], [])})
     lines = table.splitlines()
-    assert lines[1].split() == ["all", "2", "0.7500", "+0.5000", "+0.5000", "+0.0000"]
-    assert lines[2].split() == ["unseen_policies", "0", "-", "-", "-", "-"]
+    assert lines[1].split() == ["all", "2", "0.7500", "[0.198,", "0.973]", "+0.5000", "+0.5000", "+0.0000"]
+    assert lines[2].split() == ["unseen_policies", "0", "-", "-", "-", "-", "-"]
     assert "chance 0.5" in lines[-1]
