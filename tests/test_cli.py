@@ -105,6 +105,17 @@ def test_demo_an_unknown_field_is_one_line(capsys):
     assert "--set 'rm_stepz=5'" in line and "rm_steps" in line
 
 
+def test_demo_recipe_paper_with_set_changes_on_top(monkeypatch, tmp_path):
+    from polar_jax import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda workdir, cfg, progress: seen.update(cfg=cfg) or {})
+    monkeypatch.setattr(demo, "format_results", lambda results: "")
+    assert main(["demo", "--workdir", str(tmp_path), "--recipe", "paper", "--set", "rm_steps=7"]) == 0
+    assert seen["cfg"] == demo.dataclasses.replace(demo.PAPER_RECIPE, rm_steps=7)
+    assert seen["cfg"].rm_init == "lm0-step1200" and seen["cfg"].max_new_tokens == 48
+
+
 def test_train_a_missing_config_file_is_one_line(capsys, tmp_path):
     assert main(["train", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)]) == 2
     assert "nope.py does not exist" in error_line(capsys, "train")

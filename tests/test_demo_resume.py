@@ -14,6 +14,7 @@ CFG = demo.DemoConfig(
     lms=(demo_lms.DemoLMSpec(seed=0, save_at=(5, 9)), demo_lms.DemoLMSpec(seed=1, save_at=(7,))),
     smollm2=(),
     heldout_policies=("lm1-step7",),
+    rm_init="",
     max_new_tokens=4,
     prompt_tokens=(2, 6),
     triplets=(4, 2, 2),
@@ -59,7 +60,13 @@ def test_stage_fingerprints_are_equal_for_every_spelling_and_see_changed_weights
         for k, w in _spellings(workdir, monkeypatch).items()
     }
     assert prints["relative"] == prints["absolute"] == prints["symlink"]
-    assert set(prints["absolute"]) == {"synth.train", "synth.heldout_prompts", "synth.heldout_policies", "rm"}
+    assert set(prints["absolute"]) == {
+        "synth.train",
+        "synth.heldout_prompts",
+        "synth.heldout_policies",
+        "rm",
+        *(f"sft.{run}" for run in demo.SFT_RUNS),
+    }
     assert "demo" not in json.dumps(prints["absolute"]["synth.train"])  # no path in what is compared
     _tiny_lm(workdir / "policies" / "lm1" / "step-7", seed=99)
     changed = demo.stage_fingerprints(CFG, demo.build_pool(CFG, workdir, progress=False), workdir)

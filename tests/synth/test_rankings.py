@@ -40,34 +40,29 @@ def _row(reference, chosen, rejected, source="corpus:0:0:4"):
     }
 
 
-def test_ranked_triplets_order_by_f1_and_keep_only_clear_gaps():
+def test_ranked_triplets_rank_the_two_samples_of_one_policy_and_keep_only_clear_gaps():
     tok = _byte_tokenizer()
     truth = rankings.true_continuation(DOCS, "corpus:0:0:4", tok, 16)
     assert truth == "quick brown fox"
     rows = [
-        # the rejected text is the closest: it becomes the chosen of its pairs
-        _row("fox jumps", "nothing alike", "quick brown fox"),
-        _row("same words", "same words", "quick brown"),  # two equal texts give no pair between them
-        _row("quick brown fox", "quick brown fox.", "quick brown fox!"),  # all within the gap: none
+        # policy A's second sample is the closer one: it becomes the chosen; B's text is never a candidate
+        _row("fox jumps", "quick brown fox", "quick brown fox"),
+        _row("quick brown", "nothing alike", "quick brown fox"),
+        _row("same words", "same words", "quick brown fox"),  # A's samples are equal: no triplet
+        _row("quick brown fox", "quick brown fox.", "x"),  # within the gap (1.0 vs 0.857): none
         _row("quick", "brown", "fox", source="instructions:x:1"),  # not a corpus prompt: skipped
     ]
     out = rankings.ranked_triplets(rows, DOCS, tok, 16, min_gap=0.15)
-    pairs = [(t["chosen"], t["rejected"]) for t in out]
-    assert pairs == [
-        ("fox jumps", "nothing alike"),
+    assert [(t["chosen"], t["rejected"]) for t in out] == [
         ("quick brown fox", "fox jumps"),
-        ("quick brown fox", "nothing alike"),
-        ("quick brown", "same words"),
-        ("quick brown", "same words"),
+        ("quick brown", "nothing alike"),
     ]
+    assert [(t["meta"]["chosen_f1"], t["meta"]["rejected_f1"]) for t in out] == [(1.0, 0.4), (0.8, 0.0)]
     for t in out:
-        assert t["reference"] == truth and t["prompt"] == "The "
-        assert t["meta"]["chosen_f1"] - t["meta"]["rejected_f1"] >= 0.15
+        assert t["reference"] == truth and t["prompt"] == "The " and t["meta"]["author"] == "a"
         schema.validate_row(t, "triplet")
-    assert out[1]["meta"]["chosen_author"] == "b" and out[1]["meta"]["rejected_author"] == "a"
-    assert rankings.ranked_triplets(rows, DOCS, tok, 16, min_gap=0.9) == [
-        t for t in out if t["meta"]["chosen_f1"] - t["meta"]["rejected_f1"] >= 0.9
-    ]
+    assert rankings.ranked_triplets(rows, DOCS, tok, 16, min_gap=0.7) == out[1:]
+    assert rankings.ranked_triplets(rows, DOCS, tok, 16, min_gap=0.1)[2]["rejected"] == "quick brown fox."
 
 
 def test_without_reference_replaces_only_the_reference():
@@ -79,3 +74,24 @@ def test_without_reference_replaces_only_the_reference():
     ]
     assert rows[0]["reference"] == "r1"  # the input is left as it was
     schema.validate_row(out[0], "triplet")  # the official format's non-empty reference holds
+
+
+def test_edited_spans_keep_most_of_the_reference_in_the_chosen_and_little_in_the_rejected():
+    tok = _byte_tokenizer()  # one token per character: spans are character ranges
+    a, d = rankings.following_spans(DOCS, "corpus:0:0:4", tok, 20, 2)
+    assert (a, d) == (DOCS[0][4:24].strip(), DOCS[0][24:44].strip())
+    rows = [_row("x", "y", "z"), _row("x", "y", "z", source=f"corpus:0:{len(DOCS[0]) - 30}:4")]  # 2nd: text ends
+    out = rankings.edited_span_triplets(rows, DOCS, tok, 20, edit_fraction=0.5, seed=3)
+    assert len(out) == 1 and out[0]["reference"] == a and out[0]["prompt"] == "The "
+    a_w, d_w = a.split(), d.split()
+    chosen_w, rejected_w = out[0]["chosen"].split(), out[0]["rejected"].split()
+    assert len(chosen_w) == len(a_w) and len(rejected_w) == len(d_w)
+    # at most half the positions edited, each edit a word of the other span
+    assert sum(c != w for c, w in zip(chosen_w, a_w)) <= round(0.5 * len(a_w))
+    assert sum(r != w for r, w in zip(rejected_w, d_w)) <= round(0.5 * len(d_w))
+    assert all(c == w or c in d_w for c, w in zip(chosen_w, a_w))
+    assert all(r == w or r in a_w for r, w in zip(rejected_w, d_w))
+    assert rankings.word_f1(out[0]["chosen"], a) > rankings.word_f1(out[0]["rejected"], a)
+    assert rankings.edited_span_triplets(rows, DOCS, tok, 20, edit_fraction=0.5, seed=3) == out  # deterministic
+    assert rankings.edited_span_triplets(rows, DOCS, tok, 20, edit_fraction=0.0)[0]["chosen"] == " ".join(a_w)
+    schema.validate_row(out[0], "triplet")
