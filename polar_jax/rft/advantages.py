@@ -1,5 +1,10 @@
-"""Advantage estimators: GAE (with a critic) and the group baseline (several rollouts per
-prompt, no critic), plus masked whitening. Arrays are [B, N]: B rollouts, N response tokens;
+"""Advantage estimators: GAE (with a critic), and without a critic the group baseline (GRPO),
+RLOO and REINFORCE++, plus masked whitening and DAPO's group filter.
+
+Dr. GRPO (arXiv 2503.20783) is `group_baseline(normalize_std=False)` (verl's
+norm_adv_by_std_in_grpo=False) with the loss aggregated by "seq-mean-token-sum-norm"
+(`losses.agg_loss`): config algorithm.estimator="grpo", group_normalize_std=False,
+loss_agg="seq-mean-token-sum-norm". Arrays are [B, N]: B rollouts, N response tokens;
 `mask_bn` is 1 on real response tokens.
 
 Masked positions are skipped, not treated as the end of the episode: GAE runs over each
@@ -67,6 +72,48 @@ def group_baseline(scores_b, group_size: int, normalize_std: bool = True, eps: f
         std_g1 = jnp.std(scores_gk, axis=1, keepdims=True, ddof=1)
         centred_gk = centred_gk / (std_g1 + eps)
     return centred_gk.reshape(-1)
+
+
+grpo = group_baseline  # GRPO (arXiv 2402.03300), verl's compute_grpo_outcome_advantage
+
+
+def rloo(scores_b, group_size: int):
+    """REINFORCE leave-one-out (arXiv 2402.14740; verl's compute_rloo_outcome_advantage): each
+    rollout's score minus the mean of the other k - 1 rollouts of its group (consecutive rows)."""
+    if group_size < 2:
+        raise ValueError(f"RLOO needs at least 2 rollouts per prompt, got {group_size}")
+    scores_gk = scores_b.astype(jnp.float32).reshape(-1, group_size)
+    others_gk = (jnp.sum(scores_gk, axis=1, keepdims=True) - scores_gk) / (group_size - 1)
+    return (scores_gk - others_gk).reshape(-1)
+
+
+def reinforce_pp(token_rewards_bn, mask_bn, gamma: float = 1.0):
+    """REINFORCE++ (arXiv 2501.03262; verl's compute_reinforce_plus_plus_outcome_advantage):
+    the discounted return of each token, G_t = r_t + gamma G_{t+1}, whitened over the batch's
+    real tokens; returns (advantages_bn, returns_bn). Any per-token KL penalty is already in
+    `token_rewards_bn`. Masked positions are skipped as in `gae` (verl restarts the sum at a
+    masked token instead: the same for right-padded responses)."""
+    mask_bn = mask_bn.astype(jnp.float32)
+    rewards_bn = token_rewards_bn.astype(jnp.float32) * mask_bn
+
+    def step(next_return_b, x):  # last to first; a masked step passes the carry through
+        r_b, m_b = x
+        g_b = r_b + gamma * next_return_b
+        return m_b * g_b + (1 - m_b) * next_return_b, g_b
+
+    _, returns_nb = jax.lax.scan(
+        step, jnp.zeros(rewards_bn.shape[0], jnp.float32), (rewards_bn.T, mask_bn.T), reverse=True
+    )
+    returns_bn = returns_nb.T * mask_bn
+    return masked_whiten(returns_bn, mask_bn), returns_bn
+
+
+def keep_groups(scores_b, group_size: int):
+    """DAPO's dynamic sampling filter (arXiv 2503.14476; verl's recipe/dapo filter_groups): a
+    boolean per group of `group_size` consecutive rollouts, False where every reward in the group
+    is equal (a zero-variance group has zero group-relative advantage, so no gradient)."""
+    scores_gk = jnp.asarray(scores_b).reshape(-1, group_size)
+    return jnp.any(scores_gk != scores_gk[:, :1], axis=1)
 
 
 def terminal_rewards(scores_b, mask_bn):

@@ -93,15 +93,22 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     c.algorithm = ml_collections.ConfigDict()
-    c.algorithm.estimator = "gae"  # "gae" (PPO with a critic) | "group" (group baseline, no critic)
+    # "gae" (PPO with a critic) | without a critic: "group" = "grpo" (group baseline) | "rloo" (leave-one-out
+    # baseline) | "reinforce_pp" (REINFORCE++: discounted token returns, whitened). Dr. GRPO: "grpo" with
+    # group_normalize_std=False and loss_agg="seq-mean-token-sum-norm".
+    c.algorithm.estimator = "gae"
+    c.algorithm.loss = "ppo"  # "ppo" (dual-clip token ratio) | "gspo" (GSPO's sequence ratio, no dual clip)
     c.algorithm.gamma = 1.0
     c.algorithm.lam = 1.0
     c.algorithm.clip_ratio = 0.2
+    c.algorithm.clip_ratio_low = None  # DAPO's decoupled clip: 1 - low .. 1 + high; None = clip_ratio
+    c.algorithm.clip_ratio_high = None
     c.algorithm.clip_ratio_c = 3.0  # dual clip (verl): for negative advantages the loss is at most -A x this
     c.algorithm.value_clip = 0.5
     # How per-token losses (policy, value, entropy, KL loss) become one number (verl's loss_agg_mode):
     # "seq-mean-token-mean" (each response's token mean, then the mean over responses: what the released
-    # recipes' micro-batches of 2 give in effect) | "token-mean" (one mean over all tokens of the mini-batch).
+    # recipes' micro-batches of 2 give in effect) | "token-mean" (one mean over all tokens of the mini-batch)
+    # | "seq-mean-token-sum" | "seq-mean-token-sum-norm" (Dr. GRPO: each response's token sum / max_new_tokens).
     c.algorithm.loss_agg = "seq-mean-token-mean"
     c.algorithm.epochs = 1  # PPO epochs over each rollout batch
     c.algorithm.minibatches = 1  # optimiser steps per epoch (the batch split in this many parts)
@@ -111,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.algorithm.kl_coef = 0.0  # KL to the reference policy subtracted from the token rewards (k1)
     c.algorithm.kl_loss_coef = 0.0  # KL to the reference policy added to the actor loss
     c.algorithm.kl_loss_estimator = "low_var_kl"  # k1 | abs | k2 | low_var_kl
+    # DAPO's soft over-long punishment added to the score: 0 up to max_new_tokens - overlong_buffer tokens,
+    # then linearly down to -overlong_penalty at max_new_tokens; 0 = off.
+    c.algorithm.overlong_buffer = 0
+    c.algorithm.overlong_penalty = 1.0
 
     c.critic = ml_collections.ConfigDict()
     c.critic.init = "policy"  # "policy" (as released) | "reward_model" (needs the policy's tokenizer)

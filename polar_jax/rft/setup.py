@@ -55,7 +55,7 @@ class Plan:
     new_tokens: int  # rollout.max_new_tokens
     total_steps: int  # optimiser steps: iterations x epochs x mini-batches
     actor_optim: OptimConfig
-    critic_optim: OptimConfig | None  # None: no critic (algorithm.estimator=group)
+    critic_optim: OptimConfig | None  # None: no critic (any algorithm.estimator but gae)
 
     @property
     def width(self) -> int:
@@ -110,9 +110,12 @@ def ppo_config(config) -> step.PPOConfig:
     a = config.algorithm
     return step.PPOConfig(
         estimator=a.estimator,
+        loss=a.get("loss", "ppo"),
         gamma=a.gamma,
         lam=a.lam,
         clip_ratio=a.clip_ratio,
+        clip_ratio_low=a.get("clip_ratio_low"),
+        clip_ratio_high=a.get("clip_ratio_high"),
         clip_ratio_c=a.clip_ratio_c,
         value_clip=a.value_clip,
         loss_agg=a.loss_agg,
@@ -126,6 +129,8 @@ def ppo_config(config) -> step.PPOConfig:
         kl_loss_coef=a.kl_loss_coef,
         kl_loss_estimator=a.kl_loss_estimator,
         temperature=config.rollout.temperature or 1.0,
+        overlong_buffer=a.get("overlong_buffer", 0),
+        overlong_penalty=a.get("overlong_penalty", 1.0),
     )
 
 

@@ -25,17 +25,21 @@ from polar_jax.rft.rollout import Rollout
 from polar_jax.train.optim import OptimConfig, lr_schedule, make_optimizer
 from polar_jax.train.state import TrainState, apply_guarded, state_shardings
 
-ESTIMATORS = ("gae", "group")
+ESTIMATORS = ("gae", "group", "grpo", "rloo", "reinforce_pp")  # "grpo" = "group"
+GROUP_ESTIMATORS = ("group", "grpo", "rloo")  # need >= 2 rollouts per prompt
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """The algorithm's settings (hashable: a static argument of the compiled steps)."""
 
-    estimator: str = "gae"  # "gae" | "group"
+    estimator: str = "gae"  # ESTIMATORS: "gae" | "group" = "grpo" | "rloo" | "reinforce_pp"
+    loss: str = "ppo"  # losses.POLICY_LOSSES: "ppo" (dual clip) | "gspo" (sequence ratio)
     gamma: float = 1.0
     lam: float = 1.0
     clip_ratio: float = 0.2
+    clip_ratio_low: float | None = None  # DAPO's decoupled clip: None = clip_ratio
+    clip_ratio_high: float | None = None
     clip_ratio_c: float = 3.0  # dual clip: for A < 0 the policy loss is at most -A x this (verl)
     value_clip: float = 0.5
     loss_agg: str = "seq-mean-token-mean"  # "seq-mean-token-mean" | "token-mean" (losses.agg_loss)
@@ -49,12 +53,22 @@ class PPOConfig:
     kl_loss_coef: float = 0.0
     kl_loss_estimator: str = "low_var_kl"
     temperature: float = 1.0  # the sampling temperature: log-probs are of logits / temperature
+    overlong_buffer: int = 0  # DAPO's soft over-long punishment over the last this many tokens (0 = off)
+    overlong_penalty: float = 1.0  # ... reaching -this at rollout.max_new_tokens
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"algorithm.estimator={self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if self.estimator == "group" and self.group_size < 2:
-            raise ValueError("algorithm.estimator=group needs rollout.samples_per_prompt >= 2")
+        if self.estimator in GROUP_ESTIMATORS and self.group_size < 2:
+            raise ValueError(f"algorithm.estimator={self.estimator} needs rollout.samples_per_prompt >= 2")
+        if self.loss not in losses.POLICY_LOSSES:
+            raise ValueError(f"algorithm.loss={self.loss!r}; choose one of {', '.join(losses.POLICY_LOSSES)}")
+        for key in ("clip_ratio_low", "clip_ratio_high"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value:
+                raise ValueError(f"algorithm.{key}={value}: must be >= 0 (or None = algorithm.clip_ratio)")
+        if self.overlong_buffer < 0:
+            raise ValueError(f"algorithm.overlong_buffer={self.overlong_buffer}: must be >= 0 (0 = off)")
         if self.kl_loss_estimator not in losses.KL_ESTIMATORS:
             raise ValueError(
                 f"algorithm.kl_loss_estimator={self.kl_loss_estimator!r}; choose one of "
@@ -160,17 +174,29 @@ def make_experience(
         ref_logits_bnv = response_logits(actor_cfg, ref_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
         ref_logp_bn = token_logprobs(ref_logits_bnv, batch.response_bn)
         metrics["kl"] = masked_mean(old_logp_bn - ref_logp_bn, mask_bn)
+    if ppo.overlong_buffer:
+        lengths_b = jnp.sum(mask_bn, axis=1)
+        penalty_b = losses.overlong_penalty(lengths_b, n, ppo.overlong_buffer, ppo.overlong_penalty)
+        scores_b = scores_b + penalty_b
+        metrics["overlong_penalty"] = jnp.mean(penalty_b)
     rewards_bn = adv_lib.terminal_rewards(scores_b, mask_bn) - ppo.kl_coef * (old_logp_bn - ref_logp_bn) * mask_bn
     if ppo.uses_critic:
         values_bn = response_values(critic_cfg, critic_params, batch.tokens_bt, batch.mask_bt, n) * mask_bn
         advantages_bn, returns_bn = adv_lib.gae(rewards_bn, values_bn, mask_bn, ppo.gamma, ppo.lam)
         metrics["values"] = masked_mean(values_bn, mask_bn)
+    elif ppo.estimator == "reinforce_pp":  # whitened inside, as verl
+        values_bn = jnp.zeros_like(mask_bn)
+        advantages_bn, returns_bn = adv_lib.reinforce_pp(rewards_bn, mask_bn, ppo.gamma)
     else:
         values_bn = jnp.zeros_like(mask_bn)
-        group_b = adv_lib.group_baseline(jnp.sum(rewards_bn, axis=1), ppo.group_size, ppo.group_normalize_std)
+        seq_rewards_b = jnp.sum(rewards_bn, axis=1)
+        if ppo.estimator == "rloo":
+            group_b = adv_lib.rloo(seq_rewards_b, ppo.group_size)
+        else:
+            group_b = adv_lib.group_baseline(seq_rewards_b, ppo.group_size, ppo.group_normalize_std)
         advantages_bn = returns_bn = group_b[:, None] * mask_bn
     metrics["returns"] = masked_mean(returns_bn, mask_bn)
-    if ppo.whiten_advantages:
+    if ppo.whiten_advantages and ppo.estimator != "reinforce_pp":
         advantages_bn = adv_lib.masked_whiten(advantages_bn, mask_bn)
     exp = Experience(
         batch.tokens_bt, batch.mask_bt, mask_bn, old_logp_bn, ref_logp_bn, values_bn, advantages_bn, returns_bn
@@ -182,15 +208,21 @@ def make_experience(
 
 
 def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
-    """Dual-clip policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference), each
+    """Dual-clip (or, with loss="gspo", GSPO's) policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference), each
     aggregated by `ppo.loss_agg`, as verl's `dp_actor.update_policy`."""
     n = exp.response_mask_bn.shape[1]
     mask_bn = exp.response_mask_bn
     logits_bnv = response_logits(cfg, params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
     logp_bn = token_logprobs(logits_bnv, _response(exp.tokens_bt, n))
-    pg_loss, metrics = losses.ppo_policy_loss(
-        logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio, ppo.clip_ratio_c, ppo.loss_agg
-    )
+    clip = dict(clip_ratio_low=ppo.clip_ratio_low, clip_ratio_high=ppo.clip_ratio_high)
+    if ppo.loss == "gspo":
+        pg_loss, metrics = losses.gspo_policy_loss(
+            logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio, ppo.loss_agg, **clip
+        )
+    else:
+        pg_loss, metrics = losses.ppo_policy_loss(
+            logp_bn, exp.old_logp_bn, exp.advantages_bn, mask_bn, ppo.clip_ratio, ppo.clip_ratio_c, ppo.loss_agg, **clip
+        )
     loss = pg_loss
     if ppo.entropy_coef:
         loss = loss - ppo.entropy_coef * losses.agg_loss(losses.entropy(logits_bnv), mask_bn, ppo.loss_agg)
