@@ -138,7 +138,7 @@ def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fiel
         + (
             f" + critic {count_text(critic_cfg.num_params())} (critic.init={config.critic.init})"
             if critic_cfg
-            else " (no critic: algorithm.estimator=group)"
+            else " (no critic: algorithm.estimator is not gae)"
         )
         + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device"
     )
