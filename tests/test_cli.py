@@ -303,7 +303,12 @@ RANGE_CASES = [  # (command, config, override, the rule the message states)
     ("rft", "configs/rft_demo.py", "log_every=-1", "must be an integer >= 0 (0 = never)"),
     ("rft", "configs/rft_demo.py", "actor_optim.lr=-1e-6", "must be a number > 0"),
     ("rft", "configs/rft_demo.py", "rollout.top_p=0", "must be a number in (0, 1]"),
-    ("rft", "configs/rft_demo.py", "algorithm.estimator=ppo", "must be one of 'gae', 'group'"),
+    (
+        "rft",
+        "configs/rft_demo.py",
+        "algorithm.estimator=ppo",
+        "must be one of 'gae', 'group', 'grpo', 'rloo', 'reinforce_pp'",
+    ),
     ("rft", "configs/rft_demo.py", "algorithm.clip_ratio_c=1", "must be a number > 1"),
     ("synth", "configs/synth_smollm2.py", "shard_size=0", "must be an integer >= 1"),
     ("synth", "configs/synth_smollm2.py", "prompts.split=test", "must be one of 'train', 'heldout', 'all'"),
