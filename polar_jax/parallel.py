@@ -40,6 +40,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("layers", None),
     ("cache_seq", None),
+    ("lora", None),  # a LoRA adapter's rank axis: small, replicated; its other axes shard as its weight's
 )
 
 

@@ -36,7 +36,22 @@ from polar_jax.models.config import ModelConfig, RopeScaling
 # Logical axis names. Parameters and key activations are annotated with these only.
 BATCH, SEQ, EMBED, HEADS, KV_HEADS = "batch", "seq", "embed", "heads", "kv_heads"
 HEAD_DIM, MLP, VOCAB, LAYERS, CACHE_SEQ = "head_dim", "mlp", "vocab", "layers", "cache_seq"
-LOGICAL_AXES = (BATCH, SEQ, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, LAYERS, CACHE_SEQ)
+LORA = "lora"  # the rank axis of a LoRA adapter (`models/lora.py`), beside its weight's own axes
+LOGICAL_AXES = (BATCH, SEQ, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, LAYERS, CACHE_SEQ, LORA)
+
+# The linear projections of a layer: name -> (parameter path, how many of the weight's axes after
+# "layers" are its input axes, contracted with the activation). `x_btd @ wq_dhe`: one input axis
+# (embed), the rest (heads, head_dim) are outputs; `out_bthe @ wo_hed`: two (heads, head_dim).
+# What LoRA may adapt; its factors take their logical axes from the weight's (`models/lora.py`).
+PROJECTIONS = {
+    "wq": ("layers/attn/wq", 1),
+    "wk": ("layers/attn/wk", 1),
+    "wv": ("layers/attn/wv", 1),
+    "wo": ("layers/attn/wo", 2),
+    "w_gate": ("layers/mlp/w_gate", 1),
+    "w_up": ("layers/mlp/w_up", 1),
+    "w_down": ("layers/mlp/w_down", 1),
+}
 
 
 def _param(module: nn.Module, name: str, axes: tuple[str, ...], shape: tuple[int, ...], init):
