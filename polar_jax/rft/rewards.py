@@ -7,6 +7,10 @@ so the reward model compares answers, not thoughts (`strip_think`, the official 
 `RewardModel` holds the weights on the policy's mesh; `ServerReward` scores through a reward
 server (`polar_jax serve`, POST /score) instead, as verl does with a remote reward model: same
 `score` interface, thinking stripped here, rows encoded by the server with its own encoding.
+
+`training_scores` turns the raw scores into the sequence scores the estimator trains on:
+normalised (reward.normalize: none, batch, running moments, per-prompt group) then clipped
+(reward.clip); pure functions on host arrays, the running moments passed in and returned.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from polar_jax import scoring
 from polar_jax.data import encoding
 from polar_jax.data.encoding import Text
+from polar_jax.rft import advantages
 
 _THINK_SPAN = re.compile(r"<think>.*?</think>", re.DOTALL)
 _OFFICIAL_THINK = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL)
@@ -116,10 +121,93 @@ class ServerReward:
         return self.client.score(self.rows(prompts, references, responses))
 
 
-def normalize_scores(scores_b: np.ndarray, how: str) -> np.ndarray:
-    """ "none": the raw scores (as released); "batch": whitened over the batch."""
+NORMALIZE = ("none", "batch", "running", "group")  # reward.normalize
+NORMALIZE_EPS = 1e-6  # added to every std a score is divided by
+
+
+def init_moments() -> dict:
+    """The running moments of no scores yet: {"count": int64, "mean": float64, "m2": float64}
+    (0-d numpy arrays, part of the RFT checkpoint under "reward_stats")."""
+    return {"count": np.zeros((), np.int64), "mean": np.zeros((), np.float64), "m2": np.zeros((), np.float64)}
+
+
+def update_moments(stats: dict, scores_b: np.ndarray) -> dict:
+    """`stats` (count, mean, m2 = the sum of squared deviations) with the scores of one batch
+    merged in, by Chan, Golub and LeVeque's parallel update (the batch's own moments combined
+    with the old ones, in float64): the moments of every score seen so far. The same update as
+    stable-baselines3's RunningMeanStd and TRL's RunningMoments (`use_score_norm`)."""
+    x_b = np.asarray(scores_b, np.float64).reshape(-1)
+    n_a, n_b = int(stats["count"]), x_b.size
+    if n_b == 0:
+        return stats
+    mean_b = x_b.mean()
+    m2_b = np.sum(np.square(x_b - mean_b))
+    total = n_a + n_b
+    delta = mean_b - stats["mean"]
+    return {
+        "count": np.asarray(total, np.int64),
+        "mean": np.asarray(stats["mean"] + delta * n_b / total, np.float64),
+        "m2": np.asarray(stats["m2"] + m2_b + delta**2 * n_a * n_b / total, np.float64),
+    }
+
+
+def moments_std(stats: dict) -> float:
+    """The unbiased std of the scores `stats` has seen (TRL's RunningMoments.std); 0 for fewer than 2."""
+    count = int(stats["count"])
+    return float(np.sqrt(stats["m2"] / (count - 1))) if count > 1 else 0.0
+
+
+def normalize_scores(
+    scores_b: np.ndarray, how: str, group_size: int = 1, stats: dict | None = None, eps: float = NORMALIZE_EPS
+) -> np.ndarray:
+    """The sequence scores the estimator trains on (reward.normalize):
+
+    "none": the raw scores (as released). "batch": whitened over the batch (population std).
+    "running": (score - running mean) / (running std + eps) with `stats` the moments of every
+    score so far, this batch included (`update_moments` first, as TRL's PPOTrainer does with
+    use_score_norm; OpenRLHF's --normalize_reward divides by a mean / std fixed when the reward
+    model was trained instead). "group": a z-score within each group of `group_size`
+    consecutive rollouts of one prompt, (score - group mean) / (unbiased group std + eps): GRPO's
+    outcome normalisation (`advantages.group_baseline`, verl's compute_grpo_outcome_advantage)
+    applied to the score, so a group of equal scores is all 0."""
     if how == "none":
         return scores_b
     if how == "batch":
         return (scores_b - scores_b.mean()) / (scores_b.std() + 1e-6)
-    raise ValueError(f"reward.normalize={how!r}; choose none or batch")
+    if how == "running":
+        if stats is None or int(stats["count"]) < scores_b.size:
+            raise ValueError("reward.normalize='running' needs the running moments updated with this batch")
+        return (scores_b - stats["mean"]) / (moments_std(stats) + eps)
+    if how == "group":
+        if group_size < 2:
+            raise ValueError(
+                f"reward.normalize='group' z-scores each prompt's rollouts: rollout.samples_per_prompt={group_size} "
+                "must be >= 2"
+            )
+        return np.asarray(advantages.group_baseline(scores_b, group_size, eps=eps))
+    raise ValueError(f"reward.normalize={how!r}; choose one of {', '.join(NORMALIZE)}")
+
+
+def clip_scores(scores_b: np.ndarray, clip=()) -> np.ndarray:
+    """reward.clip: () leaves the scores as they are; (lo, hi) clamps them into [lo, hi], after
+    the normalisation (OpenRLHF's --reward_clip_range, its compute_reward clamp; verl's
+    reward clip ranges alike)."""
+    if not len(clip):
+        return scores_b
+    if len(clip) != 2 or not clip[0] < clip[1]:
+        raise ValueError(f"reward.clip={tuple(clip)!r}: give () (no clip) or (lo, hi) with lo < hi")
+    return np.clip(scores_b, clip[0], clip[1])
+
+
+def training_scores(
+    scores_b: np.ndarray, how: str, clip=(), group_size: int = 1, stats: dict | None = None
+) -> tuple[np.ndarray, dict | None]:
+    """(the float32 scores the estimator reads, the updated running moments or None): the raw
+    POLAR scores normalised (`normalize_scores`; "running" first merges them into `stats`),
+    then clipped (`clip_scores`)."""
+    if how == "running":
+        stats = update_moments(stats if stats is not None else init_moments(), scores_b)
+    else:
+        stats = None
+    train_b = clip_scores(normalize_scores(scores_b, how, group_size, stats), clip)
+    return np.asarray(train_b, np.float32), stats
