@@ -36,6 +36,7 @@ class Report:
     tokens_per_step: int = 0
     num_params: int = 0
     state_bytes: int = 0  # the train state (params, optimiser) or the sampler's params, per device, unpadded
+    optimizer_bytes: int = 0  # of which the optimiser state (AdamW moments), per device, unpadded (stage rft)
     compile_seconds: float = 0.0
     error: str = ""  # the compiler's message when it refused the program
     required_bytes: int | None = None  # what the compiler said the refused program needs per device

@@ -1,6 +1,7 @@
 """Stage "rft": the RFT loop's PPO update (`rft.step.ppo_update`) of an RFT config, lowered over
 abstract actor and critic states and one abstract rollout batch, with the model shapes read
-from the configs of its model files (`io.models.read_model_config`), not their weights."""
+from the configs of its model files (`io.models.read_model_config`), not their weights. With
+policy.lora the actor state is the adapters' and the frozen base is one more argument."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def lower(config, mesh, actor_cfg, critic_cfg):
     plan = rft_setup.plan(config, mesh)
     state = plan.abstract_state(actor_cfg, critic_cfg, mesh)
     actor, critic = state["actor"], state.get("critic")
+    base = abstract_params(actor_cfg, mesh) if plan.lora else None  # policy.lora: the frozen base (and reference)
     with tracing_context(mesh):
         traced = rft_step.ppo_update.trace(
             actor,
@@ -77,6 +79,8 @@ def lower(config, mesh, actor_cfg, critic_cfg):
             critic_optim=plan.critic_optim,
             total_steps=plan.total_steps,
             mesh=mesh,
+            base_params=base,
+            lora=plan.lora,
         )
         lowered = traced.lower()
         impl = resolve_impl(actor_cfg.attention_impl, actor_cfg.dtype, plan.width)
@@ -87,10 +91,11 @@ def lower(config, mesh, actor_cfg, critic_cfg):
         actor_cfg,
         critic_cfg,
         state_bytes,
+        optimizer_bytes=shard_bytes(actor.opt_state) + (shard_bytes(critic.opt_state) if critic else 0),
         attention=attention_text(impl, actor_cfg.attention_impl),
         traced_flops=traced_matmul_flops(traced.jaxpr),
     )
-    _add_resident(report, config, plan.ppo, actor.params, mesh)
+    _add_resident(report, config, plan, actor.params, mesh)
     return lowered, report
 
 
@@ -108,14 +113,17 @@ def _abstract_experience(plan, mesh):
 
 
 def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fields):
-    """The PPO update's report before compiling: token and FLOP counts, parameters, what the
-    step covers, and the other `fields` given."""
+    """The PPO update's report before compiling: token and FLOP counts, trained parameters (with
+    policy.lora the actor's adapters), what the step covers, and the other `fields` given."""
+    from polar_jax.models import lora as lora_lib
+
     ppo, batch, width, new_tokens = plan.ppo, plan.rollouts, plan.width, plan.new_tokens
+    actor_trained = lora_lib.num_adapter_params(actor_cfg, plan.lora) if plan.lora else actor_cfg.num_params()
     prompt_len = plan.prompt_len
     per_row = ppo_row_flops(actor_cfg, width, new_tokens) + (ppo_row_flops(critic_cfg, width) if critic_cfg else 0.0)
     report = empty_report(
         tokens_per_step=batch * width * ppo.epochs,
-        num_params=actor_cfg.num_params() + (critic_cfg.num_params() if critic_cfg else 0),
+        num_params=actor_trained + (critic_cfg.num_params() if critic_cfg else 0),
         state_bytes=state_bytes,
         model_flops=per_row * batch * ppo.epochs,
         model_flops_rule=(
@@ -133,25 +141,39 @@ def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fiel
         f"tokens per step = rollouts ({ro.prompts} prompts x {ro.samples_per_prompt}) x width x epochs; rollout, "
         "scoring, experience making and the reference policy are not in this step"
     )
+    lora = plan.lora
+    actor_text = (
+        f"actor LoRA adapters {count_text(actor_trained)} parameters (policy.lora: rank {lora.rank}, alpha "
+        f"{lora.alpha:g}, on {', '.join(lora.targets)}) over a frozen {count_text(actor_cfg.num_params())} base"
+        if lora
+        else f"actor {count_text(actor_trained)} parameters"
+    )
     report.notes.append(
-        f"trained: actor {count_text(actor_cfg.num_params())} parameters"
+        f"trained: {actor_text}"
         + (
             f" + critic {count_text(critic_cfg.num_params())} (critic.init={config.critic.init})"
             if critic_cfg
             else " (no critic: algorithm.estimator is not gae)"
         )
-        + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device"
+        + f"; their states (parameters and AdamW moments, float32) are {gib_text(state_bytes)} per device, "
+        f"the optimiser state (the moments) {gib_text(report.optimizer_bytes)} of it"
     )
     return report
 
 
-def _add_resident(report, config, ppo, actor_params, mesh) -> None:
+def _add_resident(report, config, plan, actor_params, mesh) -> None:
     """Count in `report` what a run holds on the devices beside the update: the reference
-    policy (a copy of the actor's parameters) and the reward model, with a note naming them."""
+    policy (a copy of the actor's parameters; with policy.lora none: the frozen base, an
+    argument of the step, is the reference) and the reward model, with a note naming them."""
     resident = []
-    if config.reference.keep or ppo.needs_reference:
+    if (config.reference.keep or plan.ppo.needs_reference) and plan.lora is None:
         report.resident_bytes += shard_bytes(actor_params)
         resident.append(f"reference policy {gib_text(shard_bytes(actor_params))}")
+    elif plan.lora is not None:
+        report.notes.append(
+            "policy.lora: the frozen base is an argument of this step (counted there) and is the reference policy "
+            "too; the adapted weights are merged inside the step (W + alpha / r x A @ B, in its temporaries)"
+        )
     reward_path = config.reward.model
     if reward_path and pathlib.Path(reward_path).exists():
         from polar_jax.io import models

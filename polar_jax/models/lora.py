@@ -147,7 +147,22 @@ def policy_params(trained, base, lora: LoraConfig | None):
     return merge(base, trained, lora.scaling)
 
 
-merged = jax.jit(policy_params, static_argnames=("lora",))  # the same, compiled (rollouts, evaluation, export)
+_merge_jit = jax.jit(merge, static_argnames=("scaling",))
+
+
+def merged(trained, base, lora: LoraConfig | None):
+    """`policy_params` outside a compiled step (rollouts, evaluation, export): only the adapted
+    weights are computed (compiled), every other leaf is the base's own array, not a copy."""
+    if lora is None:
+        return trained
+    targets: dict = {}
+    for path, _ in _adapter_items(trained):
+        set_at(targets, path, get_at(base, path))
+    out = _copy_dicts(base)
+    new = _merge_jit(targets, trained, lora.scaling)
+    for path, _ in _adapter_items(trained):
+        set_at(out, path, get_at(new, path))
+    return out
 
 
 def num_adapter_params(cfg: ModelConfig, lora: LoraConfig) -> int:

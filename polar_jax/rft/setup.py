@@ -31,6 +31,7 @@ from polar_jax.data import encoding
 from polar_jax.errors import UserError
 from polar_jax.io import models, tokenizers
 from polar_jax.io.model import Model
+from polar_jax.models import lora as lora_lib
 from polar_jax.models import transformer as T
 from polar_jax.models.config import runtime_settings
 from polar_jax.rft import references, rewards, step
@@ -56,6 +57,7 @@ class Plan:
     total_steps: int  # optimiser steps: iterations x epochs x mini-batches
     actor_optim: OptimConfig
     critic_optim: OptimConfig | None  # None: no critic (any algorithm.estimator but gae)
+    lora: lora_lib.LoraConfig | None = None  # policy.lora: the actor trains adapters over a frozen base
 
     @property
     def width(self) -> int:
@@ -70,16 +72,20 @@ class Plan:
     def abstract_state(self, actor_cfg, critic_cfg, mesh) -> dict:
         """The trained state's shapes and shardings: the restore target, and what AOT lowers over."""
         actor_opt, critic_opt = self.optimizers()
-        out = {"actor": abstract_state(actor_cfg, actor_opt, mesh)}
+        out = {"actor": abstract_state(actor_cfg, actor_opt, mesh, lora=self.lora)}
         if critic_opt is not None:
             out["critic"] = abstract_state(critic_cfg, critic_opt, mesh)
         return out
 
     def initial_state(self, actor: Model, critic: Model | None, seed: int, mesh) -> dict:
-        """Actor from the policy, critic from its init, optimiser states fresh, all on the mesh."""
+        """Actor from the policy (with LoRA: fresh adapters, B = 0, from the seed's key), critic
+        from its init, optimiser states fresh, all on the mesh."""
         actor_opt, critic_opt = self.optimizers()
         key = jax.random.key(seed)
-        out = {"actor": create_state(actor.cfg, actor_opt, key, mesh, params=actor.params)}
+        if self.lora is not None:
+            out = {"actor": create_state(actor.cfg, actor_opt, key, mesh, lora=self.lora)}
+        else:
+            out = {"actor": create_state(actor.cfg, actor_opt, key, mesh, params=actor.params)}
         if critic_opt is not None:
             out["critic"] = create_state(critic.cfg, critic_opt, key, mesh, params=critic.params)
         return out
@@ -102,7 +108,19 @@ def plan(config, mesh) -> Plan:
         total_steps=config.iterations * ppo.epochs * ppo.minibatches,
         actor_optim=OptimConfig(**config.actor_optim),
         critic_optim=OptimConfig(**config.critic_optim) if ppo.uses_critic else None,
+        lora=lora_config(config),
     )
+
+
+def lora_config(config) -> lora_lib.LoraConfig | None:
+    """policy.lora as a `models.lora.LoraConfig`; None with rank 0 (off, the default)."""
+    section = config.policy.get("lora")
+    if section is None or not section.rank:
+        return None
+    try:
+        return lora_lib.LoraConfig(rank=int(section.rank), alpha=float(section.alpha), targets=tuple(section.targets))
+    except ValueError as e:
+        raise ValueError(f"policy.{e}") from None
 
 
 def ppo_config(config) -> step.PPOConfig:

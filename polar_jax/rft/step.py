@@ -5,6 +5,11 @@ and the PPO update (epochs x mini-batches of actor and critic steps). The loop i
 Layout (see `rollout.py`): rows of T = P + N tokens, the response in the last N columns.
 The logits that predict response token j sit at column P - 1 + j, and so does the critic's
 value of the state before token j; the POLAR score is the reward of the last real token.
+
+With LoRA on the policy (`lora`, a `models.lora.LoraConfig`), the actor's trained parameters
+are its adapters: every actor read merges them into the frozen `base_params` inside the
+compiled step (`lora.policy_params`), the gradient reaches only the adapters, and the
+optimiser state holds only theirs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from polar_jax.models import lora as lora_lib
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 from polar_jax.rft import advantages as adv_lib
@@ -150,7 +156,7 @@ def _response(tokens_bt, n: int):
 # ------------------------------------------------------------------------------ experience
 
 
-@functools.partial(jax.jit, static_argnames=("actor_cfg", "critic_cfg", "ppo"))
+@functools.partial(jax.jit, static_argnames=("actor_cfg", "critic_cfg", "ppo", "lora"))
 def make_experience(
     actor_params,
     critic_params,
@@ -161,12 +167,16 @@ def make_experience(
     actor_cfg: ModelConfig,
     critic_cfg: ModelConfig | None,
     ppo: PPOConfig,
+    base_params=None,
+    lora: lora_lib.LoraConfig | None = None,
 ):
     """Log-probs of the sampled tokens (policy and reference), values, token rewards (the
-    score at the last token, minus kl_coef x k1 per token), advantages and returns."""
+    score at the last token, minus kl_coef x k1 per token), advantages and returns. With `lora`,
+    `actor_params` are adapters over `base_params`."""
     n = batch.response_bn.shape[1]
     mask_bn = batch.response_mask_bn
-    logits_bnv = response_logits(actor_cfg, actor_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
+    policy_params = lora_lib.policy_params(actor_params, base_params, lora)
+    logits_bnv = response_logits(actor_cfg, policy_params, batch.tokens_bt, batch.mask_bt, n, ppo.temperature)
     old_logp_bn = token_logprobs(logits_bnv, batch.response_bn)
     metrics = {"entropy": losses.agg_loss(losses.entropy(logits_bnv), mask_bn, ppo.loss_agg)}
     ref_logp_bn = old_logp_bn
@@ -207,12 +217,14 @@ def make_experience(
 # ------------------------------------------------------------------------------ update
 
 
-def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
+def actor_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig, base_params=None, lora=None):
     """Dual-clip (or, with loss="gspo", GSPO's) policy loss - entropy_coef x entropy (+ kl_loss_coef x KL to the reference), each
-    aggregated by `ppo.loss_agg`, as verl's `dp_actor.update_policy`."""
+    aggregated by `ppo.loss_agg`, as verl's `dp_actor.update_policy`; with `lora`, `params` are
+    adapters merged into the frozen `base_params`."""
     n = exp.response_mask_bn.shape[1]
     mask_bn = exp.response_mask_bn
-    logits_bnv = response_logits(cfg, params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
+    policy_params = lora_lib.policy_params(params, base_params, lora)
+    logits_bnv = response_logits(cfg, policy_params, exp.tokens_bt, exp.mask_bt, n, ppo.temperature)
     logp_bn = token_logprobs(logits_bnv, _response(exp.tokens_bt, n))
     clip = dict(clip_ratio_low=ppo.clip_ratio_low, clip_ratio_high=ppo.clip_ratio_high)
     if ppo.loss == "gspo":
@@ -250,7 +262,7 @@ def critic_loss(params, exp: Experience, *, cfg: ModelConfig, ppo: PPOConfig):
 @functools.partial(
     jax.jit,
     donate_argnums=(0, 1),
-    static_argnames=("actor_cfg", "critic_cfg", "ppo", "actor_optim", "critic_optim", "total_steps", "mesh"),
+    static_argnames=("actor_cfg", "critic_cfg", "ppo", "actor_optim", "critic_optim", "total_steps", "mesh", "lora"),
 )
 def ppo_update(
     actor: TrainState,
@@ -265,19 +277,24 @@ def ppo_update(
     critic_optim: OptimConfig | None,
     total_steps: int,
     mesh=None,
+    base_params=None,
+    lora: lora_lib.LoraConfig | None = None,
 ):
     """`ppo.epochs` passes over the batch, each in `ppo.minibatches` shuffled mini-batches, one
     actor step (and one critic step) per mini-batch; returns (actor, critic, mean metrics).
 
     `total_steps` (optimiser steps of the whole run) sets the schedules; with `mesh`, the
-    new states keep the parameters' logical shardings."""
+    new states keep the parameters' logical shardings. With `lora`, the actor state holds
+    adapters over the frozen `base_params` (not donated: the reference policy shares them)."""
     batch = exp.tokens_bt.shape[0]
     if batch % ppo.minibatches:
         raise ValueError(f"{batch} rollouts do not split into algorithm.minibatches={ppo.minibatches}")
     size = batch // ppo.minibatches
     actor_opt = make_optimizer(actor_optim, total_steps)
     critic_opt = make_optimizer(critic_optim, total_steps) if critic is not None else None
-    actor_grad = jax.grad(functools.partial(actor_loss, cfg=actor_cfg, ppo=ppo), has_aux=True)
+    actor_grad = jax.grad(
+        functools.partial(actor_loss, cfg=actor_cfg, ppo=ppo, base_params=base_params, lora=lora), has_aux=True
+    )
     critic_grad = jax.grad(functools.partial(critic_loss, cfg=critic_cfg, ppo=ppo), has_aux=True)
 
     def minibatch_step(carry, mb: Experience):
@@ -306,7 +323,7 @@ def ppo_update(
     metrics["skipped"] = actor.skipped + (critic.skipped if critic is not None else 0)
     metrics["bad_streak"] = jnp.maximum(actor.bad_streak, critic.bad_streak if critic is not None else 0)
     if mesh is not None:
-        actor = jax.lax.with_sharding_constraint(actor, state_shardings(actor_cfg, actor_opt, mesh))
+        actor = jax.lax.with_sharding_constraint(actor, state_shardings(actor_cfg, actor_opt, mesh, lora=lora))
         if critic is not None:
             critic = jax.lax.with_sharding_constraint(critic, state_shardings(critic_cfg, critic_opt, mesh))
     return actor, critic, metrics

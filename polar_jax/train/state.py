@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from polar_jax import parallel
+from polar_jax.models import lora as lora_lib
 from polar_jax.models import transformer as T
 from polar_jax.models.config import ModelConfig
 
@@ -56,8 +57,12 @@ def apply_guarded(state: TrainState, grads, loss, optimizer: optax.GradientTrans
     return new_state, finite, grad_norm
 
 
-def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, rng):
-    params = T.init_params(model_cfg, rng, boxed=True)
+def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, rng, lora=None):
+    """The state with boxed (logical-axes) leaves: the model's parameters, or with `lora` its adapters only."""
+    if lora is None:
+        params = T.init_params(model_cfg, rng, boxed=True)
+    else:
+        params = lora_lib.init_adapters(model_cfg, lora, rng, boxed=True)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -68,35 +73,36 @@ def _boxed_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation
     )
 
 
-def state_shardings(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES):
+def state_shardings(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES, lora=None):
     """NamedShardings of every state leaf, from the parameters' logical axes.
 
     Optimiser moments inherit their parameter's axes (optax maps over the boxed leaves);
-    scalars and the RNG are replicated.
+    scalars and the RNG are replicated. With `lora` (a `models.lora.LoraConfig`) the trained
+    parameters are the adapters alone, sharded by the axes `lora.adapter_axes` derives.
     """
-    abstract = jax.eval_shape(lambda k: _boxed_state(model_cfg, optimizer, k), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: _boxed_state(model_cfg, optimizer, k, lora), jax.random.key(0))
     specs = nn.get_partition_spec(abstract)
     return parallel.logical_to_sharding(specs, mesh, rules)
 
 
-def abstract_state(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES) -> TrainState:
+def abstract_state(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=parallel.RULES, lora=None) -> TrainState:
     """The state as ShapeDtypeStructs with their shardings: a restore target, nothing allocated."""
-    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
-    shapes = jax.eval_shape(lambda k: nn.unbox(_boxed_state(model_cfg, optimizer, k)), jax.random.key(0))
+    shardings = state_shardings(model_cfg, optimizer, mesh, rules, lora)
+    shapes = jax.eval_shape(lambda k: nn.unbox(_boxed_state(model_cfg, optimizer, k, lora)), jax.random.key(0))
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def create_state(
-    model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES, params: dict | None = None
+    model_cfg: ModelConfig, optimizer, rng, mesh: Mesh, rules=parallel.RULES, params: dict | None = None, lora=None
 ) -> TrainState:
-    """A fresh state on `mesh`: random parameters (params=None) or the given host arrays,
-    each placed shard by shard; optimiser state initialised where it lives."""
-    shardings = state_shardings(model_cfg, optimizer, mesh, rules)
+    """A fresh state on `mesh`: random parameters (params=None; with `lora`, fresh adapters) or
+    the given host arrays, each placed shard by shard; optimiser state initialised where it lives."""
+    shardings = state_shardings(model_cfg, optimizer, mesh, rules, lora)
     with parallel.use_rules(mesh, rules):
         if params is None:
 
             def init(k):
-                return nn.unbox(_boxed_state(model_cfg, optimizer, k))
+                return nn.unbox(_boxed_state(model_cfg, optimizer, k, lora))
 
             return jax.jit(init, out_shardings=shardings)(rng)
         placed = jax.tree.map(_place, params, shardings.params)
