@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.policy.attention_impl = "auto"
     c.policy.scan_unroll = 1
     c.policy.trust_remote_code = False  # run the checkpoint's own tokenizer code (InternLM2); read it first
+    # LoRA on the policy (models/lora.py): rank > 0 trains only rank-r adapters on these projections of every
+    # layer (the decoder's names: wq wk wv wo w_gate w_up w_down), merged as W + alpha / rank x A @ B; the frozen
+    # base is on the chips once, shared by the reference policy. Outputs policy/ merged and policy_lora/ (PEFT).
+    c.policy.lora = ml_collections.ConfigDict(
+        dict(rank=0, alpha=16.0, targets=("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"))
+    )
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.prompts = 64  # prompts per iteration

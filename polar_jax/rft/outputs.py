@@ -1,5 +1,6 @@
 """What a finished RFT run leaves in its workdir besides metrics and checkpoints: policy/ (the
-trained policy as an HF directory) and rft_results.json (held-out measures before and after)."""
+trained policy as an HF directory), with policy.lora policy_lora/ (the adapters as a PEFT
+directory), and rft_results.json (held-out measures before and after)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from polar_jax.io import atomic, hf, tokenizers
+from polar_jax.io import atomic, hf, peft, tokenizers
 from polar_jax.io.model import Model
 from polar_jax.rft.setup import Models
 
 RESULTS_FILE = "rft_results.json"
+ADAPTERS_DIR = "policy_lora"
 EVAL_BEFORE_FILE = "eval_before.json"
 
 
@@ -32,6 +34,15 @@ def save_policy(m: Models, params, out_dir: pathlib.Path) -> pathlib.Path:
             tokenizers.copy_tokenizer(m.policy_source, tmp)
         else:
             m.policy_tokenizer.save_pretrained(str(tmp))
+    return out_dir
+
+
+def save_adapters(m: Models, adapters, lora, out_dir: pathlib.Path) -> pathlib.Path:
+    """The trained LoRA adapters as a PEFT directory (`io.peft`) for the initial policy (`policy.init`)."""
+    policy = m.policy
+    with atomic.directory(out_dir) as tmp:
+        host = jax.tree.map(np.asarray, adapters)
+        peft.save_adapters(policy.cfg, policy.family, host, lora, tmp, base_model=m.policy_source)
     return out_dir
 
 

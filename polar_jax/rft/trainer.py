@@ -37,6 +37,7 @@ import numpy as np
 from polar_jax import parallel
 from polar_jax import sampling as sampling_lib
 from polar_jax.engine import Engine, EngineStats
+from polar_jax.models import lora as lora_lib
 from polar_jax.rft import data as data_lib
 from polar_jax.rft import outputs, references, rewards, rollout, setup, step
 from polar_jax.rft.setup import Models
@@ -86,7 +87,13 @@ class Runner:
 
         self.reward = reward or setup.server_reward(config) or self._reward_model(config, m, mesh)
         keep_reference = config.reference.keep or self.ppo.needs_reference
-        self.ref_params = setup.place(self.actor_cfg, m.policy.params, mesh) if keep_reference else None
+        # policy.lora: the actor trains adapters over this frozen base, placed once; it is the reference policy too
+        self.lora = self.plan.lora
+        self.base_params = setup.place(self.actor_cfg, m.policy.params, mesh) if self.lora else None
+        if self.lora:
+            self.ref_params = self.base_params if keep_reference else None
+        else:
+            self.ref_params = setup.place(self.actor_cfg, m.policy.params, mesh) if keep_reference else None
         self.target = None
         if m.target is not None:
             target_params = setup.place(m.target.cfg, m.target.params, mesh)
@@ -113,7 +120,14 @@ class Runner:
         """The initial policy's parameters on the mesh (the reference policy's, when kept)."""
         if self.ref_params is not None:
             return self.ref_params
+        if self.lora:
+            return self.base_params
         return setup.place(self.actor_cfg, self.models.policy.params, self.mesh)
+
+    def policy_params(self, actor_params):
+        """The policy's full parameters from the actor state's: themselves, or with policy.lora the
+        frozen base merged with the adapters (compiled; the unadapted leaves are the base's arrays)."""
+        return lora_lib.merged(actor_params, self.base_params, self.lora) if self.lora else actor_params
 
     def abstract_state(self) -> dict:
         """The checkpointed state's shapes and shardings (a restore target)."""
@@ -137,7 +151,7 @@ class Runner:
         sample_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
         rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
         start = time.perf_counter()
-        batch, engine_stats = self.rollouts(state["actor"].params, rows, sample_key)
+        batch, engine_stats = self.rollouts(self.policy_params(state["actor"].params), rows, sample_key)
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
         rolled = time.perf_counter()
 
@@ -155,6 +169,8 @@ class Runner:
             actor_cfg=self.actor_cfg,
             critic_cfg=self.critic_cfg,
             ppo=self.ppo,
+            base_params=self.base_params,
+            lora=self.lora,
         )
         jax.block_until_ready(exp)
         experienced = time.perf_counter()
@@ -170,6 +186,8 @@ class Runner:
             critic_optim=self.plan.critic_optim,
             total_steps=self.plan.total_steps,
             mesh=self.mesh,
+            base_params=self.base_params,
+            lora=self.lora,
         )
         metrics = {k: float(v) for k, v in {**exp_metrics, **update_metrics}.items()}  # waits for the update
         updated = time.perf_counter()
@@ -331,13 +349,15 @@ def train(
         if run.start == 0:
             run.write(0, data_counts, "data_")  # prompts kept and dropped as over-long (train / eval)
         if run.start == 0 and heldout:
-            before = runner.evaluate(state["actor"].params, heldout)  # the initial policy
+            before = runner.evaluate(runner.policy_params(state["actor"].params), heldout)  # the initial policy
             (run.workdir / outputs.EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
             run.write(0, before, "eval_")
 
         hooks = [
             loop.Hook(
-                lambda i, state, metrics: {"eval_": runner.evaluate(state["actor"].params, heldout)},
+                lambda i, state, metrics: {
+                    "eval_": runner.evaluate(runner.policy_params(state["actor"].params), heldout)
+                },
                 every=config.eval_every if heldout else 0,
                 at_end=False,
             )
@@ -362,9 +382,11 @@ def train(
 
         results = {}
         if run.finished:
-            outputs.save_policy(m, state["actor"].params, run.workdir / "policy")
+            outputs.save_policy(m, runner.policy_params(state["actor"].params), run.workdir / "policy")
+            if runner.lora:  # the adapters alone too, as a PEFT directory
+                outputs.save_adapters(m, state["actor"].params, runner.lora, run.workdir / outputs.ADAPTERS_DIR)
             if heldout:
-                after = runner.evaluate(state["actor"].params, heldout)
+                after = runner.evaluate(runner.policy_params(state["actor"].params), heldout)
                 run.write(run.step, after, "eval_")
                 evaluate_before = lambda: runner.evaluate(runner.initial_params(), heldout)  # noqa: E731
                 results = outputs.write_results(run.workdir, evaluate_before, len(heldout), after, config, data_counts)
