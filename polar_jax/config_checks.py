@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from polar_jax.config_rules import Float, Int, OneOf, Records, Rule, Seq
 from polar_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 BOOL, STR = Rule("bool"), Rule("str")
 NEVER = "0 = never"
@@ -131,7 +134,8 @@ RFT: dict[str, Rule] = {
     "reward.trust_remote_code": BOOL,
     "reward.batch_size": Int(ge=1),
     "reward.strip_think": OneOf("official", "all_spans", "none"),
-    "reward.normalize": OneOf("none", "batch"),
+    "reward.normalize": OneOf("none", "batch", "running", "group"),
+    "reward.clip": Seq(Float()),  # () = no clip, or (lo, hi): checked in `_check_rft_combinations`
     "reward.dtype": DTYPES,
     # None = from the reward model's directory, else the official client's defaults
     "reward.encoding.max_length": Int(ge=8, none=True),
@@ -146,6 +150,8 @@ RFT: dict[str, Rule] = {
     "algorithm.clip_ratio_high": Float(ge=0, none=True, note="None = algorithm.clip_ratio"),
     "algorithm.overlong_buffer": Int(ge=0, note="0 = off"),
     "algorithm.overlong_penalty": Float(ge=0),
+    "algorithm.dynamic_sampling": BOOL,
+    "algorithm.max_gen_batches": Int(ge=0, note="0 = no limit"),
     "algorithm.gamma": PROBABILITY,
     "algorithm.lam": PROBABILITY,
     "algorithm.clip_ratio": Float(gt=0),
@@ -301,6 +307,49 @@ def check(config: Any, kind: str, source: str = "the config", overrides=()) -> N
     known = defaults(kind)
     table = {**{k: _type_rule(v) for k, v in known.items() if k not in TABLES[kind]}, **TABLES[kind]}
     _check_table(flatten(config), table, "config.", source, overrides)
+    if kind == "rft":
+        _check_rft_combinations({**known, **flatten(config)}, source, overrides)
+
+
+GROUP_BASELINES = ("group", "grpo")  # estimators whose per-group z-score undoes any affine map of the scores
+
+
+def _check_rft_combinations(values: Mapping[str, Any], source: str, overrides) -> None:
+    """Keys of an RFT config that are fine alone but not together: refused with a ConfigError
+    naming them, or (where the run is valid but a setting does nothing) logged as a warning."""
+    k = values["rollout.samples_per_prompt"]
+    where = lambda name: _where(f"config.{name}", source, overrides)  # noqa: E731
+    clip = tuple(values["reward.clip"])
+    if clip and (len(clip) != 2 or not clip[0] < clip[1]):
+        raise ConfigError(
+            f"config.reward.clip={clip!r} ({where('reward.clip')}): must be () (no clip) or (lo, hi) with lo < hi"
+        )
+    if values["reward.normalize"] == "group" and k < 2:
+        raise ConfigError(
+            f"config.reward.normalize='group' ({where('reward.normalize')}) z-scores each prompt's rollouts, but "
+            f"config.rollout.samples_per_prompt={k} ({where('rollout.samples_per_prompt')}): every score would be "
+            "0; sample >= 2 rollouts per prompt, or use 'batch' / 'running'"
+        )
+    if values["algorithm.dynamic_sampling"] and k < 2:
+        raise ConfigError(
+            f"config.algorithm.dynamic_sampling=True ({where('algorithm.dynamic_sampling')}) drops the prompts whose "
+            f"rollouts all score the same, but config.rollout.samples_per_prompt={k} "
+            f"({where('rollout.samples_per_prompt')}): sample >= 2 rollouts per prompt"
+        )
+    if values["algorithm.max_gen_batches"] and not values["algorithm.dynamic_sampling"]:
+        log.warning("config.algorithm.max_gen_batches is set but algorithm.dynamic_sampling is off: it has no effect")
+    if (
+        values["reward.normalize"] != "none"
+        and not clip
+        and values["algorithm.estimator"] in GROUP_BASELINES
+        and values["algorithm.group_normalize_std"]
+    ):
+        log.warning(
+            "config.reward.normalize=%r with algorithm.estimator=%r: the group baseline's own z-score undoes the "
+            "normalisation (up to its eps); it changes nothing unless reward.clip binds",
+            values["reward.normalize"],
+            values["algorithm.estimator"],
+        )
 
 
 def _type_rule(default: Any) -> Rule:

@@ -49,4 +49,12 @@ def run(args: argparse.Namespace) -> int:
     log.info("stopped at iteration %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)
     if result.results:
         print(json.dumps(result.results, indent=1))
+        r = result.results
+        if "target_samples_reward" in r:  # the reward-gaming check, side by side
+            print(
+                f"reward-gaming check (held out): policy reward {r['reward_before']:.2f} -> {r['reward_after']:.2f}, "
+                f"the target's own samples {r['target_samples_reward']:.2f}; target log-likelihood "
+                f"{r['target_loglik_before']:.2f} -> {r['target_loglik_after']:.2f}, "
+                f"of its own samples {r['target_samples_loglik']:.2f}"
+            )
     return 0

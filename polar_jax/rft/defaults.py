@@ -81,7 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
     # after the first <think>...</think>, stripped; unchanged without a match) | "all_spans" (every span,
     # and an unmatched tag's side) | "none".
     c.reward.strip_think = "official"
-    c.reward.normalize = "none"  # "none" (the raw score, as released) | "batch" (whitened per batch)
+    # The sequence score the estimator trains on (rft/rewards.py): "none" (the raw score, as released) |
+    # "batch" (whitened per batch) | "running" (by the mean / std of every score so far, checkpointed) |
+    # "group" (a z-score within each prompt's rollout.samples_per_prompt rollouts; needs >= 2). Then
+    # reward.clip: () = none, or (lo, hi) clamps the normalised score (OpenRLHF's reward_clip_range).
+    c.reward.normalize = "none"
+    c.reward.clip = ()
     c.reward.dtype = "bfloat16"
     c.reward.trust_remote_code = False  # run the reward model's own tokenizer code (official POLAR checkpoints)
     # The official encoding's settings (data.encoding.EncodingConfig fields). None = from the reward model's
@@ -128,6 +133,11 @@ def base_config() -> ml_collections.ConfigDict:
     # then linearly down to -overlong_penalty at max_new_tokens; 0 = off.
     c.algorithm.overlong_buffer = 0
     c.algorithm.overlong_penalty = 1.0
+    # DAPO's dynamic sampling (verl's algorithm.filter_groups): drop the prompts whose rollouts all score the
+    # same, sample further prompt batches until rollout.prompts are kept (needs samples_per_prompt >= 2);
+    # more than max_gen_batches generation batches in one iteration stop the run (0 = no limit).
+    c.algorithm.dynamic_sampling = False
+    c.algorithm.max_gen_batches = 0
 
     c.critic = ml_collections.ConfigDict()
     c.critic.init = "policy"  # "policy" (as released) | "reward_model" (needs the policy's tokenizer)

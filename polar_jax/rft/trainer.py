@@ -15,8 +15,9 @@ critic, the frozen reference policy and the reward model all live on one mesh. W
 This file wires them: `Runner.iteration` (one iteration), the held-out measure, the outputs.
 
 A rerun with the same workdir resumes from the newest checkpoint (actor and critic states,
-data position); the iteration's keys derive from (seed, iteration), so a resumed run
-continues exactly as an uninterrupted one. SIGTERM / SIGINT finish the iteration, save, exit.
+reward.normalize="running"'s score moments, data position, which counts the prompt batches
+dynamic sampling drew); the iteration's keys derive from (seed, iteration[, round]), so a
+resumed run continues exactly as an uninterrupted one. SIGTERM / SIGINT finish the iteration, save, exit.
 Outputs: metrics.jsonl + TensorBoard, checkpoints/, policy/ (HF directory of the final
 policy), rft_results.json (held-out reward and target log-likelihood before and after).
 """
@@ -37,9 +38,10 @@ import numpy as np
 from polar_jax import parallel
 from polar_jax import sampling as sampling_lib
 from polar_jax.engine import Engine, EngineStats
+from polar_jax.errors import UserError
 from polar_jax.models import lora as lora_lib
+from polar_jax.rft import advantages, outputs, references, rewards, rollout, setup, step
 from polar_jax.rft import data as data_lib
-from polar_jax.rft import outputs, references, rewards, rollout, setup, step
 from polar_jax.rft.setup import Models
 from polar_jax.scoring import reward_token_id_for
 from polar_jax.synth.pool import stop_ids_for
@@ -48,6 +50,16 @@ from polar_jax.train import loop
 log = logging.getLogger(__name__)
 
 SINGLE_PROCESS = "rft runs in one process (any number of local devices); multi-host is not supported yet"
+
+
+class DynamicSamplingExhausted(UserError):
+    """Dynamic sampling ran algorithm.max_gen_batches generation batches without enough kept groups."""
+
+
+def summed_stats(stats: list[EngineStats]) -> EngineStats:
+    """One `EngineStats` of several generation batches: every count and time summed."""
+    fields = [f.name for f in dataclasses.fields(EngineStats)]
+    return EngineStats(**{name: sum(getattr(s, name) for s in stats) for name in fields})
 
 
 class Runner:
@@ -86,6 +98,11 @@ class Runner:
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
         self.reward = reward or setup.server_reward(config) or self._reward_model(config, m, mesh)
+        if config.algorithm.get("dynamic_sampling", False) and ro.samples_per_prompt < 2:
+            raise ValueError(
+                "algorithm.dynamic_sampling drops the prompts whose rollouts all score the same: it needs "
+                f"rollout.samples_per_prompt >= 2 (got {ro.samples_per_prompt})"
+            )
         keep_reference = config.reference.keep or self.ppo.needs_reference
         # policy.lora: the actor trains adapters over this frozen base, placed once; it is the reference policy too
         self.lora = self.plan.lora
@@ -130,12 +147,19 @@ class Runner:
         return lora_lib.merged(actor_params, self.base_params, self.lora) if self.lora else actor_params
 
     def abstract_state(self) -> dict:
-        """The checkpointed state's shapes and shardings (a restore target)."""
-        return self.plan.abstract_state(self.actor_cfg, self.critic_cfg, self.mesh)
+        """The checkpointed state's shapes and shardings (a restore target); with
+        reward.normalize="running", the running moments of the scores too (host arrays)."""
+        return {**self.plan.abstract_state(self.actor_cfg, self.critic_cfg, self.mesh), **self._reward_state()}
 
     def initial_state(self) -> dict:
-        """Actor from the policy, critic from its init, optimiser states fresh, all on the mesh."""
-        return self.plan.initial_state(self.models.policy, self.critic, self.config.seed, self.mesh)
+        """Actor from the policy, critic from its init, optimiser states fresh, all on the mesh
+        (and reward.normalize="running"'s moments of no scores)."""
+        state = self.plan.initial_state(self.models.policy, self.critic, self.config.seed, self.mesh)
+        return {**state, **self._reward_state()}
+
+    def _reward_state(self) -> dict:
+        """{"reward_stats": moments of no scores} with reward.normalize="running", else {}."""
+        return {"reward_stats": rewards.init_moments()} if self.config.reward.normalize == "running" else {}
 
     # ------------------------------------------------------------------------------ one iteration
 
@@ -143,29 +167,41 @@ class Runner:
         """A host batch array -> the mesh, split over its batch axes."""
         return jax.device_put(x, self.batch_sharding if np.ndim(x) == 2 else self.vector_sharding)
 
-    def iteration(self, state: dict, examples: list[data_lib.Example], index: int):
+    def iteration(
+        self,
+        state: dict,
+        examples: list[data_lib.Example],
+        index: int,
+        more: Callable[[], list[data_lib.Example]] | None = None,
+    ):
         """Rollout, scoring and update of one batch of prompts; returns (state, metrics).
 
-        Keys: fold_in(key(seed), index), split into sampling and mini-batch order."""
+        Keys: fold_in(key(seed), index), split into sampling and mini-batch order. With
+        algorithm.dynamic_sampling, `more()` gives further prompt batches (`dynamic_sample`)."""
         config, k = self.config, self.config.rollout.samples_per_prompt
         sample_key, update_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), index))
-        rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
+        params = self.policy_params(state["actor"].params)
         start = time.perf_counter()
-        batch, engine_stats = self.rollouts(self.policy_params(state["actor"].params), rows, sample_key)
+        if config.algorithm.get("dynamic_sampling", False):
+            batch, scores_b, engine_stats, (rollout_s, _), extra = self.dynamic_sample(
+                params, examples, sample_key, more
+            )
+        else:
+            batch, scores_b, engine_stats, (rollout_s, _) = self.sample_round(params, examples, sample_key)
+            extra = {}
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
-        rolled = time.perf_counter()
-
-        texts = rollout.response_texts(self.models.policy_tokenizer, response_bn, lengths_b, self.sampling.stop_ids)
-        scores_b = self.reward.score([ex.prompt for ex in rows], [ex.reference for ex in rows], texts)
         scored = time.perf_counter()
 
-        train_scores_b = rewards.normalize_scores(scores_b, config.reward.normalize)
+        r = config.reward
+        train_scores_b, reward_stats = rewards.training_scores(
+            scores_b, r.normalize, tuple(r.get("clip", ())), k, state.get("reward_stats")
+        )
         exp, exp_metrics = step.make_experience(
             state["actor"].params,
             state["critic"].params if self.critic else None,
             self.ref_params,
             batch,
-            self.put(train_scores_b.astype(np.float32)),
+            self.put(train_scores_b),
             actor_cfg=self.actor_cfg,
             critic_cfg=self.critic_cfg,
             ppo=self.ppo,
@@ -193,21 +229,87 @@ class Runner:
         updated = time.perf_counter()
 
         new_state = {"actor": actor, **({"critic": critic} if self.critic else {})}
+        if reward_stats is not None:
+            new_state["reward_stats"] = reward_stats
+            extra.update(
+                reward_running_mean=float(reward_stats["mean"]), reward_running_std=rewards.moments_std(reward_stats)
+            )
         stopped = [bool(n) and int(row[n - 1]) in self.sampling.stop_ids for row, n in zip(response_bn, lengths_b)]
         metrics.update(
             reward=float(np.mean(scores_b)),
             reward_std=float(np.std(scores_b)),
+            reward_train_mean=float(np.mean(train_scores_b)),  # after reward.normalize and reward.clip
+            reward_train_std=float(np.std(train_scores_b)),
+            **extra,
             response_length=float(np.mean(lengths_b)),
             response_length_max=float(np.max(lengths_b)),
             stopped_fraction=float(np.mean(stopped)),
-            time_rollout_s=rolled - start,
-            time_score_s=scored - rolled,
+            time_rollout_s=rollout_s,
+            time_score_s=scored - start - rollout_s,  # scoring, with any dynamic sampling's filtering
             time_experience_s=experienced - scored,
             time_update_s=updated - experienced,
             tokens_per_s=float(engine_stats.useful_tokens + engine_stats.prompt_tokens) / (updated - start),
             **engine_stats.metrics("rollout_"),  # utilisation, tokens/s, prefill and decode seconds
         )
         return new_state, metrics
+
+    def sample_round(self, params, examples: list[data_lib.Example], sample_key):
+        """One generation batch: each prompt's rollout.samples_per_prompt rollouts (consecutive
+        rows, its group) sampled with `sample_key` and scored against its reference; returns
+        (batch, scores_b, engine stats, (rollout seconds, scoring seconds))."""
+        k = self.config.rollout.samples_per_prompt
+        rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
+        start = time.perf_counter()
+        batch, engine_stats = self.rollouts(params, rows, sample_key)
+        response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
+        rolled = time.perf_counter()
+        texts = rollout.response_texts(self.models.policy_tokenizer, response_bn, lengths_b, self.sampling.stop_ids)
+        scores_b = self.reward.score([ex.prompt for ex in rows], [ex.reference for ex in rows], texts)
+        return batch, scores_b, engine_stats, (rolled - start, time.perf_counter() - rolled)
+
+    def dynamic_sample(self, params, examples: list[data_lib.Example], sample_key, more):
+        """DAPO's dynamic sampling (arXiv 2503.14476), as verl's recipe/dapo trainer does it
+        (algorithm.filter_groups: num_gen_batches, max_num_gen_batches): score a generation
+        batch, drop the groups whose scores are all equal (`advantages.keep_groups`), and draw
+        further prompt batches from `more()` until rollout.prompts groups are kept; the first
+        rollout.prompts of them, in the order drawn, are the batch (its size unchanged). Round 0
+        samples with `sample_key`, round r with fold_in(sample_key, r); the prompts drawn advance
+        the data iterator, so a checkpoint's position includes them. More than
+        algorithm.max_gen_batches rounds (0 = no limit) raise. Returns (batch, scores_b, engine
+        stats, (rollout s, scoring s), {dynamic_sampling_rounds, dynamic_sampling_kept_fraction})."""
+        config, k = self.config, self.config.rollout.samples_per_prompt
+        limit, wanted = config.algorithm.get("max_gen_batches", 0), len(examples)
+        kept_batches, kept_scores, all_stats, seconds = [], [], [], np.zeros(2)
+        kept_groups, drawn_groups, rounds = 0, 0, 0
+        while kept_groups < wanted:
+            if limit and rounds >= limit:
+                raise DynamicSamplingExhausted(
+                    f"dynamic sampling kept {kept_groups} of the {wanted} groups an iteration needs (rollout.prompts) "
+                    f"in {rounds} generation batches = algorithm.max_gen_batches: too many groups score the same "
+                    "for every rollout; raise algorithm.max_gen_batches (0 = no limit), sample more rollouts per "
+                    "prompt, or use easier or harder prompts"
+                )
+            if rounds:
+                if more is None:
+                    raise ValueError("algorithm.dynamic_sampling needs a source of further prompt batches (`more`)")
+                examples = more()
+            key = sample_key if rounds == 0 else jax.random.fold_in(sample_key, rounds)
+            batch, scores_b, engine_stats, times = self.sample_round(params, examples, key)
+            rounds += 1
+            keep_g = np.asarray(advantages.keep_groups(scores_b, k))
+            keep_b = np.repeat(keep_g, k)
+            kept_batches.append(jax.tree.map(lambda x: np.asarray(x)[keep_b], batch))
+            kept_scores.append(np.asarray(scores_b)[keep_b])
+            all_stats.append(engine_stats)
+            seconds += times
+            kept_groups, drawn_groups = kept_groups + int(keep_g.sum()), drawn_groups + keep_g.size
+        rows = wanted * k
+        batch = rollout.Rollout(*(self.put(np.concatenate(xs)[:rows]) for xs in zip(*kept_batches)))
+        metrics = {
+            "dynamic_sampling_rounds": float(rounds),
+            "dynamic_sampling_kept_fraction": kept_groups / drawn_groups,
+        }
+        return batch, np.concatenate(kept_scores)[:rows], summed_stats(all_stats), tuple(seconds), metrics
 
     def rollouts(self, params, rows: list[data_lib.Example], sample_key) -> tuple[rollout.Rollout, EngineStats]:
         """Every rollout of an iteration's rows through the engine, row b drawing with
@@ -250,6 +352,17 @@ class Runner:
         if self.target is not None:
             out["target_loglik"] = self.target.loglik([ex.prompt for ex in examples], samples, config.eval.batch_size)
         return out
+
+    def target_baseline(self, examples: list[data_lib.Example]) -> dict:
+        """The reward-gaming check: the target's own fresh samples (key 1) on the held-out prompts,
+        their mean POLAR reward against the references and the target's log-likelihood of them. A
+        policy whose reward passes this while its `target_loglik` stays below has found what the
+        reward model over-rates, not the target's behaviour."""
+        prompts = [ex.prompt for ex in examples]
+        samples = self.target.sample(prompts, jax.random.key(1), self.config.eval.batch_size)
+        scores = self.reward.score(prompts, [ex.reference for ex in examples], samples.texts)
+        loglik = self.target.loglik(prompts, samples, self.config.eval.batch_size)
+        return {"target_samples_reward": float(np.mean(scores)), "target_samples_loglik": loglik}
 
 
 def read_data(
@@ -365,7 +478,7 @@ def train(
         if on_iteration is not None:
             hooks.append(loop.Hook(lambda i, state, metrics: on_iteration(i, metrics)))
         state = run.loop(
-            lambda state, i: runner.iteration(state, prompts.next_batch(), i),
+            lambda state, i: runner.iteration(state, prompts.next_batch(), i, more=prompts.next_batch),
             state,
             prompts,
             log_spec=loop.Log(
@@ -389,5 +502,8 @@ def train(
                 after = runner.evaluate(runner.policy_params(state["actor"].params), heldout)
                 run.write(run.step, after, "eval_")
                 evaluate_before = lambda: runner.evaluate(runner.initial_params(), heldout)  # noqa: E731
-                results = outputs.write_results(run.workdir, evaluate_before, len(heldout), after, config, data_counts)
+                baseline = runner.target_baseline(heldout) if runner.target is not None else {}
+                results = outputs.write_results(
+                    run.workdir, evaluate_before, len(heldout), after, config, data_counts, baseline
+                )
     return dataclasses.replace(run.result, results=results, data=data_counts)

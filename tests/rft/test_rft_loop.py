@@ -117,6 +117,9 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     assert results["target_loglik_before"] == evals[0]["eval_target_loglik"] < 0
     assert results["target_loglik_after"] == evals[ITERATIONS]["eval_target_loglik"]
     assert results["heldout_prompts"] == 4
+    # The reward-gaming check: the target's own fresh samples, scored and judged by the target.
+    assert np.isfinite(results["target_samples_reward"]) and results["target_samples_reward"] != results["reward_after"]
+    assert results["target_samples_loglik"] < 0
     # The over-long training prompt (line 6) was filtered out and counted, not cut.
     data_row = next(r for r in rows if "data_train_prompts" in r)
     assert data_row == {
