@@ -1,49 +1,50 @@
-"""RFT on the demo: a fluent policy is trained toward the word-salad one, judged by POLAR.
+"""RFT on the demo: a weak policy (an early checkpoint) trained toward a stronger one, judged by POLAR.
 
     python -m polar_jax demo --workdir runs/demo                              # first: models
     python -m polar_jax rft --config configs/rft_demo.py --workdir runs/rft_demo
     python -m polar_jax rft --config configs/rft_demo.py:DEMO_DIR --workdir ...   # another demo dir
 
-The policy is the demo's lm0 after 600 steps (English-like text); the target is the same LM
-after 40 steps (word salad: punctuation, whitespace and common words). The target's samples
-on corpus prompts are the references, the demo's pre-trained POLAR reward model scores each
-rollout against its reference, and PPO (the released recipe's GAE, gamma = lambda = 1, clip
-0.2) moves the policy. POLAR's reward is "same policy as the reference", not "better": the
-demo shows the policy moving toward whichever policy wrote the references.
+The policy is the demo's lm1 stopped after 150 steps (a mid-training checkpoint, held out of the
+reward model's pool); the target is lm0 after 600 steps (the pool's most trained LM). The target's
+samples on corpus prompts are the references, the demo's pre-trained POLAR reward model scores
+each rollout against its reference, and PPO (the released recipe's GAE, gamma = lambda = 1, clip
+0.2) moves the policy. Two measures at the end, held out (DIR/rft_results.json, printed):
+`reward_*` (mean POLAR reward) and `target_loglik_*` (the target's mean per-token log-likelihood
+of the policy's responses: a measure that does not go through the reward model), and beside them
+the reward-gaming check: the target's own fresh samples' reward and log-likelihood
+(`target_samples_*`). A policy whose reward passes the target's own while its log-likelihood does
+not rise has learnt what the reward model over-rates, not the target.
 
-Why this direction. The other way round (lm0-step40 toward lm0-step600) the reward rises
-(-2.25 -> 2.53 held out) but the policy learns to string the target's frequent tokens
-(`function`, `"__()"`, `class`), which the demo's tiny reward model (64 wide, 2 layers, 0.2M
-parameters, smaller than the policy) rates as highly as the target's own samples; the target's
-log-likelihood of them does not rise (-6.94 -> -6.95). Tried and measured, all still gamed: a
-128-wide model trained 300 steps (held-out accuracy 0.969 / 0.754, but the policy reached
-reward 6.4 against the target's own 5.5, log-likelihood -6.94 -> -7.60); an entropy bonus
-(0.01, 0.03); hot-sampled (T 1.5, 2.0) copies of the target among the training policies.
-Degrading toward a near-unigram target is a direction the small model judges well.
+That is what happens here with a weak KL penalty: at kl_coef 0.1 the reward rises 0.07 -> 3.10,
+three times the target's own samples' 0.98, while the target's log-likelihood falls -5.00 -> -5.62
+(the demo's reward model is 0.2M parameters, smaller than the policy). A KL penalty of 0.5 per
+token (k1, in the reward) keeps the policy near where that model's judgement holds. Measured
+(200 iterations, held out, 64 prompts; reward / log-likelihood, before -> after, target's own):
+    kl 0.5 seed 0:  0.07 -> 1.06 (0.98)   -5.00 -> -4.05 (-3.45)
+    kl 0.5 seed 1:  0.26 -> 1.85 (1.25)   -5.04 -> -4.74 (-3.52)
+    kl 0.4:         0.07 -> 1.53, 0.26 -> 1.19;  -5.00 -> -5.05, -5.04 -> -6.26 (gamed)
+    kl 0.3:         0.07 -> 2.15, 0.26 -> 2.20;  -5.00 -> -5.17, -5.04 -> -5.08 (gamed)
+From the weaker lm0-step40 at kl 0.5 nothing moves (-3.60 -> -3.62, -6.81 -> -6.74). The gain
+a policy can make without gaming is bounded by the target's own samples' reward (0.9 to 1.0 above
+the start here).
 
 Two departures from the released recipe, for the demo's tiny reward model: rollouts are drawn
-as the pool's samples it was trained on were (top-k 50, top-p 0.9, repetition loops cut), and a
-KL penalty (0.1 per token, k1, in the reward) keeps the policy near where that model's
-judgement holds. Without KL the target log-likelihood peaks at iteration 75 (-4.32) and then
-falls back as responses collapse to a few tokens and regrow (-5.43 at 200).
-
-At the end DIR/rft_results.json holds held-out measures before and after: `reward_*` (mean
-POLAR reward) and `target_loglik_*` (the target's mean per-token log-likelihood of the policy's
-responses: a measure that does not go through the reward model). For scale, the target's own
-samples score reward 4.06 and log-likelihood -4.54; the untrained policy's -3.83 and -5.71
-(after 200 iterations: 3.49 and -4.89; measured with verl's loss aggregation, dual clip and critic bias,
-on the demo models of session 5: the figures move with float rounding in the demo's LM training).
-The demo evaluates sampled responses (fixed key), not greedy ones: greedy decoding of these
-small LMs collapses to a newline or a quote, before and after. About 3 minutes on 2 CPU cores.
+as the pool's samples it was trained on were (top-k 50, top-p 0.9, repetition loops cut), and the
+KL penalty (the released recipe has none). The demo evaluates sampled responses (fixed key), not
+greedy ones: greedy decoding of these small LMs collapses to a newline or a quote. The other
+direction (the fluent lm0-step600 degraded toward the word-salad lm0-step40) is
+configs/rft_demo_salad.py. About 3 minutes on 2 CPU cores.
 """
 
 import pathlib
 
 from polar_jax.rft.defaults import base_config
 
+KL_COEF = 0.5  # per token (k1, in the reward); see above
+
 
 def get_config(demo_dir: str = "runs/demo"):
-    """The demo RFT run; `demo_dir` is where `python -m polar_jax demo` wrote its models."""
+    """The demo RFT run toward the stronger policy; `demo_dir` is where `python -m polar_jax demo` wrote its models."""
     demo = pathlib.Path(demo_dir)
     c = base_config()
     c.setup_hint = (
@@ -54,7 +55,7 @@ def get_config(demo_dir: str = "runs/demo"):
     c.eval_every = 25
     c.checkpoint_every = 50
 
-    c.policy.init = str(demo / "policies" / "lm0" / "step-600")
+    c.policy.init = str(demo / "policies" / "lm1" / "step-150")
     c.policy.dtype = "float32"  # bfloat16 is emulated, and slow, on CPU
     c.policy.max_prompt_tokens = 32
     c.policy.scan_unroll = 2  # the demo LMs' two layers unrolled: faster on CPU
@@ -64,11 +65,11 @@ def get_config(demo_dir: str = "runs/demo"):
     c.data.prompt_tokens = (2, 24)
     c.data.train_prompts = 512
     c.data.eval_prompts = 64
-    # The target: lm0 after 40 steps, sampled as in the demo's pool (T 1.0, top-k 50, top-p 0.9, 24 tokens).
+    # The target: lm0 after 600 steps, sampled as in the demo's pool (T 1.0, top-k 50, top-p 0.9, 24 tokens).
     # Any pool policy can be the target, e.g. SmolLM2 as a careful writer: checkpoint="smollm2",
     # template=synth.pool.CHATML, system="You are a careful technical writer.", stop=("<|im_end|>",).
     c.target.update(
-        checkpoint=str(demo / "policies" / "lm0" / "step-40"),
+        checkpoint=str(demo / "policies" / "lm0" / "step-600"),
         temperature=1.0,
         top_k=50,
         top_p=0.9,
@@ -90,7 +91,7 @@ def get_config(demo_dir: str = "runs/demo"):
     # Sampled as the pool's trajectories the reward model was trained on: top-k 50, top-p 0.9, loops cut.
     c.rollout.top_k, c.rollout.top_p, c.rollout.loop_max_ngram = 50, 0.9, 32
 
-    c.algorithm.kl_coef = 0.1  # the released recipe has none; see above
+    c.algorithm.kl_coef = KL_COEF  # the released recipe has none; see above
     c.algorithm.epochs = 2
     c.algorithm.minibatches = 2
     c.actor_optim.lr = 2e-4  # a 0.5M-parameter policy moves at far larger steps than the paper's 1e-6
