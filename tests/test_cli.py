@@ -14,6 +14,7 @@ import pytest
 from polar_jax import __main__ as cli_module
 from polar_jax import config_checks
 from polar_jax.__main__ import main
+from polar_jax.bench.rft_algorithms import CONFIGS as RFT_ALGORITHM_CONFIGS
 from polar_jax.config_loading import load_config
 from polar_jax.errors import ConfigError, UserError
 
@@ -368,6 +369,8 @@ def test_the_policy_table_covers_the_policy_spec():
         ("configs/polar_7b.py:sft", "train"),
         ("configs/polar_1_8b.py", "train"),
         ("configs/rft_demo.py", "rft"),
+        *((path, "rft") for path in RFT_ALGORITHM_CONFIGS.values() if path != "configs/rft_demo.py"),
+        ("configs/rft_demo_salad.py", "rft"),
         ("configs/synth_smollm2.py", "synth"),
         ("configs/scaling/cpu_demo.py", "scaling"),
         ("configs/scaling/cpu_synthetic.py", "scaling"),

@@ -53,11 +53,12 @@ def write_results(
     after: dict,
     config,
     data_counts: dict,
-    baseline: dict | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """rft_results.json: the held-out measures before (EVAL_BEFORE_FILE, else `evaluate_before()`)
-    and after, the training reward curve's ends, and `baseline` (the target's own samples'
-    measures, `Runner.target_baseline`: the reward-gaming check)."""
+    and after, the training reward curve's ends, and `extra` (the trainer's: the target's own
+    samples' measures, `Runner.target_baseline`, the reward-gaming check; the actor's trainable
+    parameter count; the run's seconds)."""
     before_file = workdir / EVAL_BEFORE_FILE
     before = json.loads(before_file.read_text()) if before_file.exists() else evaluate_before()
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -72,7 +73,7 @@ def write_results(
         train_reward_window=window,
         policy=str(workdir / "policy"),
         **{f"data_{k}": v for k, v in data_counts.items()},
-        **(baseline or {}),
+        **(extra or {}),
     )
     (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -434,6 +434,7 @@ def train(
     them from the config's paths; `on_iteration(i, metrics)` is called after each iteration.
     With reward.server, the server must answer /health within reward.server_wait seconds."""
     setup.check_reward_source(config)  # before the workdir is touched
+    started = time.perf_counter()
     with loop.Run(
         config,
         workdir,
@@ -503,7 +504,12 @@ def train(
                 run.write(run.step, after, "eval_")
                 evaluate_before = lambda: runner.evaluate(runner.initial_params(), heldout)  # noqa: E731
                 baseline = runner.target_baseline(heldout) if runner.target is not None else {}
+                extra = dict(
+                    baseline,
+                    actor_trainable_params=sum(x.size for x in jax.tree.leaves(state["actor"].params)),
+                    run_seconds=time.perf_counter() - started,  # this process: a resumed run counts from its resume
+                )
                 results = outputs.write_results(
-                    run.workdir, evaluate_before, len(heldout), after, config, data_counts, baseline
+                    run.workdir, evaluate_before, len(heldout), after, config, data_counts, extra
                 )
     return dataclasses.replace(run.result, results=results, data=data_counts)

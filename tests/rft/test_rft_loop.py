@@ -120,6 +120,8 @@ def test_rft_command_logs_checkpoints_and_writes_results(reference_run, tiny):
     # The reward-gaming check: the target's own fresh samples, scored and judged by the target.
     assert np.isfinite(results["target_samples_reward"]) and results["target_samples_reward"] != results["reward_after"]
     assert results["target_samples_loglik"] < 0
+    assert results["actor_trainable_params"] == models.load_model(tiny["policy"]).cfg.num_params()  # full fine-tuning
+    assert 0 < results["run_seconds"] < 3600
     # The over-long training prompt (line 6) was filtered out and counted, not cut.
     data_row = next(r for r in rows if "data_train_prompts" in r)
     assert data_row == {
@@ -162,11 +164,12 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(config_file, refer
         np.testing.assert_array_equal(a, b)
     results = json.loads((tmp_path / "rft_results.json").read_text())
     reference = json.loads((reference_run / "rft_results.json").read_text())
+    assert results.pop("run_seconds") > 0 and reference.pop("run_seconds") > 0  # each process's own time
     assert results == {**reference, "policy": str(tmp_path / "policy")}
 
     logged = (tmp_path / "metrics.jsonl").read_text()
     again = trainer.train(config, tmp_path, progress=False)  # a finished run, rerun: its final evaluation again
-    assert again.step == ITERATIONS and again.results == results
+    assert again.step == ITERATIONS and again.results.pop("run_seconds") > 0 and again.results == results
     assert (tmp_path / "metrics.jsonl").read_text() == logged  # no repeated rows (issue 15)
 
 

@@ -104,6 +104,8 @@ def test_lora_run_writes_the_merged_policy_and_its_peft_adapters(lora_run, tiny)
     trained = models.load_model(lora_run / "policy")
     adapters, lora = peft.load_adapters(initial.cfg, initial.family, lora_run / "policy_lora")
     assert lora == L.LoraConfig(rank=RANK, alpha=ALPHA, targets=("wq", "wv", "wo", "w_down"))
+    results = json.loads((lora_run / "rft_results.json").read_text())
+    assert results["actor_trainable_params"] == L.num_adapter_params(initial.cfg, lora)  # adapters only
     config = json.loads((lora_run / "policy_lora" / peft.CONFIG_FILE).read_text())
     assert config["target_modules"] == ["q_proj", "v_proj", "o_proj", "down_proj"]
     assert config["base_model_name_or_path"] == tiny["policy"]
