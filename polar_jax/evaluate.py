@@ -95,10 +95,12 @@ def pair_rewards(
     batch_size: int = 8,
     progress: bool = True,
     shared_prefix: bool = True,
+    across_processes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(r_chosen_n, r_rejected_n): float32 rewards of each triplet's chosen and rejected
     candidates against its prompt and reference, in row order (`shared_prefix`: a triplet's
-    common prefix computed once, the same rewards, `scoring.reward_scores`)."""
+    common prefix computed once, the same rewards; `across_processes`: the processes of a
+    multi-process run share the batches and each gets every reward; `scoring.reward_scores`)."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()
     reward_id = scoring.reward_token_id_for(model, tokenizer, enc_cfg)
     pairs = [encoding.encode_triplet(tokenizer, row, enc_cfg, reward_id) for row in rows]
@@ -113,7 +115,13 @@ def pair_rewards(
         )
     sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rewards_2n = scoring.reward_scores(
-        model.cfg, model.params, sequences, batch_size=batch_size, progress=progress, shared_prefix=shared_prefix
+        model.cfg,
+        model.params,
+        sequences,
+        batch_size=batch_size,
+        progress=progress,
+        shared_prefix=shared_prefix,
+        across_processes=across_processes,
     )
     return rewards_2n[: len(rows)], rewards_2n[len(rows) :]
 
@@ -206,12 +214,17 @@ def evaluate_triplets(
     seen_policies: set[str] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    across_processes: bool = False,
 ) -> dict[str, dict]:
     """Score every triplet's chosen and rejected candidates and return group name -> stats
-    (`pair_stats` keys): "all", the seen / unseen split when `seen_policies` is given, categories."""
+    (`pair_stats` keys): "all", the seen / unseen split when `seen_policies` is given, categories.
+    `across_processes`: the processes of a multi-process run share the scoring (`pair_rewards`);
+    each gets every reward, so the stats are over all rows and equal one process's."""
     if not rows:
         raise ValueError("no triplets to evaluate")
-    r_chosen_n, r_rejected_n = pair_rewards(model, tokenizer, rows, enc_cfg, batch_size, progress)
+    r_chosen_n, r_rejected_n = pair_rewards(
+        model, tokenizer, rows, enc_cfg, batch_size, progress, across_processes=across_processes
+    )
     return group_stats(rows, r_chosen_n, r_rejected_n, seen_policies)
 
 

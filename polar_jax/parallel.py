@@ -126,8 +126,10 @@ def initialize_distributed(
         return
     # CPU processes need a collectives library to talk to each other (GPU/TPU ignore this).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if auto:
-        jax.distributed.initialize()
+    if auto:  # what is given is used, the rest detected
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
     else:
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
@@ -139,6 +141,27 @@ def initialize_distributed(
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the run has reached the barrier called `name` (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_owned(values_n: np.ndarray, owner_n: np.ndarray) -> np.ndarray:
+    """Entry i of `values_n` as process `owner_n[i]` computed it, on every process: each process
+    fills the entries it owns (any value elsewhere) and calls this with the same `owner_n`. One
+    process: `values_n` unchanged."""
+    values_n, owner_n = np.asarray(values_n), np.asarray(owner_n)
+    if jax.process_count() == 1:
+        return values_n
+    from jax.experimental import multihost_utils
+
+    all_pn = np.asarray(multihost_utils.process_allgather(values_n))  # [processes, N]
+    return all_pn[owner_n, np.arange(len(values_n))]
 
 
 def _cluster_detected() -> bool:

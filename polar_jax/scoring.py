@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from polar_jax import parallel
 from polar_jax.data import encoding, groups
 from polar_jax.io.model import Model
 from polar_jax.models import transformer as T
@@ -67,6 +68,7 @@ def reward_scores(
     pad_multiple: int = 128,
     progress: bool = True,
     shared_prefix: bool = True,
+    across_processes: bool = False,
 ) -> np.ndarray:
     """Reward at the last token of each id sequence; float32 [N], in input order.
 
@@ -75,6 +77,12 @@ def reward_scores(
     `shared_prefix=True`: sequences sharing a long id prefix (`groups.group_by_prefix`: the
     candidates of one prompt and reference) are scored as one group, their prefix computed once,
     and identical sequences once (`_shared_prefix_scores`); the same rewards, fewer tokens.
+
+    `across_processes` (a multi-process run: every process calls this with the same sequences):
+    the batches are planned from all sequences as one process plans them, batch k is run by process
+    k % jax.process_count() on its own first device (a process-local computation: no global mesh),
+    and the rewards are gathered (`parallel.gather_owned`), so every process returns all of them,
+    bit for bit the rewards one process computes. Only the forward passes are split.
     """
     if "reward" not in cfg.heads:
         raise ValueError(f"this model has heads {cfg.heads}; scoring needs a reward model")
@@ -84,13 +92,19 @@ def reward_scores(
             f"sequence {too_big[0]} has token id {int(np.max(sequences[too_big[0]]))} >= the model's vocab size "
             f"{cfg.vocab_size}: the tokenizer has tokens the model lacks (grow the embedding, polar_jax.models.vocab)"
         )
+    share = _share(across_processes)
+    progress = progress and share[0] == 0  # one bar: process 0's share
     if shared_prefix:
-        return _shared_prefix_scores(cfg, params, sequences, batch_size, progress)
+        return _shared_prefix_scores(cfg, params, sequences, batch_size, progress, share)
     order = np.argsort([len(s) for s in sequences], kind="stable")
     scores = np.zeros(len(sequences), np.float32)
-    bar = tqdm(total=len(sequences), desc="score", unit="row", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    owner_n = np.zeros(len(sequences), np.int64)
+    for k, index in enumerate(batches):
+        owner_n[index] = k % share[1]
+    mine = batches[share[0] :: share[1]]
+    bar = tqdm(total=sum(len(b) for b in mine), desc=_bar_name(share), unit="row", disable=not progress)
+    for index in mine:
         lengths = np.array([len(sequences[i]) for i in index], np.int32)
         width = -(-lengths.max() // pad_multiple) * pad_multiple
         tokens = np.zeros((batch_size, width), np.int32)  # a full batch always: one shape per width
@@ -100,7 +114,16 @@ def reward_scores(
         scores[index] = np.asarray(last_token_rewards(cfg, params, tokens, lengths))[: len(index)]
         bar.update(len(index))
     bar.close()
-    return scores
+    return parallel.gather_owned(scores, owner_n) if share[1] > 1 else scores
+
+
+def _share(across_processes: bool) -> tuple[int, int]:
+    """(this process's index, how many share the batches): (0, 1) unless `across_processes`."""
+    return (jax.process_index(), jax.process_count()) if across_processes else (0, 1)
+
+
+def _bar_name(share: tuple[int, int]) -> str:
+    return "score" if share[1] == 1 else f"score (process {share[0]} of {share[1]})"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -147,11 +170,14 @@ def _width(n: int) -> int:
     return _pow2_at_least(n) if n <= 128 else _round_up(n, 128)
 
 
-def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, progress: bool):
+def _shared_prefix_scores(
+    cfg: ModelConfig, params, sequences, batch_size: int, progress: bool, share: tuple[int, int] = (0, 1)
+):
     """`reward_scores` with shared-prefix groups (`groups.group_by_prefix`, at most `MAX_GROUP`
     candidates each; identical sequences scored once, so a tie stays a tie bit for bit): `batch_size`
     groups a call, similar prefix lengths together, through `_prefix_cached_rewards`. Shapes: prefixes
-    and suffixes padded by `_width`, suffix rows to a power of two: few compiled programs."""
+    and suffixes padded by `_width`, suffix rows to a power of two: few compiled programs. `share`
+    (index, count): run call k only where k % count == index, then gather (`reward_scores`)."""
     empty = [i for i, s in enumerate(sequences) if len(s) == 0]
     if empty:
         raise ValueError(f"sequence {empty[0]} is empty; every scored sequence ends with the reward token")
@@ -165,9 +191,13 @@ def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, 
     members = groups.group_by_prefix(arrays, MAX_GROUP, MIN_SHARED_TOKENS)
     prefix_len = [groups.common_prefix_length([arrays[i] for i in m]) for m in members]
     order = sorted(range(len(members)), key=lambda g: prefix_len[g])  # similar prefix widths per call
-    bar = tqdm(total=len(sequences), desc="score", unit="row", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    owner_u = np.zeros(len(arrays), np.int64)
+    for k, chunk in enumerate(chunks):
+        owner_u[[i for g in chunk for i in members[g]]] = k % share[1]
+    total = int((owner_u[inverse_n] == share[0]).sum())
+    bar = tqdm(total=total, desc=_bar_name(share), unit="row", disable=not progress)
+    for chunk in chunks[share[0] :: share[1]]:
         width = _width(max(prefix_len[g] for g in chunk))
         prefix_gp = np.zeros((batch_size, width), np.int32)
         rows = [(slot, i) for slot, g in enumerate(chunk) for i in members[g]]
@@ -187,6 +217,8 @@ def _shared_prefix_scores(cfg: ModelConfig, params, sequences, batch_size: int, 
         scores[index_r] = np.asarray(rewards_r)[: len(rows)]
         bar.update(int(np.isin(inverse_n, index_r).sum()))
     bar.close()
+    if share[1] > 1:
+        scores = parallel.gather_owned(scores, owner_u)
     return scores[inverse_n]
 
 
@@ -198,10 +230,12 @@ def score_rows(
     batch_size: int = 8,
     progress: bool = True,
     shared_prefix: bool = True,
+    across_processes: bool = False,
 ) -> np.ndarray:
     """Rewards of `{prompt, reference, output[, wrapper]}` rows under the official encoding
     (a row's `wrapper` overrides `enc_cfg.wrapper`, as in the official client); `shared_prefix`:
-    rows of one prompt and reference compute their common prefix once (`reward_scores`)."""
+    rows of one prompt and reference compute their common prefix once; `across_processes`: the
+    processes of a multi-process run share the batches, each gets every reward (`reward_scores`)."""
     enc_cfg = enc_cfg or encoding.EncodingConfig()
     reward_id = reward_token_id_for(model, tokenizer, enc_cfg)
     sequences = [
@@ -209,5 +243,11 @@ def score_rows(
         for r in rows
     ]
     return reward_scores(
-        model.cfg, model.params, sequences, batch_size=batch_size, progress=progress, shared_prefix=shared_prefix
+        model.cfg,
+        model.params,
+        sequences,
+        batch_size=batch_size,
+        progress=progress,
+        shared_prefix=shared_prefix,
+        across_processes=across_processes,
     )

@@ -10,6 +10,11 @@ policies come from --seen-policies a,b,c or from the policy names in the --train
 meta. The paper's preference accuracy is the same computation on a file whose reference is
 the top-ranked response, chosen rank 2 and rejected rank 3. Bad rows stop the run at
 FILE:LINE unless --skip-invalid is given (then they are counted and reported).
+
+On several processes (--coordinator HOST:PORT --num-processes N --process-id I on each, or
+--multihost; `commands.processes`) the scoring batches are shared as in `score` (batch k on
+process k % N, process-local), every process gets every reward, and process 0 prints the table
+and writes --output: the accuracies are over all rows, the same file as one process writes.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import argparse
 import json
 import logging
 
+import jax
+
 from polar_jax import evaluate
-from polar_jax.commands import score
+from polar_jax.commands import processes, score
 from polar_jax.data import schema
 from polar_jax.errors import UserError
 from polar_jax.io import atomic, models, paths, tokenizers
@@ -64,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_encoding_arguments(parser)
+    processes.add_arguments(parser)
 
 
 def _checked_seen_names(names: set[str], rows: list[dict]) -> set[str]:
@@ -105,7 +113,9 @@ def _seen_policies(args: argparse.Namespace, rows: list[dict]) -> set[str] | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the triplets, score both candidates of each, print (and write, atomically) the accuracy table."""
+    """Read the triplets, score both candidates of each, print (and write, atomically) the accuracy table.
+    Several processes: each scores its share, process 0 prints and writes (the module docstring)."""
+    processes.join(args)
     if args.output:
         paths.check_output_file(args.output)  # before any work: not after printing the table
     files = evaluate.expand_paths(args.data)  # a missing file, a bad row or a bad flag: one line, exit 2
@@ -122,8 +132,17 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
     results = evaluate.evaluate_triplets(
-        model, tokenizer, rows, enc_cfg, seen_policies=seen, batch_size=args.batch_size, progress=not args.no_progress
+        model,
+        tokenizer,
+        rows,
+        enc_cfg,
+        seen_policies=seen,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        across_processes=True,
     )
+    if jax.process_index() != 0:  # every process holds every result; one prints and writes them
+        return 0
     print(evaluate.format_table(results))
     if args.output:
         out = {

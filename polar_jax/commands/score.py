@@ -11,6 +11,12 @@ The tokenizer defaults to the model directory's; the reward token to the model c
 encoding (lengths, cut side, wrapper) to the model directory's `encoding.json`, which `train`
 writes, else the official client's defaults. A row's "wrapper" field overrides --wrapper. Bad rows stop the run at FILE:LINE unless
 --skip-invalid is given (skipped rows are counted and reported, and not written).
+
+On several processes (--coordinator HOST:PORT --num-processes N --process-id I on each, or
+--multihost; `commands.processes`) every process reads and encodes all rows, the length-sorted
+scoring batches go round-robin to the processes (batch k to process k % N, each on its own first
+device: process-local, no global mesh), the rewards are gathered, and process 0 writes the one
+--output in input order: the same file, byte for byte, as one process writes.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import json
 import logging
 import os
 
+import jax
+
 from polar_jax import scoring
+from polar_jax.commands import processes
 from polar_jax.data import encoding, schema
 from polar_jax.io import models, paths, tokenizers
 
@@ -55,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "once; the same rewards, faster)",
     )
     add_encoding_arguments(parser)
+    processes.add_arguments(parser)
 
 
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +119,9 @@ def encoding_config_from_args(args: argparse.Namespace, model_dir: str | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the paths, read and validate rows, score them, write them with their rewards (atomically)."""
+    """Check the paths, read and validate rows, score them, write them with their rewards (atomically).
+    Several processes: each scores its share, process 0 writes the file (the module docstring)."""
+    processes.join(args)
     output = paths.check_output_file(args.output)  # before any work: not after scoring every row
     files = paths.expand_inputs(args.input)
     paths.check_not_empty(files)
@@ -122,8 +134,16 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = tokenizers.load_tokenizer(args.tokenizer or args.model, args.trust_remote_code)
     model = models.load_model(args.model, dtype=args.dtype)
     rewards = scoring.score_rows(
-        model, tokenizer, rows, enc_cfg, batch_size=args.batch_size, shared_prefix=not args.no_shared_prefix
+        model,
+        tokenizer,
+        rows,
+        enc_cfg,
+        batch_size=args.batch_size,
+        shared_prefix=not args.no_shared_prefix,
+        across_processes=True,
     )
+    if jax.process_index() != 0:  # every process holds every reward; one writes them
+        return 0
     with paths.atomic_lines(output) as f:  # the old file or the complete new one, never a part
         for row, reward in zip(rows, rewards):
             f.write(json.dumps({**row, "reward": float(reward)}, ensure_ascii=False) + "\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from polar_jax import parallel
+from polar_jax.commands import processes
 from polar_jax.config_loading import load_config
 
 log = logging.getLogger(__name__)
@@ -28,23 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, config.json, model/ (a rerun resumes)",
     )
-    parser.add_argument(
-        "--multihost",
-        action="store_true",
-        help="one process per host of a TPU pod slice or Slurm job (JAX detects the cluster)",
-    )
-    parser.add_argument("--coordinator", default=None, help="multi-process by hand: host:port of process 0")
-    parser.add_argument("--num-processes", type=int, default=None, help="multi-process by hand: how many processes")
-    parser.add_argument(
-        "--process-id", type=int, default=None, help="multi-process by hand: this process's index, 0 .. N-1"
-    )
+    processes.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, join the other processes if any, train."""
     config = load_config(args.config, args.overrides, check="train")
-    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.multihost)
+    processes.join(args)
     from polar_jax.train import loop, trainer  # after distributed init: it touches devices
 
     try:

@@ -71,13 +71,15 @@ def _refuse(out_dir, manifest, keys: list[str]) -> SynthResumeError:
     )
 
 
-def check_or_write(out_dir: pathlib.Path, wanted: dict) -> None:
+def check_or_write(out_dir: pathlib.Path, wanted: dict, write: bool = True) -> None:
     """Write `out_dir/synth.json` for a new run; for an existing one, return if `wanted` may
-    resume there (upgrading an old-format file), else raise SynthResumeError saying why."""
+    resume there (upgrading an old-format file), else raise SynthResumeError saying why.
+    `write=False` (the other processes of a multi-process run): the same checks, nothing written."""
     manifest = out_dir / "synth.json"
     new = json.loads(json.dumps(wanted))
     if not manifest.exists():
-        atomic.write_text(manifest, json.dumps(new, indent=1))
+        if write:
+            atomic.write_text(manifest, json.dumps(new, indent=1))
         return
     try:
         stored = json.loads(manifest.read_text())
@@ -95,6 +97,8 @@ def check_or_write(out_dir: pathlib.Path, wanted: dict) -> None:
             f"another version of polar_jax; resume with that version, or {_START_OVER}"
         )
     _check_unversioned(out_dir, manifest, stored, new)
+    if not write:
+        return
     atomic.write_text(manifest, json.dumps(new, indent=1))
     log.info("%s: recorded checkpoints by content (was by path); resuming", manifest)
 

@@ -24,6 +24,14 @@ its policies generated, redraws included (what the engines' `useful_tokens` coun
 The progress bar shows the engines' figures (tokens/s, slot utilisation, prefill and decode
 seconds); summary.json's "engine" holds this run's (per-shard .stats.json files hold counts only,
 so reruns write identical files).
+
+Several processes (jax.distributed: `synth --coordinator ... --num-processes N --process-id I`,
+or --multihost) share one output directory (a file system all of them see): process i writes the
+shards s with s % N == i, each sampled on its own devices (process-local, no global mesh), and
+no other; process 0 takes the directory's lock and writes synth.json, run.json and, once every
+process has written its shards (a barrier), summary.json (counts over all shards, engine figures
+summed over the processes). A shard is a pure function of (plan, s), so the shard files are the
+ones one process writes, byte for byte; a rerun on any number of processes resumes.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from polar_jax import run_manifest
+from polar_jax import parallel, run_manifest
 from polar_jax.engine import EngineStats
 from polar_jax.errors import UserError
 from polar_jax.io import atomic, content_id
@@ -247,15 +255,19 @@ def synthesize(
     pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: str | os.PathLike, progress: bool = True
 ) -> dict:
     """Write (or finish writing) the plan's shards into `out_dir`; returns the summary. One
-    synthesis per directory at a time (`io.workdir_lock`)."""
+    synthesis per directory at a time (`io.workdir_lock`). In a multi-process run every process
+    calls this with the same arguments and writes its share of the shards (the module docstring);
+    each returns the same summary (its timing its own)."""
     out_dir = pathlib.Path(out_dir)
-    with WorkdirLock(out_dir, "synth"):
+    with WorkdirLock(out_dir, "synth", enabled=jax.process_index() == 0):
         return _synthesize(pool, prompts, plan, out_dir, progress)
 
 
 def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_dir: pathlib.Path, progress: bool):
+    index, count = jax.process_index(), jax.process_count()
     wanted = fingerprint(pool, prompts, plan)
-    resume.check_or_write(out_dir, wanted)
+    # Every process checks (so a refused resume is refused by all, none left waiting); process 0 writes.
+    resume.check_or_write(out_dir, wanted, write=index == 0)
     instructions = hashlib.sha256("\0".join(p.text for p in prompts.instructions).encode()).hexdigest()
     run_manifest.write(
         out_dir,
@@ -268,35 +280,80 @@ def _synthesize(pool: PolicyPool, prompts: PromptSource, plan: SynthPlan, out_di
         },
     )
     done = [s for s in range(plan.num_shards) if shard_path(out_dir, s).exists()]
-    if done:
+    parallel.barrier("synth: checked")  # every process has listed the finished shards before any writes one
+    if done and index == 0:
         log.info("%s: %d of %d shards already written; continuing", out_dir, len(done), plan.num_shards)
-    totals = {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
+    mine = process_shards(plan.num_shards, index, count)
     start, engines_before = time.perf_counter(), _engine_stats(pool)
     bar = tqdm(
-        total=plan.num_shards, initial=len(done), desc=f"synth {out_dir.name}", unit="shard", disable=not progress
+        total=len(mine),
+        initial=len(set(mine) & set(done)),
+        desc=f"synth {out_dir.name}" + (f" (process {index} of {count})" if count > 1 else ""),
+        unit="shard",
+        disable=not progress or index != 0,
     )
-    for shard in range(plan.num_shards):
-        stats_file = shard_path(out_dir, shard).with_suffix(".stats.json")
+    for shard in mine:
         if shard in done:
-            counts = json.loads(stats_file.read_text())
-        else:
-            rows, counts = make_shard(pool, prompts, plan, shard)
-            atomic.write_text(stats_file, json.dumps(counts))
-            atomic.write_text(
-                shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            )
-            bar.set_postfix(stats_since(engines_before, _engine_stats(pool)).postfix())
-            bar.update(1)
+            continue
+        rows, counts = make_shard(pool, prompts, plan, shard)
+        atomic.write_text(shard_path(out_dir, shard).with_suffix(".stats.json"), json.dumps(counts))
+        atomic.write_text(shard_path(out_dir, shard), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        bar.set_postfix(stats_since(engines_before, _engine_stats(pool)).postfix())
+        bar.update(1)
+    bar.close()
+    engine = _summed_over_processes(stats_since(engines_before, _engine_stats(pool)))
+    parallel.barrier("synth: shards written")  # every shard's files exist now
+    missing = [s for s in range(plan.num_shards) if not shard_path(out_dir, s).with_suffix(".stats.json").exists()]
+    if missing:  # written by another process, on a disk this one does not see
+        raise UserError(
+            f"{out_dir}: shard {missing[0]} (of {len(missing)} missing), written by process {missing[0] % count} "
+            f"of {count}, is not there: on several processes --output must be storage every process sees"
+        )
+    totals = {"triplets": 0, "empty_response": 0, "loop_truncated": 0, "new_tokens": 0}
+    for shard in range(plan.num_shards):
+        counts = json.loads(shard_path(out_dir, shard).with_suffix(".stats.json").read_text())
         for k in totals:
             totals[k] += counts[k]
-    bar.close()
     summary = {
         **totals,
         "shards": plan.num_shards,
         "resumed_shards": len(done),
         "seconds_this_run": round(time.perf_counter() - start, 2),
-        "engine": engine_figures(stats_since(engines_before, _engine_stats(pool))),
+        "engine": engine_figures(engine),
         "out_dir": str(out_dir),
     }
-    atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    if index == 0:
+        atomic.write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def process_shards(num_shards: int, process_index: int = 0, process_count: int = 1) -> list[int]:
+    """The shards process `process_index` of `process_count` writes: s with s % process_count ==
+    process_index (round-robin: consecutive shards, similar in cost, spread over the processes).
+    Over all processes: every shard exactly once."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process index {process_index} is not in 0 .. {process_count - 1}")
+    return list(range(process_index, num_shards, process_count))
+
+
+def _summed_over_processes(stats: EngineStats) -> EngineStats:
+    """The engines' counters summed over the processes of the run (`stats` for one process)."""
+    if jax.process_count() == 1:
+        return stats
+    from jax.experimental import multihost_utils
+
+    fields = [f.name for f in dataclasses.fields(EngineStats)]
+    values = [getattr(stats, f) for f in fields]
+    ints = [isinstance(v, int) for v in values]
+    # int32 halves keep counters past 2^31 exact (devices carry no int64 without jax_enable_x64).
+    whole = np.array([[int(v) >> 30, int(v) & (2**30 - 1)] if i else [0, 0] for v, i in zip(values, ints)], np.int32)
+    seconds = np.array([0.0 if i else float(v) for v, i in zip(values, ints)], np.float32)
+    whole_p, seconds_p = multihost_utils.process_allgather((whole, seconds))
+    whole_f = np.asarray(whole_p, np.int64).sum(axis=0)
+    total_f = np.asarray(seconds_p, np.float64).sum(axis=0)
+    return EngineStats(
+        **{
+            f: int((whole_f[k, 0] << 30) + whole_f[k, 1]) if ints[k] else float(total_f[k])
+            for k, f in enumerate(fields)
+        }
+    )

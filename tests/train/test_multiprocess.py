@@ -1,12 +1,10 @@
 """Two processes on this machine (2 x 4 CPU devices, jax.distributed with a localhost
 coordinator) train one model together, checkpoint it together and agree on every step."""
 
-import os
 import pathlib
 import re
-import socket
-import subprocess
-import sys
+
+from multiprocess_helpers import run_processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARGS = [
@@ -20,45 +18,8 @@ ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def run_two(workdir, steps: int, *extra: str) -> list[str]:
-    port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "polar_jax",
-                "train",
-                "--workdir",
-                str(workdir),
-                *ARGS,
-                f"--config.steps={steps}",
-                *extra,
-                "--coordinator",
-                f"localhost:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=400)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
-    return outputs
+    return run_processes(["train", "--workdir", str(workdir), *ARGS, f"--config.steps={steps}", *extra])
 
 
 def final_line(output: str, process: int) -> tuple[int, str]:
