@@ -77,6 +77,7 @@ def row(name: str, r: dict) -> dict:
         "target's own": f"{r['target_samples_reward']:.2f}" if "target_samples_reward" in r else "",
         "target loglik before -> after": f"{r['target_loglik_before']:.2f} -> {r['target_loglik_after']:.2f}",
         "loglik gain": f"{r['target_loglik_after'] - r['target_loglik_before']:+.2f}",
+        "length before -> after": f"{r['response_length_before']:.1f} -> {r['response_length_after']:.1f}",
         "seconds": f"{r['run_seconds']:.0f}" if "run_seconds" in r else "?",
     }
 
