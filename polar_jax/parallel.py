@@ -126,14 +126,10 @@ def initialize_distributed(
         return
     # CPU processes need a collectives library to talk to each other (GPU/TPU ignore this).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if auto:  # what is given is used, the rest detected
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-        )
-    else:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-        )
+    # With `auto`, what is given is used and the rest detected (None: JAX's cluster detection).
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     log.info(
         "process %d of %d, %d local / %d global devices",
         jax.process_index(),
