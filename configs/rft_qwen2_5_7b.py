@@ -20,15 +20,17 @@ the recipe make each sequence weigh about the same). The data are verl's POLAR p
 (`prompt` messages, `reward_model.ground_truth`); the recipe runs one epoch over them:
 set `iterations` to rows / 1024 (the default, 1220, is the paper's 1.25M prompts).
 
-Where it fits, measured by `compile --stage rft` (libtpu 0.0.48, from the two models' config.json
-files; the PPO update with the actor's and critic's float32 states and AdamW moments, the POLAR-7B
-reward model counted as resident; all chips in FSDP, no other change):
+Where it fits, measured by `compile --stage rft` (libtpu 0.0.48.1, from the two models' config.json
+files; every program of one iteration, per chip, with what the run keeps on the chips beside it:
+rollout prefill and decode through the engine, POLAR-7B's scoring, experience, the PPO update with
+the actor's and critic's float32 states and AdamW moments; all chips in FSDP):
 
-    v5p-128 (64 chips)   40.3 of 95.7 GiB per chip   fits   (compiled in 75 s on 2 CPU cores)
-    v5p-64  (32 chips)   83.5 of 95.7 GiB per chip   fits   (110 s)
-    v5p-32  (16 chips)   needs 118.7 GiB of temporaries alone: does not fit
-
-Rollout (the KV-cache sampler, `compile --stage sample`) and scoring are separate programs.
+    v5p-64  (32 chips)   peak: the update, 83.5 of 95.7 GiB per chip; prefill 71.7, decode 11.0,
+                         scoring 49.0, experience 43.7: fits   (96 s to compile on 2 CPU cores)
+    v5p-128 (64 chips)   the update 40.3 GiB, but the engine's prefill of all 1024 prompts in one
+                         batch is refused (114.6 GiB of temporaries): does not fit; with
+                         rollout.slots=256 it fits, peak scoring 91.3 GiB (prefill 46.4)
+    v5p-32  (16 chips)   the update alone needs 118.7 GiB of temporaries: does not fit
 """
 
 from polar_jax.rft.defaults import base_config

@@ -41,7 +41,10 @@ class Report:
     error: str = ""  # the compiler's message when it refused the program
     required_bytes: int | None = None  # what the compiler said the refused program needs per device
     resident_bytes: int = 0  # held on the devices beside this step during a run (RFT: reference policy, reward model)
+    resident: str = ""  # what `resident_bytes` holds, in words
     notes: list = dataclasses.field(default_factory=list)
+    phases: list = dataclasses.field(default_factory=list)  # stage rft: every program of one iteration (`Phase`)
+    peak_phase: str = ""  # stage rft: the phase whose per-device need is the largest; it decides `fits`
 
     @property
     def total_bytes(self) -> int | None:
@@ -58,6 +61,12 @@ class Report:
             + self.resident_bytes
         )
 
+    @property
+    def peak_bytes(self) -> int | None:
+        """Stage rft: the largest per-device need of the iteration's phases (`Phase.need_bytes`); None without phases."""
+        needs = [p.need_bytes for p in self.phases if p.need_bytes is not None]
+        return max(needs) if needs else None
+
     def mesh_text(self) -> str:
         """ "data=1 fsdp=64 tensor=1"."""
         return " ".join(f"{k}={v}" for k, v in self.mesh.items())
@@ -72,13 +81,14 @@ class Report:
             f"model {count_text(self.num_params)} parameters; {self.tokens_per_step:,} tokens per step; "
             f"attention: {self.attention}",
         ]
+        what = f"the update, per {unit}" if self.phases else f"per {unit}"
         if self.total_bytes is not None:
             lines += [
-                f"per {unit}: arguments {gib_text(self.argument_bytes)}, outputs {gib_text(self.output_bytes)} "
+                f"{what}: arguments {gib_text(self.argument_bytes)}, outputs {gib_text(self.output_bytes)} "
                 f"(aliased to arguments {gib_text(self.alias_bytes)}), temporaries {gib_text(self.temp_bytes)}, "
                 f"code {gib_text(self.code_bytes)}"
                 + (f", resident beside the step {gib_text(self.resident_bytes)}" if self.resident_bytes else ""),
-                f"per {unit}: total {gib_text(self.total_bytes)} of {gib_text(self.hbm_bytes)} usable HBM "
+                f"{what}: total {gib_text(self.total_bytes)} of {gib_text(self.hbm_bytes)} usable HBM "
                 f"({100 * self.total_bytes / self.hbm_bytes:.0f}%)",
             ]
         if self.error:
@@ -93,6 +103,7 @@ class Report:
                 f"collectives in the compiled HLO: {sum(self.collectives.values())} ({listed}); "
                 "one inside the layer scan counts once"
             )
+        lines += self._phase_lines(unit)
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"compiled in {self.compile_seconds:.1f} s: {'FITS' if self.fits else 'DOES NOT FIT'}")
         return "\n".join(lines)
@@ -115,9 +126,96 @@ class Report:
             )
         return lines
 
+    def _phase_lines(self, unit: str) -> list[str]:
+        """Stage rft's per-phase table and its peak (none without phases)."""
+        if not self.phases:
+            return []
+        lines = [
+            f"phases of one RFT iteration, per {unit} (arguments + outputs - aliased + temporaries + code, "
+            "plus what stays resident beside the program):"
+        ]
+        width = max(len(p.name) for p in self.phases)
+        for p in self.phases:
+            lines.append(f"  {p.name:<{width}}  {p.text()}")
+        if self.peak_phase:
+            peak = self.peak_bytes
+            lines.append(
+                f"peak: {self.peak_phase}, {gib_text(peak)} of {gib_text(self.hbm_bytes)} usable HBM "
+                f"({100 * peak / self.hbm_bytes:.0f}%): it decides the fit"
+            )
+        return lines
+
     def to_dict(self) -> dict:
-        """A JSON-ready dict (with total_bytes)."""
-        return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
+        """A JSON-ready dict (with total_bytes; stage rft: each phase's total_bytes / need_bytes and peak_bytes)."""
+        out = {**dataclasses.asdict(self), "total_bytes": self.total_bytes, "peak_bytes": self.peak_bytes}
+        out["phases"] = [p.to_dict() for p in self.phases]
+        return out
+
+
+@dataclasses.dataclass
+class Phase:
+    """One program of an RFT iteration compiled on its own (stage rft), with what a run holds on
+    the devices beside it while it runs. Byte counts are per compile device."""
+
+    name: str  # "rollout prefill", "rollout decode", "scoring", "experience", "update"
+    program: str  # the jitted function, e.g. "engine.steps.decode"
+    shapes: str  # what it was lowered over, in words
+    resident: str = ""  # what stays on the devices beside it, in words
+    resident_bytes: int = 0
+    input_bytes: int = 0  # its arguments' bytes (unpadded, `shard_bytes`): a floor when the compiler refused it
+    argument_bytes: int | None = None
+    output_bytes: int | None = None
+    alias_bytes: int | None = None
+    temp_bytes: int | None = None
+    code_bytes: int | None = None
+    compile_seconds: float = 0.0
+    error: str = ""  # the compiler's message when it refused the program
+    required_bytes: int | None = None  # what the compiler said the refused program needs per device
+
+    @property
+    def total_bytes(self) -> int | None:
+        """Arguments + outputs - aliased + temporaries + code + resident; None when not compiled."""
+        if self.argument_bytes is None:
+            return None
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.code_bytes
+            + self.resident_bytes
+        )
+
+    @property
+    def need_bytes(self) -> int | None:
+        """What the phase needs per device: `total_bytes`, or for a refused program a floor: the
+        larger of what the compiler said it needs and its arguments, plus what is resident."""
+        if self.total_bytes is not None:
+            return self.total_bytes
+        floor = max(self.required_bytes or 0, self.input_bytes)
+        return floor + self.resident_bytes if floor else None
+
+    def text(self) -> str:
+        """One line of the report's phase table."""
+        head = f"{self.program} ({self.shapes}): "
+        beside = f"{gib_text(self.resident_bytes)} resident ({self.resident or 'nothing'})"
+        if self.total_bytes is None:
+            need = self.need_bytes
+            return (
+                head
+                + f"refused by the compiler ({self.error or 'not compiled'}); needs at least "
+                + (gib_text(need) if need is not None else "?")
+                + f" with {beside}"
+            )
+        return (
+            head + f"arguments {gib_text(self.argument_bytes)}, outputs {gib_text(self.output_bytes)} (aliased "
+            f"{gib_text(self.alias_bytes)}), temporaries {gib_text(self.temp_bytes)}, + {beside} = "
+            f"total {gib_text(self.total_bytes)}"
+        )
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (with total_bytes and need_bytes)."""
+        return {**dataclasses.asdict(self), "total_bytes": self.total_bytes, "need_bytes": self.need_bytes}
 
 
 def empty_report(**fields) -> Report:

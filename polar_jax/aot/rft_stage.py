@@ -161,6 +161,17 @@ def _update_report(config, plan, actor_cfg, critic_cfg, state_bytes: int, **fiel
     return report
 
 
+def reward_model_config(config):
+    """reward.model's `ModelConfig` (reward head, reward.dtype) from its config alone, or None
+    when the directory does not exist (scoring through reward.server, or a placeholder path)."""
+    path = config.reward.model
+    if not path or not pathlib.Path(path).exists():
+        return None
+    from polar_jax.io import models
+
+    return models.read_model_config(path, heads=("reward",), dtype=config.reward.dtype)
+
+
 def _add_resident(report, config, plan, actor_params, mesh) -> None:
     """Count in `report` what a run holds on the devices beside the update: the reference
     policy (a copy of the actor's parameters; with policy.lora none: the frozen base, an
@@ -174,13 +185,12 @@ def _add_resident(report, config, plan, actor_params, mesh) -> None:
             "policy.lora: the frozen base is an argument of this step (counted there) and is the reference policy "
             "too; the adapted weights are merged inside the step (W + alpha / r x A @ B, in its temporaries)"
         )
-    reward_path = config.reward.model
-    if reward_path and pathlib.Path(reward_path).exists():
-        from polar_jax.io import models
-
-        params = abstract_params(models.read_model_config(reward_path, heads=("reward",)), mesh)
+    reward_cfg = reward_model_config(config)
+    if reward_cfg is not None:
+        params = abstract_params(reward_cfg, mesh)
         report.resident_bytes += shard_bytes(params)
         resident.append(f"reward model {gib_text(shard_bytes(params))}")
+    report.resident = ", ".join(resident)
     if resident:
         report.notes.append(
             f"also held on the devices during a run, outside this step (float32 parameters; counted in "

@@ -8,9 +8,11 @@ Needs libtpu (`launch/setup.sh --tpu`). No weights are loaded and no data read: 
 batch and mesh come from the config. TOPOLOGY is GEN:AxB[xC] (v5p:4x4x4, v5e:16x16,
 v6e:16x16, v4:2x2x2) or a Cloud accelerator type (v5p-128, v5litepod-256, v6e-256).
 `--stage rft` takes an RFT config (configs/rft_*.py) and compiles its PPO update (actor and
-critic states, gradients and AdamW moments, one rollout batch); the model shapes come from
-the config.json / metadata of policy.init (and of reward.model with
-critic.init=reward_model), not from their weights.
+critic states, gradients and AdamW moments, one rollout batch) and the iteration's other
+programs (rollout prefill and decode through the engine at the config's lengths, the reward
+model's scoring, experience making; `--update-only` skips them), reporting each phase's per-chip
+memory with what stays resident beside it; the peak phase decides the fit. The model shapes come
+from the config.json / metadata of policy.init and reward.model, not from their weights.
 Exit status: 0 fits, 1 does not fit, 2 nothing compiled (bad arguments, libtpu missing, a
 config that is not the stage's, a missing model file).
 
@@ -44,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="train",
         help="train: the trainer's update step; sample: the KV-cache sampler of the "
         "config's model as a causal LM; engine: one decode call of the continuous-batching engine "
-        "(--sample-batch slots); rft: the PPO update of an RFT config (configs/rft_*.py), "
-        "actor and critic, shapes from the policy's config.json",
+        "(--sample-batch slots); rft: an RFT config's iteration (configs/rft_*.py): rollout prefill "
+        "and decode, scoring, experience and the PPO update, shapes from the models' config.json",
     )
     parser.add_argument(
         "--sample-batch",
@@ -55,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt-len", type=int, default=1024, help="sample: prompt tokens (POLAR: up to 1024)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="sample: new tokens (POLAR: 4096)")
+    parser.add_argument(
+        "--update-only",
+        action="store_true",
+        help="rft: compile the PPO update alone, not rollout, scoring and experience (the fit is then the update's)",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON to this file")
     parser.add_argument("--hlo", default=None, metavar="FILE", help="also write the compiled HLO text to this file")
 
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             prompt_len=args.prompt_len,
             max_new_tokens=args.max_new_tokens,
             hlo_path=args.hlo,
+            phases=not args.update_only,
         )
     except (aot.LibtpuMissing, aot.StageUnavailable) as e:
         raise UserError(str(e)) from e

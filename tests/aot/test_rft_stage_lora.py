@@ -1,6 +1,7 @@
 """`compile --stage rft` with LoRA on the policy (policy.lora): the PPO update compiles for a small
 v5p slice with the adapters as the actor's state and the frozen base as an argument, and reports
-an optimiser state of exactly the adapters' two AdamW moments, far smaller than full fine-tuning's."""
+an optimiser state of exactly the adapters' two AdamW moments, far smaller than full fine-tuning's;
+the iteration's other phases compile with the merged policy as the engine's parameters."""
 
 import json
 
@@ -24,7 +25,7 @@ def _report(config_file, tmp_path, capsys, overrides, name) -> tuple[dict, str]:
 
 @needs_libtpu
 def test_lora_compiles_and_reports_the_smaller_optimiser_state(rft_config, tmp_path, capsys):  # noqa: F811
-    full, _ = _report(rft_config, tmp_path, capsys, GROUP, "full")
+    full, _ = _report(rft_config, tmp_path, capsys, GROUP + ["--update-only"], "full")  # the update's figures
     lora, printed = _report(rft_config, tmp_path, capsys, GROUP + LORA, "lora")
     print(printed)
     adapters = L.num_adapter_params(POLICY, L.LoraConfig(rank=RANK))
@@ -37,3 +38,11 @@ def test_lora_compiles_and_reports_the_smaller_optimiser_state(rft_config, tmp_p
     assert lora["resident_bytes"] == full["resident_bytes"] - 4 * POLICY.num_params()
     assert lora["argument_bytes"] < full["argument_bytes"]
     assert "actor LoRA adapters" in printed and f"rank {RANK}" in printed and "optimiser state" in printed
+    # the rest of the iteration: the engine reads a merged copy, the adapters' state and the frozen base stay beside it
+    phases = {p["name"]: p for p in lora["phases"]}
+    assert list(phases) == ["rollout prefill", "rollout decode", "scoring", "experience", "update"]
+    assert all(p["total_bytes"] > 0 for p in lora["phases"]) and lora["peak_phase"] in phases
+    assert (
+        "frozen base" in phases["rollout decode"]["resident"] and "actor state" in phases["rollout decode"]["resident"]
+    )
+    assert "merged policy" in phases["scoring"]["resident"] and "merged policy" in phases["experience"]["resident"]
