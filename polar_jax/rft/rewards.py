@@ -70,6 +70,9 @@ class RewardModel:
     batch_size: int = 16
     strip_think: str = "official"  # THINK_RULES
     shared_prefix: bool = True  # the rollouts of a prompt share its reference: their prefix is computed once
+    # several processes, each calling `score` with the same rows: the batches split over them, the scores
+    # gathered (`scoring.reward_scores`); `params` then live on each process's own devices
+    across_processes: bool = False
 
     def __post_init__(self):
         strip_think("", self.strip_think)  # an unknown rule fails here, not at the first score
@@ -92,6 +95,7 @@ class RewardModel:
             batch_size=self.batch_size,
             progress=False,
             shared_prefix=self.shared_prefix,
+            across_processes=self.across_processes,
         )
 
 
