@@ -1,8 +1,7 @@
 """RFT on two processes of this machine (2 x 4 CPU devices, jax.distributed with a localhost
 coordinator) equals RFT on one process of 8 devices, for PPO (gae) and the group baseline: the
-same metrics.jsonl (untimed keys) and the same final policy (to float32 rounding: rtol = atol =
-1e-6; the rollouts and rewards bit for bit, the update's cross-process sums add in another
-order), and the same rft_results.json; a SIGTERM to one
+same metrics.jsonl (untimed keys), final policy and rft_results.json to float32 rounding
+(`TOLERANCE`: PPO rtol = atol = 1e-6); a SIGTERM to one
 process stops both after the same iteration, and a resume on both equals the uninterrupted
 two-process run bit for bit."""
 
@@ -74,15 +73,22 @@ def logged(workdir) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMED and not k.startswith("rollout_")} for r in rows]
 
 
-def assert_same_run(a, b, exact: bool = True):
-    """The same metrics, final policy and results; `exact=False`: within float32 rounding (the update's
-    gradient sums over devices of two processes add in another order than within one process)."""
+# One process of 8 devices vs two of 4: how close (None: bit for bit). The update's gradient sums over
+# the devices of two processes add in another order than within one process (float32 rounding,
+# ~1e-7); with the group baseline the reward model's scores differ in their last bits too (it scores
+# on each process's 4-device mesh, not on the 8-device one), and a z-score within a group of two
+# near-tied scores amplifies that in the advantages' mean (`returns`, ~1e-5).
+TOLERANCE = {"gae": dict(rtol=1e-6, atol=1e-6), "group": dict(rtol=1e-6, atol=5e-5)}
+
+
+def assert_same_run(a, b, tolerance: dict | None = None):
+    """The same metrics, final policy and results: bit for bit, or within `tolerance` (assert_allclose's)."""
 
     def same(x, y):
-        if exact:
+        if tolerance is None:
             np.testing.assert_array_equal(x, y)
         else:
-            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(x, y, **tolerance)
 
     rows_a, rows_b = logged(a), logged(b)
     assert [sorted(r) for r in rows_a] == [sorted(r) for r in rows_b]
@@ -117,7 +123,7 @@ def test_two_processes_equal_one_process_of_all_devices(config_files, estimator,
     outputs = run_processes(args(config_files[estimator], tmp_path / "two"))
     assert [stopped_at(out, i) for i, out in enumerate(outputs)] == [(ITERATIONS, "done")] * 2
     assert sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
-    assert_same_run(tmp_path / "one", tmp_path / "two", exact=False)
+    assert_same_run(tmp_path / "one", tmp_path / "two", TOLERANCE[estimator])
     if estimator == "gae":  # the reference of the stop-and-resume test
         (tmp_path.parent / "rft_two_gae").symlink_to(tmp_path / "two")
 
