@@ -144,7 +144,8 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        with all_devices():  # inside a process-local mesh context too
+            multihost_utils.sync_global_devices(name)
 
 
 def gather_owned(values_n: np.ndarray, owner_n: np.ndarray) -> np.ndarray:

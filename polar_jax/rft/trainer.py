@@ -448,8 +448,11 @@ def read_data(
     Prompts longer than policy.max_prompt_tokens in `counting_tokenizer` (the policy's) tokens
     are filtered (`data_lib.filter_overlong`); `counts` receives the kept / dropped numbers."""
     d = config.data
-    if d.kind == "policy_samples":
-        files = references.ensure_reference_data(config, workdir, target, counting_tokenizer)
+    if d.kind == "policy_samples":  # several processes: process 0 samples and writes them, the others read its files
+        files = references.paths(workdir)
+        if jax.process_index() == 0:
+            files = references.ensure_reference_data(config, workdir, target, counting_tokenizer)
+        parallel.barrier("rft reference data")
         train_spec, eval_spec, kind = str(files["train"]), str(files["eval"]), "jsonl"
     else:
         train_spec, eval_spec, kind = d.train, d.eval, d.kind
@@ -526,7 +529,8 @@ def train(
         runner = Runner(config, m, run.mesh, reward=server)
         writer = jax.process_index() == 0  # several processes: process 0 writes the outputs
         data_counts = {}
-        train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
+        with runner.local():  # policy_samples: the target samples on this process's devices
+            train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
         prompts = data_lib.PromptIterator(
             train_examples, config.rollout.prompts, seed=config.seed, shuffle=config.data.shuffle
         )

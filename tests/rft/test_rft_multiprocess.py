@@ -25,11 +25,28 @@ from tests.rft.test_rft_loop import CONFIG, TIMED
 pytestmark = pytest.mark.slow
 
 ITERATIONS = 3
+# The group baseline on references the target samples here (data.kind=policy_samples): process 0 alone
+# samples and writes them, the other reads its files.
 GROUP = """
     c.algorithm.estimator = "group"
     c.rollout.samples_per_prompt = 2
+    c.data.kind, c.data.prompts, c.data.heldout_every = "policy_samples", {prompts!r}, 3
+    c.data.train_prompts, c.data.eval_prompts, c.target.max_new_tokens = 16, 8, 8
     return c
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """The module's runs (subprocesses) share JAX's persistent compilation cache: the stopped and
+    resumed two-process runs load the uninterrupted run's programs instead of compiling them again
+    (the same executables, so the same results; only the test's time changes)."""
+    cache = tmp_path_factory.mktemp("rft_multiprocess_jax_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +63,9 @@ def config_files(tiny, rft_jsonl, tmp_path_factory):
     )
     files = {"gae": root / "gae.py", "group": root / "group.py"}
     files["gae"].write_text(text)
-    files["group"].write_text(text.replace("\n    return c\n", GROUP))
+    prompts = root / "prompts.txt"
+    prompts.write_text("".join(f"Lists {i}\n" for i in range(30)))
+    files["group"].write_text(text.replace("\n    return c\n", GROUP.format(prompts=str(prompts))))
     return {k: str(v) for k, v in files.items()}
 
 
@@ -125,6 +144,11 @@ def test_two_processes_equal_one_process_of_all_devices(config_files, estimator,
     saved = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [2, ITERATIONS]
     assert_same_run(tmp_path / "one", tmp_path / "two", TOLERANCE[estimator])
+    if estimator == "group":  # the references: sampled and written by process 0 alone, those of one process
+        for split in ("train", "eval"):
+            one, two = (tmp_path / w / "data" / f"{split}.jsonl" for w in ("one", "two"))
+            assert two.read_bytes() == one.read_bytes() and len(two.read_text().splitlines()) > 2
+        assert [len(re.findall(r"sampled \d+ train references", out)) for out in outputs] == [1, 0]
     if estimator == "gae":  # the reference of the stop-and-resume test
         (tmp_path.parent / "rft_two_gae").symlink_to(tmp_path / "two")
 
