@@ -144,7 +144,8 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        with all_devices():  # inside a process-local mesh context too
+            multihost_utils.sync_global_devices(name)
 
 
 def gather_owned(values_n: np.ndarray, owner_n: np.ndarray) -> np.ndarray:
@@ -156,9 +157,72 @@ def gather_owned(values_n: np.ndarray, owner_n: np.ndarray) -> np.ndarray:
         return values_n
     from jax.experimental import multihost_utils
 
-    all_pn = np.asarray(multihost_utils.process_allgather(values_n))  # [processes, N]
+    with all_devices():  # inside a process-local mesh context too
+        all_pn = np.asarray(multihost_utils.process_allgather(values_n))  # [processes, N]
     return all_pn[owner_n, np.arange(len(values_n))]
 
 
 def _cluster_detected() -> bool:
     return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+    """A mesh over this process's devices shaped like `mesh` (its tensor and fsdp sizes where they
+    divide the local device count, data takes the rest): where process-local work (an RFT
+    process's share of the rollouts, its scoring) runs. One process: `mesh` itself."""
+    if jax.process_count() == 1:
+        return mesh
+    devices = jax.local_devices()
+    n, tensor, fsdp = len(devices), mesh.shape["tensor"], mesh.shape["fsdp"]
+    if n % tensor:
+        tensor = 1
+    if n % (tensor * fsdp):
+        fsdp = 1
+    return make_mesh({"data": -1, "fsdp": fsdp, "tensor": tensor}, devices)
+
+
+def allgather_host(tree):
+    """Every leaf of `tree` (host arrays, or jax.Arrays on any mesh, also spanning other
+    processes) as a numpy array of its global value, on every process. One process: np.asarray."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    with all_devices():
+        return jax.tree.map(one, tree)
+
+
+def concat_processes(local: np.ndarray) -> np.ndarray:
+    """Every process's `local` array (the same shape on each), concatenated along axis 0 in
+    process order, on every process. One process: `local`."""
+    local = np.asarray(local)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    with all_devices():
+        gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, ...]
+    return gathered.reshape((-1,) + local.shape[1:])
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (every process calls this; one process: `flag`)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    with all_devices():
+        return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
+
+
+@contextlib.contextmanager
+def all_devices():
+    """A mesh context over every device of every process, for the collectives that gather host
+    values (`process_allgather`) where a process-local mesh is the current one."""
+    with jax.sharding.set_mesh(Mesh(np.asarray(jax.devices()), ("processes",))):
+        yield

@@ -1,11 +1,12 @@
-"""The multi-process flags of the commands that run on several processes (`train`, `synth`,
-`score`, `evaluate`), defined once here.
+"""The multi-process flags of the commands that run on several processes (`train`, `rft`,
+`synth`, `score`, `evaluate`), defined once here.
 
     --multihost                                   JAX detects the cluster (TPU pod slice, Slurm, ...)
     --coordinator HOST:PORT --num-processes N --process-id I     by hand, e.g. N processes on one machine
 
 Every process runs the same command line but its own --process-id; what each one does is the
-command's to say (`train`: a data-parallel share of each batch; `synth`: its share of the shards;
+command's to say (`train`: a data-parallel share of each batch; `rft`: its share of each
+iteration's rollouts and scoring, the update over every device; `synth`: its share of the shards;
 `score` / `evaluate`: its share of the scoring batches, process 0 writing the one output).
 """
 

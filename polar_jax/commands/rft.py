@@ -2,6 +2,12 @@
 
     python -m polar_jax rft --config configs/rft_demo.py --workdir DIR [--config.KEY=VALUE ...]
 
+Several processes (--coordinator / --num-processes / --process-id, or --multihost on a TPU pod
+slice / Slurm; the same command on each): each samples its share of an iteration's rollouts on
+its own devices, the scoring splits over them, the update runs on the mesh over all devices;
+process 0 writes the outputs, the checkpoints are shared (DIR on a filesystem every process sees),
+and a SIGTERM to any one process stops every process after the same iteration.
+
 Writes DIR/metrics.jsonl (+ TensorBoard), DIR/checkpoints, DIR/policy (the trained policy as
 an HF directory) and, with held-out data, DIR/rft_results.json (reward and target
 log-likelihood of held-out responses, greedy by default, before and after training).
@@ -17,6 +23,7 @@ import argparse
 import json
 import logging
 
+from polar_jax.commands import processes
 from polar_jax.config_loading import load_config
 
 log = logging.getLogger(__name__)
@@ -32,13 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="the run's directory: checkpoints, metrics.jsonl, TensorBoard, policy/, rft_results.json (a rerun resumes)",
     )
+    processes.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the config and train (or resume)."""
+    """Load the config, join the other processes if any, train (or resume)."""
     config = load_config(args.config, args.overrides, check="rft")
-    from polar_jax.rft import trainer  # after parsing: importing touches JAX
+    processes.join(args)
+    from polar_jax.rft import trainer  # after distributed init: importing touches JAX
     from polar_jax.train import loop
 
     try:
@@ -46,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     except loop.TrainingDiverged as e:
         log.error("%s", e)
         return 3
+    import jax
+
+    if jax.process_count() > 1:  # each process says where it stopped (they agree)
+        log.info("process %d: stopped at iteration %d (%s)", jax.process_index(), result.step, result.stopped_by)
+        if jax.process_index() != 0:
+            return 0
     log.info("stopped at iteration %d (%s); workdir %s", result.step, result.stopped_by, args.workdir)
     if result.results:
         print(json.dumps(result.results, indent=1))

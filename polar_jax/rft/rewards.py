@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import jax
 import numpy as np
 
-from polar_jax import scoring
+from polar_jax import parallel, scoring
 from polar_jax.data import encoding
 from polar_jax.data.encoding import Text
 from polar_jax.rft import advantages
@@ -70,6 +71,9 @@ class RewardModel:
     batch_size: int = 16
     strip_think: str = "official"  # THINK_RULES
     shared_prefix: bool = True  # the rollouts of a prompt share its reference: their prefix is computed once
+    # several processes, each calling `score` with the same rows: the batches split over them, the scores
+    # gathered (`scoring.reward_scores`); `params` then live on each process's own devices
+    across_processes: bool = False
 
     def __post_init__(self):
         strip_think("", self.strip_think)  # an unknown rule fails here, not at the first score
@@ -92,6 +96,7 @@ class RewardModel:
             batch_size=self.batch_size,
             progress=False,
             shared_prefix=self.shared_prefix,
+            across_processes=self.across_processes,
         )
 
 
@@ -104,6 +109,9 @@ class ServerReward:
     client: object  # a RewardClient
     strip_think: str = "official"  # THINK_RULES
     wrapper: str | None = None
+    # several processes, each calling `score` with the same rows: each sends its contiguous share, the
+    # scores gathered (every row is sent once per run, not once per process)
+    across_processes: bool = False
 
     def __post_init__(self):
         strip_think("", self.strip_think)
@@ -118,7 +126,15 @@ class ServerReward:
 
     def score(self, prompts: list[Text], references: list[Text], responses: list[str]) -> np.ndarray:
         """float32 [B]: the server's POLAR score of each response against its reference."""
-        return self.client.score(self.rows(prompts, references, responses))
+        rows = self.rows(prompts, references, responses)
+        if not self.across_processes:
+            return self.client.score(rows)
+        owner_b = np.arange(len(rows)) * jax.process_count() // max(len(rows), 1)  # contiguous shares
+        mine = np.flatnonzero(owner_b == jax.process_index())
+        scores_b = np.zeros(len(rows), np.float32)
+        if mine.size:
+            scores_b[mine] = self.client.score([rows[i] for i in mine])
+        return parallel.gather_owned(scores_b, owner_b)
 
 
 NORMALIZE = ("none", "batch", "running", "group")  # reward.normalize

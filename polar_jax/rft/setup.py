@@ -281,7 +281,9 @@ def server_reward(config, client=None):
             f"{served.get('max_model_len')} tokens: start it with --max-length {wanted}, or unset the key"
         )
     log.info("scoring through %s (model %s)", r.server, served.get("id"))
-    return rewards.ServerReward(client, r.strip_think, r.encoding.get("wrapper"))
+    return rewards.ServerReward(
+        client, r.strip_think, r.encoding.get("wrapper"), across_processes=jax.process_count() > 1
+    )
 
 
 def policy_runtime(config) -> dict:

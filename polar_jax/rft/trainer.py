@@ -24,6 +24,7 @@ policy), rft_results.json (held-out reward and target log-likelihood before and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -49,8 +50,6 @@ from polar_jax.train import loop
 
 log = logging.getLogger(__name__)
 
-SINGLE_PROCESS = "rft runs in one process (any number of local devices); multi-host is not supported yet"
-
 
 class DynamicSamplingExhausted(UserError):
     """Dynamic sampling ran algorithm.max_gen_batches generation batches without enough kept groups."""
@@ -71,6 +70,10 @@ class Runner:
 
     def __init__(self, config, m: Models, mesh, reward: rewards.ServerReward | None = None):
         self.config, self.models, self.mesh = config, m, mesh
+        # Several processes: each samples its share of an iteration's rollouts on its own devices
+        # (`local_mesh`), the scoring splits over them, the experience and update run on `mesh`.
+        self.processes = jax.process_count()
+        self.local_mesh = parallel.local_mesh(mesh)
         self.plan = setup.plan(config, mesh)
         setup.check_batch_shards("eval.batch_size", config.eval.batch_size, mesh)  # the held-out measure's batch
         self.ppo = self.plan.ppo
@@ -93,11 +96,20 @@ class Runner:
         )
         slots = ro.slots or self.plan.rollouts  # 0: all rollouts of an iteration at once
         setup.check_batch_shards("rollout.slots", slots, mesh)
-        self.engine = Engine(self.actor_cfg, self.sampling, slots, config.policy.max_prompt_tokens, mesh=mesh)
+        if self.plan.rollouts % self.processes:
+            raise ValueError(
+                f"an iteration's {self.plan.rollouts} rollouts (rollout.prompts x rollout.samples_per_prompt) must "
+                f"divide over the {self.processes} processes"
+            )
+        slots = max(1, slots // self.processes)  # each process's share of the slots, on its own devices
+        setup.check_batch_shards("rollout.slots / processes", slots, self.local_mesh)
+        self.engine = Engine(
+            self.actor_cfg, self.sampling, slots, config.policy.max_prompt_tokens, mesh=self.local_mesh
+        )
         self.batch_sharding = parallel.batch_sharding(mesh, ndim=2)
         self.vector_sharding = parallel.batch_sharding(mesh, ndim=1)
 
-        self.reward = reward or setup.server_reward(config) or self._reward_model(config, m, mesh)
+        self.reward = reward or setup.server_reward(config) or self._reward_model(config, m, self.local_mesh)
         if config.algorithm.get("dynamic_sampling", False) and ro.samples_per_prompt < 2:
             raise ValueError(
                 "algorithm.dynamic_sampling drops the prompts whose rollouts all score the same: it needs "
@@ -113,14 +125,15 @@ class Runner:
             self.ref_params = setup.place(self.actor_cfg, m.policy.params, mesh) if keep_reference else None
         self.target = None
         if m.target is not None:
-            target_params = setup.place(m.target.cfg, m.target.params, mesh)
+            target_params = setup.place(m.target.cfg, m.target.params, self.local_mesh)
             self.target = references.TargetPolicy(
-                config.target, m.target.cfg, target_params, m.target_tokenizer, put=self.put
+                config.target, m.target.cfg, target_params, m.target_tokenizer, put=self.put_local
             )
 
     @staticmethod
     def _reward_model(config, m: Models, mesh) -> rewards.RewardModel:
-        """reward.model's weights placed on the mesh, with its tokenizer and encoding."""
+        """reward.model's weights placed on `mesh` (this process's), with its tokenizer and encoding;
+        with several processes each scores its share of the batches."""
         rm = m.reward
         enc_cfg = setup.reward_encoding(config)
         return rewards.RewardModel(
@@ -131,6 +144,7 @@ class Runner:
             enc_cfg,
             config.reward.batch_size,
             config.reward.strip_think,
+            across_processes=jax.process_count() > 1,
         )
 
     def initial_params(self):
@@ -164,8 +178,30 @@ class Runner:
     # ------------------------------------------------------------------------------ one iteration
 
     def put(self, x):
-        """A host batch array -> the mesh, split over its batch axes."""
-        return jax.device_put(x, self.batch_sharding if np.ndim(x) == 2 else self.vector_sharding)
+        """A host batch array (the same on every process) -> the mesh, split over its batch axes."""
+        if self.processes == 1:
+            return jax.device_put(x, self.batch_sharding if np.ndim(x) == 2 else self.vector_sharding)
+        x = np.asarray(x)
+        sharding = self.batch_sharding if x.ndim == 2 else self.vector_sharding
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    def put_local(self, x):
+        """A host batch array -> this process's devices (`local_mesh`), split over its batch axes."""
+        if self.processes == 1:
+            return self.put(x)
+        return jax.device_put(x, parallel.batch_sharding(self.local_mesh, ndim=np.ndim(x)))
+
+    def local(self):
+        """The context of process-local work (this process's rollouts, scoring, held-out samples):
+        `local_mesh` current; one process: nothing to change."""
+        return contextlib.nullcontext() if self.processes == 1 else parallel.use_rules(self.local_mesh)
+
+    def local_params(self, params):
+        """The policy's parameters on this process's devices (`local_mesh`), where its rollouts and
+        held-out samples are drawn; one process: `params` themselves."""
+        if self.processes == 1:
+            return params
+        return setup.place(self.actor_cfg, parallel.allgather_host(params), self.local_mesh)
 
     def iteration(
         self,
@@ -190,6 +226,7 @@ class Runner:
             batch, scores_b, engine_stats, (rollout_s, _) = self.sample_round(params, examples, sample_key)
             extra = {}
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
+        batch = rollout.Rollout(*map(self.put, batch))  # host arrays (the same on every process) -> the mesh
         scored = time.perf_counter()
 
         r = config.reward
@@ -256,15 +293,16 @@ class Runner:
     def sample_round(self, params, examples: list[data_lib.Example], sample_key):
         """One generation batch: each prompt's rollout.samples_per_prompt rollouts (consecutive
         rows, its group) sampled with `sample_key` and scored against its reference; returns
-        (batch, scores_b, engine stats, (rollout seconds, scoring seconds))."""
+        (batch (host arrays), scores_b, engine stats, (rollout seconds, scoring seconds))."""
         k = self.config.rollout.samples_per_prompt
         rows = [ex for ex in examples for _ in range(k)]  # a prompt's k rollouts are consecutive (its group)
         start = time.perf_counter()
-        batch, engine_stats = self.rollouts(params, rows, sample_key)
+        batch, engine_stats = self.rollouts(self.local_params(params), rows, sample_key)
         response_bn, lengths_b = np.asarray(batch.response_bn), np.asarray(batch.response_lengths_b)
         rolled = time.perf_counter()
         texts = rollout.response_texts(self.models.policy_tokenizer, response_bn, lengths_b, self.sampling.stop_ids)
-        scores_b = self.reward.score([ex.prompt for ex in rows], [ex.reference for ex in rows], texts)
+        with self.local():
+            scores_b = self.reward.score([ex.prompt for ex in rows], [ex.reference for ex in rows], texts)
         return batch, scores_b, engine_stats, (rolled - start, time.perf_counter() - rolled)
 
     def dynamic_sample(self, params, examples: list[data_lib.Example], sample_key, more):
@@ -304,7 +342,7 @@ class Runner:
             seconds += times
             kept_groups, drawn_groups = kept_groups + int(keep_g.sum()), drawn_groups + keep_g.size
         rows = wanted * k
-        batch = rollout.Rollout(*(self.put(np.concatenate(xs)[:rows]) for xs in zip(*kept_batches)))
+        batch = rollout.Rollout(*(np.concatenate(xs)[:rows] for xs in zip(*kept_batches)))
         metrics = {
             "dynamic_sampling_rounds": float(rounds),
             "dynamic_sampling_kept_fraction": kept_groups / drawn_groups,
@@ -314,7 +352,10 @@ class Runner:
     def rollouts(self, params, rows: list[data_lib.Example], sample_key) -> tuple[rollout.Rollout, EngineStats]:
         """Every rollout of an iteration's rows through the engine, row b drawing with
         row_keys(sample_key, B)[b] (the rows `rollout.rollout` gives the padded prompts with
-        those keys), on the mesh; and what the engine did for them."""
+        those keys), as host arrays; and what the engine did for them. With P processes, process
+        p samples rows p*B/P .. (p+1)*B/P - 1 (`params` on its own devices) and every process gets
+        all rows (a row's tokens depend on its prompt and key only, not on who samples it); the
+        engine's figures are summed over the processes (decode steps: the most of any)."""
         p = self.config.policy
         ids = [
             rollout.prompt_ids(
@@ -324,8 +365,30 @@ class Runner:
         ]
         self.engine.stats = EngineStats()  # this iteration's figures
         keys_b = sampling_lib.row_keys(sample_key, len(ids))
-        batch = rollout.engine_rollout(self.engine, params, ids, keys_b, p.max_prompt_tokens, put=self.put)
-        return batch, self.engine.stats
+        if self.processes == 1:
+            return rollout.engine_rollout(self.engine, params, ids, keys_b, p.max_prompt_tokens), self.engine.stats
+        if len(ids) % self.processes:
+            raise ValueError(f"{len(ids)} rollouts do not divide over {self.processes} processes")
+        share = len(ids) // self.processes
+        mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+        keys_b = np.asarray(jax.random.key_data(keys_b))  # host key data: sliced here, no device work
+        with self.local():
+            gen = self.engine.generate(params, ids[mine], keys_b[mine])
+        tokens_bn = parallel.concat_processes(gen.tokens_bn)
+        lengths_b = parallel.concat_processes(gen.lengths_b)
+        prompt_bt, prompt_lengths_b = rollout.pad_prompts(ids, p.max_prompt_tokens)
+        with self.local():
+            batch = jax.tree.map(np.asarray, rollout.assemble(prompt_bt, prompt_lengths_b, tokens_bn, lengths_b))
+        return batch, self.processes_stats(self.engine.stats)
+
+    @staticmethod
+    def processes_stats(stats: EngineStats) -> EngineStats:
+        """Every process's engine figures as one: counts and seconds summed, decode steps the most
+        of any process (each decodes its share at once), on every process."""
+        fields = [f.name for f in dataclasses.fields(EngineStats)]
+        all_pf = parallel.concat_processes(np.float64([[getattr(stats, f) for f in fields]]))
+        values = {f: (all_pf[:, i].max() if f == "decode_steps" else all_pf[:, i].sum()) for i, f in enumerate(fields)}
+        return EngineStats(**{f: type(getattr(stats, f))(v) for f, v in values.items()})
 
     # ------------------------------------------------------------------------------ evaluation
 
@@ -333,6 +396,11 @@ class Runner:
         """Responses to held-out prompts (greedy, or as `config.eval` samples them, key 0): their
         mean POLAR reward against the references, their mean length, and (with a target policy)
         the target's mean per-token log-likelihood of them."""
+        params = self.local_params(params)  # every process samples every held-out prompt
+        with self.local():
+            return self._evaluate(params, examples)
+
+    def _evaluate(self, params, examples: list[data_lib.Example]) -> dict:
         config = self.config
         samples = rollout.sample_texts(
             self.actor_cfg,
@@ -345,7 +413,7 @@ class Runner:
             prompt_width=config.policy.max_prompt_tokens,
             chat_template=config.policy.chat_template,
             batch_size=config.eval.batch_size,
-            mesh=self.mesh,
+            mesh=self.local_mesh,
         )
         scores = self.reward.score([ex.prompt for ex in examples], [ex.reference for ex in examples], samples.texts)
         out = {"reward": float(np.mean(scores)), "response_length": float(np.mean(samples.lengths))}
@@ -358,6 +426,10 @@ class Runner:
         their mean POLAR reward against the references and the target's log-likelihood of them. A
         policy whose reward passes this while its `target_loglik` stays below has found what the
         reward model over-rates, not the target's behaviour."""
+        with self.local():
+            return self._target_baseline(examples)
+
+    def _target_baseline(self, examples: list[data_lib.Example]) -> dict:
         prompts = [ex.prompt for ex in examples]
         samples = self.target.sample(prompts, jax.random.key(1), self.config.eval.batch_size)
         scores = self.reward.score(prompts, [ex.reference for ex in examples], samples.texts)
@@ -376,8 +448,11 @@ def read_data(
     Prompts longer than policy.max_prompt_tokens in `counting_tokenizer` (the policy's) tokens
     are filtered (`data_lib.filter_overlong`); `counts` receives the kept / dropped numbers."""
     d = config.data
-    if d.kind == "policy_samples":
-        files = references.ensure_reference_data(config, workdir, target, counting_tokenizer)
+    if d.kind == "policy_samples":  # several processes: process 0 samples and writes them, the others read its files
+        files = references.paths(workdir)
+        if jax.process_index() == 0:
+            files = references.ensure_reference_data(config, workdir, target, counting_tokenizer)
+        parallel.barrier("rft reference data")
         train_spec, eval_spec, kind = str(files["train"]), str(files["eval"]), "jsonl"
     else:
         train_spec, eval_spec, kind = d.train, d.eval, d.kind
@@ -443,7 +518,6 @@ def train(
         unit="iteration",
         desc="rft",
         progress=progress,
-        single_process=SINGLE_PROCESS,
     ) as run:
         server = setup.server_reward(config)  # before loading anything: an unreachable server fails first
         m = models_ or setup.load_models(config)
@@ -453,8 +527,10 @@ def train(
             f"{m.reward.cfg.num_params() / 1e6:.2f}M" if m.reward else f"at {config.reward.server}",
         )
         runner = Runner(config, m, run.mesh, reward=server)
+        writer = jax.process_index() == 0  # several processes: process 0 writes the outputs
         data_counts = {}
-        train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
+        with runner.local():  # policy_samples: the target samples on this process's devices
+            train_examples, heldout = read_data(config, run.workdir, runner.target, m.policy_tokenizer, data_counts)
         prompts = data_lib.PromptIterator(
             train_examples, config.rollout.prompts, seed=config.seed, shuffle=config.data.shuffle
         )
@@ -464,7 +540,8 @@ def train(
             run.write(0, data_counts, "data_")  # prompts kept and dropped as over-long (train / eval)
         if run.start == 0 and heldout:
             before = runner.evaluate(runner.policy_params(state["actor"].params), heldout)  # the initial policy
-            (run.workdir / outputs.EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
+            if writer:
+                (run.workdir / outputs.EVAL_BEFORE_FILE).write_text(json.dumps(before, indent=1) + "\n")
             run.write(0, before, "eval_")
 
         hooks = [
@@ -496,9 +573,13 @@ def train(
 
         results = {}
         if run.finished:
-            outputs.save_policy(m, runner.policy_params(state["actor"].params), run.workdir / "policy")
-            if runner.lora:  # the adapters alone too, as a PEFT directory
-                outputs.save_adapters(m, state["actor"].params, runner.lora, run.workdir / outputs.ADAPTERS_DIR)
+            # every process gathers the parameters (several: a collective), process 0 writes them
+            policy_host = parallel.allgather_host(runner.policy_params(state["actor"].params))
+            adapters_host = parallel.allgather_host(state["actor"].params) if runner.lora else None
+            if writer:
+                outputs.save_policy(m, policy_host, run.workdir / "policy")
+                if runner.lora:  # the adapters alone too, as a PEFT directory
+                    outputs.save_adapters(m, adapters_host, runner.lora, run.workdir / outputs.ADAPTERS_DIR)
             if heldout:
                 after = runner.evaluate(runner.policy_params(state["actor"].params), heldout)
                 run.write(run.step, after, "eval_")
@@ -509,7 +590,12 @@ def train(
                     actor_trainable_params=sum(x.size for x in jax.tree.leaves(state["actor"].params)),
                     run_seconds=time.perf_counter() - started,  # this process: a resumed run counts from its resume
                 )
-                results = outputs.write_results(
-                    run.workdir, evaluate_before, len(heldout), after, config, data_counts, extra
+                if not writer and not (run.workdir / outputs.EVAL_BEFORE_FILE).exists():
+                    evaluate_before()  # process 0 evaluates it (no file; a collective): the others take part
+                results = (
+                    outputs.write_results(run.workdir, evaluate_before, len(heldout), after, config, data_counts, extra)
+                    if writer
+                    else {}
                 )
+                parallel.barrier("rft results")
     return dataclasses.replace(run.result, results=results, data=data_counts)

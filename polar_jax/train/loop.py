@@ -15,7 +15,9 @@ run.json (`run_manifest`) at every start and resume, the mesh, restore-or-init f
 and TensorBoard (`MetricsWriter`), a progress bar, hooks every N steps, a checkpoint every
 `checkpoint_every` steps / `checkpoint_minutes` minutes / at the last step / when SIGTERM or
 SIGINT arrives (one save per step: saving a step twice makes orbax raise
-StepAlreadyExistsError), the divergence stop, and closing everything whatever happens.
+StepAlreadyExistsError; with several processes, a signal to any one of them stops every one
+after the same step: the processes agree after each step, `parallel.any_process`), the
+divergence stop, and closing everything whatever happens.
 
 Config keys read: mesh, keep_checkpoints, log_every, checkpoint_every, checkpoint_minutes,
 max_bad_steps (0 = never for the *_every keys; the last step is still logged and saved).
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from polar_jax import parallel, run_manifest
@@ -303,13 +306,19 @@ class Run:
                 for hook in hooks:
                     if hook.due(self.step, self.total):
                         self._run_hook(hook, state, metrics)
-                if stop.requested:
-                    log.warning("%s received: saving %s %d and exiting", stop.requested, self.unit, self.step)
+                requested = stop.requested  # read once: a signal arriving later counts at the next step
                 minutes = (time.monotonic() - last_save) / 60
-                if self._at_save() or minutes >= self.config.checkpoint_minutes or stop.requested:
+                if jax.process_count() > 1:  # agree: a signal to any process stops all; process 0's clock saves
+                    flags_p2 = parallel.concat_processes(np.float64([[requested is not None, minutes]]))
+                    if flags_p2[:, 0].any():
+                        requested = requested or "a signal to another process"
+                    minutes = float(flags_p2[0, 1])
+                if requested:
+                    log.warning("%s received: saving %s %d and exiting", requested, self.unit, self.step)
+                if self._at_save() or minutes >= self.config.checkpoint_minutes or requested:
                     self.ckpt.save(self.step, state, data_iterator, self.resolved, force=True)
                     last_save = time.monotonic()
-                if stop.requested:
+                if requested:
                     self.stopped_by = "signal"
                     break
         finally:

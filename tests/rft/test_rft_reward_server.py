@@ -141,3 +141,40 @@ def test_an_unreachable_server_says_what_to_do(tiny, rft_jsonl, tmp_path):
         trainer.train(config, tmp_path / "run", progress=False)
     assert f"reward.server=http://127.0.0.1:{port} is not ready" in str(e.value)
     assert "reward.server_wait" in str(e.value)
+
+
+class _RecordingClient:
+    """A RewardClient stand-in: records the rows it is sent, scores row i as float(i)."""
+
+    def __init__(self):
+        self.sent = []
+
+    def score(self, rows):
+        self.sent.append([r["prompt"] for r in rows])
+        return np.float32([int(r["prompt"]) for r in rows])
+
+
+@pytest.mark.parametrize("process, rows, mine", [(0, 5, ["0", "1", "2"]), (1, 5, ["3", "4"]), (1, 1, [])])
+def test_several_processes_send_each_row_once_and_gather_the_scores(monkeypatch, process, rows, mine):
+    """With reward.server on 2 processes each sends its contiguous share of the rows (none when it
+    owns none) and the scores come back in row order from `parallel.gather_owned` (here: a stand-in
+    filling the other process's rows with their index, as the other process would)."""
+    from polar_jax.rft import rewards
+
+    monkeypatch.setattr(rewards.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(rewards.jax, "process_index", lambda: process)
+    owners = []
+
+    def gather(scores_b, owner_b):
+        owners.append(owner_b.tolist())
+        other = owner_b != process
+        return np.where(other, np.arange(len(owner_b)), scores_b)
+
+    monkeypatch.setattr(rewards.parallel, "gather_owned", gather)
+    client = _RecordingClient()
+    reward = rewards.ServerReward(client, across_processes=True)
+    texts = [str(i) for i in range(rows)]
+    got = reward.score(texts, texts, texts)
+    assert client.sent == ([mine] if mine else [])
+    np.testing.assert_array_equal(got, np.arange(rows, dtype=np.float32))
+    assert owners == [[i * 2 // rows for i in range(rows)]]
