@@ -30,7 +30,7 @@ import time
 
 import jax
 
-from polar_jax.io import atomic
+from polar_jax.io import atomic, storage
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def write(workdir, config, inputs: dict[str, str | list[str] | None], argv: list
     if jax.process_index() != 0:  # only the writer reads the inputs
         return build(config, inputs, argv, mesh, hash_inputs=False)
     manifest = build(config, inputs, argv, mesh)
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / FILENAME
     previous = []

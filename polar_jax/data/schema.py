@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from polar_jax.errors import UserError
+from polar_jax.io import storage
 
 TEXT_FIELDS = {
     "triplet": ("prompt", "reference", "chosen", "rejected"),
@@ -249,7 +250,9 @@ def read_jsonl(
     if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, int) or max_row_bytes < 1:
         raise UserError(f"max_row_bytes (--max-row-bytes) must be a positive integer, got {max_row_bytes!r}")
     name = os.fspath(path)
-    with open(path, "rb") as f:  # bytes: decode per line to report bad UTF-8 at its line
+    with storage.path(path).open(
+        "rb"
+    ) as f:  # bytes (a run's gs:// workdir too): decode per line to report bad UTF-8 at its line
         for line_no, (raw, size) in enumerate(_lines(f, max_row_bytes), start=1):
             source = f"{name}:{line_no}"
             try:

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from polar_jax.errors import UserError
 from polar_jax.io import checkpoint_integrity as integrity
+from polar_jax.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,14 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.directory = storage.path(workdir) / "checkpoints"  # a gs:// workdir: Orbax writes to the bucket
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(use_ocdbt=storage.ocdbt(self.directory)),
+            "data": grain.checkpoint.CheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._pending: int | None = None  # the step saved last whose checksum is not written yet
         self._reported: CheckpointSaveError | None = None  # a save error already raised once
 

@@ -16,6 +16,8 @@ import os
 import pathlib
 import re
 
+from polar_jax.io import storage
+
 SUMS_NAME = "sha256sums.json"
 _CHUNK = 1 << 22
 _NOISE = re.compile(
@@ -35,22 +37,26 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _files(step_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+def _files(step_dir) -> dict[str, pathlib.Path]:
     """The step's files by path relative to it, the listing itself (and its temporary) excluded."""
     out = {}
-    for path in sorted(step_dir.rglob("*")):
+    for path in storage.files_under(step_dir):
         rel = path.relative_to(step_dir).as_posix()
-        if path.is_file() and not rel.startswith(SUMS_NAME):
+        if not rel.startswith(SUMS_NAME):
             out[rel] = path
-    return out
+    return dict(sorted(out.items()))
 
 
 def write_sums(step_dir: str | pathlib.Path) -> pathlib.Path:
     """List every file of the finalised step `step_dir` with its size and sha256 in
-    `step_dir/sha256sums.json` (atomic: written to a temporary file, synced, renamed)."""
-    step_dir = pathlib.Path(step_dir)
-    files = {rel: {"size": p.stat().st_size, "sha256": _sha256(p)} for rel, p in _files(step_dir).items()}
+    `step_dir/sha256sums.json` (atomic: written to a temporary file, synced, renamed; in a bucket
+    one upload)."""
+    step_dir = storage.path(step_dir)
+    files = {rel: {"size": storage.size(p), "sha256": _sha256(p)} for rel, p in _files(step_dir).items()}
     target = step_dir / SUMS_NAME
+    if storage.is_bucket(step_dir):
+        target.write_text(json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
+        return target
     tmp = step_dir / f"{SUMS_NAME}.tmp-{os.getpid()}"
     try:
         with tmp.open("w") as f:
@@ -65,13 +71,13 @@ def write_sums(step_dir: str | pathlib.Path) -> pathlib.Path:
 
 def has_sums(step_dir: str | pathlib.Path) -> bool:
     """Whether `step_dir` holds its sha256sums.json."""
-    return (pathlib.Path(step_dir) / SUMS_NAME).is_file()
+    return (storage.path(step_dir) / SUMS_NAME).is_file()
 
 
 def verify(step_dir: str | pathlib.Path) -> bool:
     """Check `step_dir` against its sha256sums.json: True when every file matches, False when the
     step has no listing (unverified); raises ChecksumMismatch naming the first differences."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = storage.path(step_dir)
     listing = step_dir / SUMS_NAME
     if not listing.is_file():
         return False
@@ -85,7 +91,7 @@ def verify(step_dir: str | pathlib.Path) -> bool:
     for rel, want in expected.items():
         if rel not in present:
             continue
-        size = present[rel].stat().st_size
+        size = storage.size(present[rel])
         if size != want["size"]:
             problems.append(f"{rel} is {size} bytes, {want['size']} when saved")
         elif _sha256(present[rel]) != want["sha256"]:

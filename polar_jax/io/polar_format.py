@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from polar_jax.io import remote_code
+from polar_jax.io import remote_code, storage
 from polar_jax.io.model import Model
 from polar_jax.models.config import ModelConfig
 
@@ -32,7 +32,7 @@ def is_polar_dir(path: str | pathlib.Path) -> bool:
 def save_polar(model: Model, out_dir: str | pathlib.Path, code_from: str | pathlib.Path | None = None) -> pathlib.Path:
     """Write `model` (config, metadata, parameters) to `out_dir`; `code_from` (the base HF or
     polar_jax directory) gives the remote-code `*.py` files copied beside it for later HF exports."""
-    out_dir = pathlib.Path(out_dir).absolute()
+    out_dir = storage.path(out_dir)  # a gs:// directory: Orbax writes the parameters to the bucket
     out_dir.mkdir(parents=True, exist_ok=True)
     code = remote_code.copy_code(code_from, out_dir)
     meta = {
@@ -44,7 +44,7 @@ def save_polar(model: Model, out_dir: str | pathlib.Path, code_from: str | pathl
     }
     if code:
         meta["remote_code"] = {"files": [f.name for f in code], "from": str(pathlib.Path(code_from).absolute())}
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer(use_ocdbt=storage.ocdbt(out_dir)) as ckptr:
         ckptr.save(out_dir / "params", model.params, force=True)
         ckptr.wait_until_finished()
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

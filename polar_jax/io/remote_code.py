@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import shutil
+
+from polar_jax.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,9 @@ def copy_code(src: str | pathlib.Path | None, dst: str | pathlib.Path) -> list[p
     """Copy the remote-code files of `src` (see `code_files`) into directory `dst`; returns the sources."""
     files = code_files(src)
     for f in files:
-        target = pathlib.Path(dst) / f.name
-        if not (target.exists() and target.samefile(f)):
-            shutil.copy2(f, target)
+        target = storage.path(dst) / f.name
+        if storage.is_bucket(target) or not (target.exists() and target.samefile(f)):
+            storage.copy_file(f, target)
     return files
 
 

@@ -7,10 +7,10 @@ Light on purpose (no model code, no JAX): `data` reads its tokenizer through thi
 from __future__ import annotations
 
 import pathlib
-import shutil
+import tempfile
 
 from polar_jax.errors import UserError
-from polar_jax.io import gguf, remote_code
+from polar_jax.io import gguf, remote_code, storage
 
 # Files that make up a Hugging Face tokenizer (copied as found).
 TOKENIZER_FILES = (
@@ -77,13 +77,18 @@ def load_tokenizer(src: str | pathlib.Path, trust_remote_code: bool = False, fla
 def copy_tokenizer(src: str | pathlib.Path, dst: str | pathlib.Path) -> list[str]:
     """Put the source's tokenizer files into `dst`, with the code modules its tokenizer_config.json
     names (a remote-code tokenizer's); returns the names written."""
-    dst, src = pathlib.Path(dst), pathlib.Path(src)
+    dst, src = storage.path(dst), pathlib.Path(src)
     dst.mkdir(parents=True, exist_ok=True)
     if src.is_file():
         if not is_gguf_file(src):
             raise _not_a_source(src)
-        return list(load_tokenizer(src).save_pretrained(str(dst)))
+        with tempfile.TemporaryDirectory() as tmp:  # HF writes local files; a bucket gets them uploaded
+            local = dst if not storage.is_bucket(dst) else pathlib.Path(tmp)
+            written = [pathlib.Path(f).name for f in load_tokenizer(src).save_pretrained(str(local))]
+            if local != dst:
+                storage.upload_dir(local, dst)
+        return written
     found = [src / n for n in TOKENIZER_FILES if (src / n).exists()] + remote_code.tokenizer_code_files(src)
     for f in found:
-        shutil.copy2(f, dst / f.name)
+        storage.copy_file(f, dst / f.name)
     return [f.name for f in found]

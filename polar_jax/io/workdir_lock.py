@@ -5,7 +5,8 @@ A second run on the same directory is refused with who holds it. A lock whose ho
 (this host, PID no longer alive; or an empty file left by a kill between creating and writing
 it) is stale: it is taken over with a warning. A holder on another host cannot be checked
 from here, so its lock is refused with how to remove it if that run is gone. In a
-multi-process run only process 0 takes the lock (the others share its workdir).
+multi-process run only process 0 takes the lock (the others share its workdir). In a bucket
+workdir the lock is an object created with GCS's create-only precondition (`storage`).
 
     with WorkdirLock(workdir, "train"):
         ...
@@ -21,6 +22,7 @@ import socket
 import time
 
 from polar_jax.errors import UserError
+from polar_jax.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class WorkdirLock:
     """The exclusive lock of `workdir` for one `command` (see the module docstring)."""
 
     def __init__(self, workdir: str | pathlib.Path, command: str, enabled: bool = True):
-        self.path = pathlib.Path(workdir) / LOCK_FILE
+        self.path = storage.path(workdir) / LOCK_FILE
         self.command, self.enabled, self.held = command, enabled, False
         self.holder = {
             "command": command,
@@ -61,12 +63,10 @@ class WorkdirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a stale lock removed, then created again by a racing run: try once more
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                storage.create_exclusive(self.path, json.dumps(self.holder).encode())
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.holder, f)
             self.held = True
             return self
         raise WorkdirBusy(f"{self.path.parent}: could not take its lock {self.path} (another run keeps taking it)")
@@ -102,7 +102,8 @@ class WorkdirLock:
             return
         self.held = False
         try:
-            if json.loads(self.path.read_text()).get("pid") == self.holder["pid"]:
+            other = json.loads(self.path.read_text())
+            if (other.get("host"), other.get("pid")) == (self.holder["host"], self.holder["pid"]):
                 self.path.unlink()
         except (OSError, ValueError):
             pass

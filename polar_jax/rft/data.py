@@ -19,7 +19,7 @@ import numpy as np
 
 from polar_jax.data import schema
 from polar_jax.data.encoding import Text
-from polar_jax.io import atomic
+from polar_jax.io import atomic, storage
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def read_examples(spec: str, kind: str, skip_invalid: bool = False) -> list[Exam
     report = schema.SkipReport()
     out = []
     for item in [s for s in spec.split(",") if s]:
-        if not pathlib.Path(item).exists():
+        if not storage.path(item).exists():  # a file, or one in the run's gs:// workdir
             raise FileNotFoundError(f"data file {item} does not exist")
         out += reader(item, skip_invalid=skip_invalid, report=report)
     if report.invalid:
@@ -163,8 +163,9 @@ def filter_overlong(
 
 
 def write_jsonl(examples: list[Example], path: str | pathlib.Path, meta: list[dict] | None = None) -> None:
-    """Write `{prompt, reference[, meta]}` rows atomically (a temporary file, then a rename)."""
-    path = pathlib.Path(path)
+    """Write `{prompt, reference[, meta]}` rows atomically (a temporary file, then a rename; in a
+    bucket one upload)."""
+    path = storage.path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, ex in enumerate(examples):

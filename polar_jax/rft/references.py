@@ -21,7 +21,7 @@ import numpy as np
 
 from polar_jax import sampling as sampling_lib
 from polar_jax.data.encoding import Text
-from polar_jax.io import gguf, models, tokenizers
+from polar_jax.io import gguf, models, storage, tokenizers
 from polar_jax.rft import data as data_lib
 from polar_jax.rft import rollout, step
 from polar_jax.synth import prompts as prompts_lib
@@ -138,7 +138,7 @@ def load_target(config):
 
 def paths(workdir: str | pathlib.Path) -> dict[str, pathlib.Path]:
     """Where the sampled rows go."""
-    return {split: pathlib.Path(workdir) / "data" / f"{split}.jsonl" for split in SPLITS}
+    return {split: storage.path(workdir) / "data" / f"{split}.jsonl" for split in SPLITS}
 
 
 def _prompts(d, tokenizer, seed: int) -> dict[str, list[str]]:

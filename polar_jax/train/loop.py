@@ -42,7 +42,7 @@ from tqdm import tqdm
 from polar_jax import parallel, run_manifest
 from polar_jax.config_checks import config_difference
 from polar_jax.errors import UserError
-from polar_jax.io import checkpoint, content_id
+from polar_jax.io import checkpoint, content_id, storage
 from polar_jax.io.workdir_lock import WorkdirLock
 from polar_jax.train.metrics import MetricsWriter
 
@@ -195,8 +195,8 @@ def _resolved_paths(tree):
 class Run:
     """One run's lifetime in `workdir`: config.json and run.json written, the mesh built (and
     its logical-axis rules in force inside the `with`), the checkpointer and metrics writer
-    opened and, on leaving the `with`, closed. `single_process`: refuse to run in several
-    processes, with this message."""
+    opened and, on leaving the `with`, closed. `workdir` is a directory or a `gs://` bucket
+    location (`io.storage`)."""
 
     def __init__(
         self,
@@ -208,12 +208,10 @@ class Run:
         unit: str = "step",
         desc: str = "train",
         progress: bool = True,
-        single_process: str = "",
     ):
         self.config, self.total, self.unit, self.desc, self.progress = config, total, unit, desc, progress
-        if single_process and jax.process_count() > 1:
-            raise NotImplementedError(single_process)
-        self.workdir = pathlib.Path(workdir).absolute()
+        self.workdir = storage.path(workdir)
+        storage.check_reachable(self.workdir)
         self.resolved = redact_secrets(json.loads(config.to_json()))
         self.lock = WorkdirLock(self.workdir, desc, enabled=jax.process_index() == 0).acquire()
         try:

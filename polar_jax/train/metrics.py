@@ -14,7 +14,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from polar_jax.flops import peak_tflops, train_flops_per_token
-from polar_jax.io import atomic
+from polar_jax.io import atomic, storage
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +25,26 @@ class MetricsWriter:
     On a rerun the file is read back first: lines past `resume_step` (steps that will be redone)
     are dropped, a line that does not parse (a partial last line after a kill or a full disk) is
     dropped with a warning naming FILE:LINE, and a (step, key) already in the kept lines is not
-    written again (RFT logs its iteration-0 and final evaluations again on every rerun)."""
+    written again (RFT logs its iteration-0 and final evaluations again on every rerun).
+
+    In a bucket workdir (`gs://`, no appends) the kept rows are held in memory and the whole file
+    is uploaded again at each write, so what is in the bucket is always complete up to the last
+    logged step; TensorBoard writes its events there itself (through google-cloud-storage)."""
 
     def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = storage.path(workdir) / "metrics.jsonl"
         self.logged: set[tuple[int, str]] = set()  # (step, key) pairs the kept lines already hold
         if not self.enabled:
             return
+        keep = []
         if self.path.exists():
             keep = self._read_back(resume_step)
             atomic.write_text(self.path, "".join(json.dumps(row) + "\n" for row in keep))
             self.logged = {(row["step"], k) for row in keep for k in row if k != "step"}
-        self.file = self.path.open("a")
-        self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        self.bucket_lines = [json.dumps(row) + "\n" for row in keep] if storage.is_bucket(self.path) else None
+        self.file = None if self.bucket_lines is not None else self.path.open("a")
+        self.tb = SummaryWriter(str(storage.path(workdir) / "tensorboard"))
 
     def _read_back(self, resume_step: int | None) -> list[dict]:
         """The file's rows at or before `resume_step` (none when None); unreadable lines warned of and dropped."""
@@ -75,16 +81,21 @@ class MetricsWriter:
         values = {k: v for k, v in values.items() if (int(step), k) not in self.logged}
         if not values:
             return
-        row = {"step": int(step), **values}
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        line = json.dumps({"step": int(step), **values}) + "\n"
+        if self.file is None:
+            self.bucket_lines.append(line)
+            self.path.write_text("".join(self.bucket_lines))
+        else:
+            self.file.write(line)
+            self.file.flush()
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         """Flush and close both outputs."""
         if self.enabled:
-            self.file.close()
+            if self.file is not None:
+                self.file.close()
             self.tb.close()
 
 
