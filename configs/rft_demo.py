@@ -24,6 +24,15 @@ token (k1, in the reward) keeps the policy near where that model's judgement hol
     kl 0.5 seed 1:  0.26 -> 1.85 (1.25)   -5.04 -> -4.74 (-3.52)
     kl 0.4:         0.07 -> 1.53, 0.26 -> 1.19;  -5.00 -> -5.05, -5.04 -> -6.26 (gamed)
     kl 0.3:         0.07 -> 2.15, 0.26 -> 2.20;  -5.00 -> -5.17, -5.04 -> -5.08 (gamed)
+Those figures are an earlier demo build's. On the demo built from a fresh clone on 2026-12-04 its
+reward model rates the weak policy close to the target already (2.50 / 2.02 against 3.20 / 2.97)
+and no setting tried raises the target's log-likelihood (seeds 0 / 1):
+    kl 0.5:              2.50 -> 3.02, 2.02 -> 2.36;  -5.10 -> -5.18, -5.12 -> -5.88
+    kl 1.0:              2.50 -> 2.93, 2.02 -> 2.41;  -5.10 -> -5.51, -5.12 -> -5.85
+    kl_loss_coef 0.5:    2.50 -> 3.45, 2.02 -> 3.44;  -5.10 -> -5.25, -5.12 -> -5.16
+With the KL in the reward the responses collapse to 2 to 4 tokens after about 150 iterations (a
+per-token penalty makes short responses cheap); with it in the loss they keep their length and
+the reward passes the target's own: gamed. See the README's RFT section.
 From the weaker lm0-step40 at kl 0.5 nothing moves (-3.60 -> -3.62, -6.81 -> -6.74). The gain
 a policy can make without gaming is bounded by the target's own samples' reward (0.9 to 1.0 above
 the start here).

@@ -140,6 +140,25 @@ def _quiet_cpu_only_host() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+# The commands whose --workdir may be a bucket (`io.storage`); every other gs:// path is refused before
+# any work, rather than read as a local directory named "gs:".
+BUCKET_WORKDIRS = ("train", "rft")
+
+
+def refuse_bucket_paths(args: argparse.Namespace, command_parser: argparse.ArgumentParser) -> None:
+    """A one-line argparse error (exit 2) for a gs:// value where the command takes local paths only."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        bucket = next((v for v in values if isinstance(v, str) and v.startswith("gs://")), None)
+        if bucket is None or (dest == "workdir" and args.command in BUCKET_WORKDIRS):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        command_parser.error(
+            f"{flag} {bucket}: {args.command} reads and writes local paths only (a bucket is a "
+            f"--workdir of {' and '.join(BUCKET_WORKDIRS)}); mount the bucket with gcsfuse and give its path"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; returns the exit code (2: a user error)."""
     _quiet_cpu_only_host()
@@ -184,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"unrecognized arguments: {' '.join(unknown or args.overrides)}"
                 + ("" if unknown else f" ({args.command} reads no config)")
             )
+        refuse_bucket_paths(args, command_parser)
     except SystemExit as e:  # --help (0) or a one-line argparse error (2)
         return e.code if isinstance(e.code, int) else 2
     # Our messages at INFO, other libraries' (orbax, absl, grain) at WARNING; -v shows all.

@@ -100,6 +100,25 @@ def test_evaluate_a_missing_file_is_one_line_with_either_spelling(capsys, tmp_pa
         assert error_line(capsys, "evaluate").endswith("none.jsonl: no such file or directory")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--workdir", "gs://bucket/demo"],
+        ["score", "--model", "m", "--input", "a.jsonl", "gs://bucket/b.jsonl", "--output", "o.jsonl"],
+        ["scaling", "--config", "configs/scaling/cpu_demo.py", "--workdir", "gs://bucket/sweep"],
+    ],
+)
+def test_a_bucket_path_where_a_command_takes_local_paths_is_refused_before_any_work(
+    argv, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    flag = "--input" if argv[0] == "score" else "--workdir"
+    assert f"{flag} gs://bucket/" in err and f"{argv[0]} reads and writes local paths only" in err
+    assert list(tmp_path.iterdir()) == []  # no local directory named "gs:"
+
+
 def test_demo_an_unknown_field_is_one_line(capsys):
     assert main(["demo", "--set", "rm_stepz=5"]) == 2
     line = error_line(capsys, "demo")
