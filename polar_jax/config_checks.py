@@ -133,6 +133,7 @@ RFT: dict[str, Rule] = {
     "reward.tokenizer": STR,
     "reward.trust_remote_code": BOOL,
     "reward.batch_size": Int(ge=1),
+    "reward.shared_prefix": BOOL,
     "reward.strip_think": OneOf("official", "all_spans", "none"),
     "reward.normalize": OneOf("none", "batch", "running", "group"),
     "reward.clip": Seq(Float()),  # () = no clip, or (lo, hi): checked in `_check_rft_combinations`

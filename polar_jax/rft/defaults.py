@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.reward.server_timeout = 120.0  # seconds per request attempt (retried with backoff on 5xx / no answer)
     c.reward.tokenizer = ""  # default: the reward model's own
     c.reward.batch_size = 16
+    # The rollouts of a prompt share its reference: score them as one group, the common prefix computed
+    # once (`scoring.reward_scores`; the same scores to float32 rounding). False: one row per rollout.
+    c.reward.shared_prefix = True
     # Thinking removed from responses before scoring: "official" (the released reward function: the text
     # after the first <think>...</think>, stripped; unchanged without a match) | "all_spans" (every span,
     # and an unmatched tag's side) | "none".

@@ -144,6 +144,7 @@ class Runner:
             enc_cfg,
             config.reward.batch_size,
             config.reward.strip_think,
+            shared_prefix=config.reward.shared_prefix,
             across_processes=jax.process_count() > 1,
         )
 
