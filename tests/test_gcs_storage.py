@@ -8,6 +8,7 @@ Every client is pointed at the emulator the way it documents: gcsfs and google-c
 TENSORSTORE_GCS_HTTP_URL. The emulator ignores GCS's create-only precondition, so the lock's
 race between two creators is not exercised here; a lock already in the bucket is."""
 
+import http.server
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import fsspec
@@ -107,13 +109,13 @@ def stop_at(monkeypatch, step: int) -> None:
 
 @pytest.mark.slow
 def test_train_in_a_bucket_resumes_bit_exact(bucket, tmp_path, monkeypatch):
-    local = trainer.train(train_config(), tmp_path / "local", progress=False)
-    assert local.step == 12
+    local = trainer.train(train_config("--config.steps=8"), tmp_path / "local", progress=False)
+    assert local.step == 8
 
     run = f"{bucket}/train"
     with monkeypatch.context() as m:
         stop_at(m, 6)
-        stopped = trainer.train(train_config(), run, progress=False)
+        stopped = trainer.train(train_config("--config.steps=8"), run, progress=False)
     assert (stopped.step, stopped.stopped_by) == (6, "signal")
     objects = listing(run)
     assert {"config.json", "run.json", "metrics.jsonl"} <= objects
@@ -122,13 +124,13 @@ def test_train_in_a_bucket_resumes_bit_exact(bucket, tmp_path, monkeypatch):
     assert not any(p.startswith("model/") for p in objects)
     assert ".polar_jax.lock" not in objects  # released at the stop
 
-    resumed = trainer.train(train_config(), run, progress=False)  # resumes from the bucket's step 6
-    assert resumed.step == 12
+    resumed = trainer.train(train_config("--config.steps=8"), run, progress=False)  # from the bucket's step 6
+    assert resumed.step == 8
     objects = listing(run)
     assert any(p.startswith("tensorboard/events.out.tfevents") for p in objects)
     assert "model/polar_model.json" in objects and any(p.startswith("model/params/") for p in objects)
     downloaded = download(run, tmp_path / "downloaded")
-    assert losses(downloaded) == losses(tmp_path / "local")  # steps 1..12, each logged once
+    assert losses(downloaded) == losses(tmp_path / "local")  # steps 1..8, each logged once
     run_json = json.loads((downloaded / "run.json").read_text())
     assert len(run_json["previous"]) == 1  # two starts, both recorded
     for a, b in zip(
@@ -192,22 +194,47 @@ def test_rft_in_a_bucket_resumes_bit_exact(bucket, tiny, rft_jsonl, tmp_path):  
         np.testing.assert_array_equal(a, b)
 
 
-def test_an_unreachable_bucket_stops_the_run_with_what_to_check(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": closed, "TENSORSTORE_GCS_HTTP_URL": closed, "JAX_PLATFORMS": "cpu"}
+class Forbidden(http.server.BaseHTTPRequestHandler):
+    """A GCS endpoint that refuses every request (403), as GCS does credentials without access."""
+
+    def refuse(self):
+        body = json.dumps({"error": {"code": 403, "message": "no storage.objects.list access"}}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_bucket_that_refuses_access_stops_the_run_with_what_to_check():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {
+        **os.environ,
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "TENSORSTORE_GCS_HTTP_URL": endpoint,
+        "JAX_PLATFORMS": "cpu",
+    }
     cmd = [sys.executable, "-m", "polar_jax", "train", "--config", "configs/pretrain_tiny.py", "--no-progress"]
-    proc = subprocess.run(
-        cmd + ["--workdir", "gs://polar-test/nowhere"],
-        env=env,
-        cwd=pathlib.Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        proc = subprocess.run(
+            cmd + ["--workdir", "gs://polar-test/nowhere"],
+            env=env,
+            cwd=pathlib.Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
     assert proc.returncode == 2, proc.stderr[-2000:]
-    # gcsfs logs each retry (with its traceback); the run's own last word is one line saying what to check
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("polar-jax train: error: --workdir gs://polar-test/nowhere: cannot reach the bucket")
-    assert "check the credentials" in last
+    assert "Forbidden" in last and "check the credentials" in last
