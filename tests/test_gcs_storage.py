@@ -162,24 +162,24 @@ def test_rft_in_a_bucket_resumes_bit_exact(bucket, tiny, rft_jsonl, tmp_path):  
             target=tiny["target"],
             train=rft_jsonl[0],
             eval=rft_jsonl[1],
-            iterations=4,
+            iterations=3,
         )
     )
     config = load_config(str(config_file))
     local = rft_trainer.train(config, tmp_path / "local", progress=False)
-    assert local.step == 4
+    assert local.step == 3
 
     run = f"{bucket}/rft"
 
-    def sigterm_at_3(iteration, _metrics):
-        if iteration == 3:
+    def sigterm_at_2(iteration, _metrics):
+        if iteration == 2:
             signal.raise_signal(signal.SIGTERM)
 
-    stopped = rft_trainer.train(config, run, progress=False, on_iteration=sigterm_at_3)
-    assert (stopped.step, stopped.stopped_by) == (3, "signal")
-    assert any(p.startswith("checkpoints/3/") for p in listing(run))
+    stopped = rft_trainer.train(config, run, progress=False, on_iteration=sigterm_at_2)
+    assert (stopped.step, stopped.stopped_by) == (2, "signal")
+    assert any(p.startswith("checkpoints/2/") for p in listing(run))
     resumed = rft_trainer.train(config, run, progress=False)
-    assert (resumed.step, resumed.stopped_by) == (4, "done")
+    assert (resumed.step, resumed.stopped_by) == (3, "done")
 
     downloaded = download(run, tmp_path / "downloaded")
     rows = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
