@@ -71,6 +71,8 @@ class DemoConfig:
     # the default: at the demo's scale it measured as well as or better than a base LM (README "Measured").
     rm_init: str = ""
     max_new_tokens: int = 24
+    # The demo LMs' sampling temperature (top-k 50, top-p 0.9 as the paper's).
+    lm_temperature: float = 1.0
     prompt_tokens: tuple[int, int] = (2, 24)  # min, max tokens of a corpus prefix
     heldout_every: int = 5  # every 5th corpus document gives held-out prompts only
     triplets: tuple[int, int, int] = (2048, 256, 256)  # train, held-out prompts, held-out policies
@@ -162,7 +164,13 @@ def build_pool(cfg: DemoConfig, workdir: pathlib.Path, progress: bool) -> Policy
         dirs = demo_lms.train_demo_lm(lm_spec, p["tokenizer"], p["policies"] / f"lm{lm_spec.seed}", progress=progress)
         names = {step: f"lm{lm_spec.seed}-step{step}" for step in dirs}
         specs += [
-            PolicySpec(names[step], str(path), max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=max_prompt)
+            PolicySpec(
+                names[step],
+                str(path),
+                temperature=cfg.lm_temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                max_prompt_tokens=max_prompt,
+            )
             for step, path in dirs.items()
             if names[step] != cfg.rm_init
         ]
