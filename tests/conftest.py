@@ -28,6 +28,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
+def pytest_collection_modifyitems(items):
+    """Files with a `slow` test first, each file's tests in their order (a stable sort): with `-n auto
+    --dist loadfile` the long files start early instead of one running alone at the end of the run."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def pytest_sessionfinish(session):
     """The process that made the compilation cache removes it."""
     if os.environ["JAX_COMPILATION_CACHE_DIR"] == str(_JAX_CACHE):

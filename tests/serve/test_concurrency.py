@@ -1,4 +1,4 @@
-"""64 concurrent clients x 20 requests of mixed sizes, lengths and protocols against one server (the
+"""64 concurrent clients x 10 requests of mixed sizes, lengths and protocols against one server (the
 batch over 2 devices): every response is its own request's offline `score` rewards (each request's
 rows are its own, so cross-talk cannot go unnoticed), none is lost, /metrics counts every row and
 no compilation after warm-up. A 1-device server scores as the 2-device one does."""
@@ -16,7 +16,7 @@ import pytest
 from polar_jax.data import encoding
 from polar_jax.serve import scorer
 
-CLIENTS, REQUESTS_EACH, MAX_ROWS = 64, 20, 12
+CLIENTS, REQUESTS_EACH, MAX_ROWS = 64, 10, 12
 PROTOCOLS = ("classify", "pooling", "get_reward", "score")
 ATOL = 1e-5
 WORDS = (
@@ -110,7 +110,7 @@ def test_the_load_is_mixed(plan, rm_tokenizer, serve_encoding):
     assert [b.width for b in buckets] == [64, 96, 128, 192, 256, 384, 512]
     counts = np.bincount([scorer.bucket_index(buckets, n) for n in lengths], minlength=len(buckets))
     print("rows per width", dict(zip([b.width for b in buckets], counts.tolist())))
-    assert (counts >= 200).all(), counts
+    assert (counts >= 100).all(), counts
 
 
 def _client(url: str, requests: list) -> list[tuple[int, list[float] | str]]:
